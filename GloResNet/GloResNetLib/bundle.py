@@ -1,0 +1,258 @@
+"""Model bundles: a folder with one safetensors file per (fold) model and ``metadata.json``.
+
+The metadata names the architecture, the preprocessing the model was trained with, class names, decision
+threshold, the training data (synthetic or not), CV metrics and the SHA-256 of every weights file. Loading
+verifies checksums and metadata before any tensor reaches a model.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from . import __version__
+from .errors import BundleError, GloResNetError
+from .io import atomic_path, write_text_atomic
+from .models import build_model
+from .preprocessing import PreprocessConfig
+
+FORMAT_VERSION = 1
+METADATA_FILE = "metadata.json"
+REQUIRED_KEYS = ("format_version", "name", "arch", "num_classes", "class_names", "preprocess", "threshold",
+                 "training_data", "provenance", "weights")
+DEFAULT_CLASS_NAMES = ["no BI", "BI"]
+UNTRAINED = {"description": "none: the classifier head is untrained; predictions are meaningless",
+             "synthetic": False, "trained": False}
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def default_metadata(name: str, arch: str = "resnet10", arch_params: dict | None = None,
+                     preprocess: PreprocessConfig | None = None, training_data: dict | None = None,
+                     provenance: str = "", threshold: float = 0.5, cv_metrics: dict | None = None,
+                     tta_axes: tuple[int, ...] = (0,), extra: dict | None = None) -> dict[str, Any]:
+    """Metadata dict for :func:`save_bundle`, with the library version and creation time filled in."""
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "name": name,
+        "arch": arch,
+        "arch_params": dict(arch_params or {}),
+        "num_classes": 2,
+        "class_names": list(DEFAULT_CLASS_NAMES),
+        "preprocess": (preprocess or PreprocessConfig()).to_dict(),
+        "threshold": float(threshold),
+        "tta_axes": list(tta_axes),
+        "training_data": dict(training_data or UNTRAINED),
+        "cv_metrics": cv_metrics,
+        "provenance": provenance,
+        "library_version": __version__,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    meta.update(extra or {})
+    return meta
+
+
+def save_bundle(out_dir: str | os.PathLike, state_dicts: list[dict[str, torch.Tensor]],
+                metadata: dict[str, Any], overwrite: bool = False) -> Path:
+    """Write a bundle folder (weights as safetensors + metadata with their SHA-256); returns its path.
+
+    The folder is assembled next to ``out_dir`` and renamed into place, so a failure leaves nothing behind.
+    """
+    from safetensors.torch import save_file
+
+    out_dir = Path(out_dir)
+    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
+        raise BundleError(f"{out_dir}: folder exists and is not empty (choose another --out)")
+    if not state_dicts:
+        raise BundleError("a bundle needs at least one model")
+    missing = [k for k in REQUIRED_KEYS if k not in metadata and k != "weights"]
+    if missing:
+        raise BundleError(f"bundle metadata lacks {missing}")
+    build_model(metadata["arch"], metadata["num_classes"], **metadata.get("arch_params", {}))
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = out_dir.parent / f".{out_dir.name}.partial"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    try:
+        weights = []
+        for k, state in enumerate(state_dicts):
+            fname = f"model_fold{k}.safetensors" if len(state_dicts) > 1 else "model.safetensors"
+            tensors = {n: t.detach().cpu().contiguous() for n, t in state.items()}
+            save_file(tensors, str(staging / fname), metadata={"gloresnet": metadata["name"]})
+            weights.append({"file": fname, "sha256": sha256_file(staging / fname)})
+        meta = dict(metadata, weights=weights)
+        write_text_atomic(staging / METADATA_FILE, json.dumps(meta, indent=2, sort_keys=False) + "\n")
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.replace(staging, out_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return out_dir
+
+
+@dataclass
+class Bundle:
+    """A loaded, verified bundle: ``models`` (eval mode, on ``device``) and their ``metadata``."""
+
+    path: Path
+    metadata: dict[str, Any]
+    models: list[nn.Module] = field(repr=False)
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def name(self) -> str:
+        return str(self.metadata["name"])
+
+    @property
+    def threshold(self) -> float:
+        return float(self.metadata["threshold"])
+
+    @property
+    def preprocess_config(self) -> PreprocessConfig:
+        return PreprocessConfig.from_dict(self.metadata["preprocess"])
+
+    @property
+    def tta_axes(self) -> list[int]:
+        return [int(a) for a in self.metadata.get("tta_axes", [0])]
+
+    @property
+    def training_data(self) -> dict[str, Any]:
+        return dict(self.metadata.get("training_data") or {})
+
+    @property
+    def is_synthetic(self) -> bool:
+        """True when the model was trained on synthetic data (never present it as clinical)."""
+        return bool(self.training_data.get("synthetic", False))
+
+    @property
+    def is_trained(self) -> bool:
+        """False for bundles that only wrap pretrained or random weights with an untrained head."""
+        return bool(self.training_data.get("trained", True))
+
+    @property
+    def provenance(self) -> str:
+        return str(self.metadata.get("provenance", ""))
+
+    def describe(self) -> str:
+        """One line: name, architecture, number of models, what data trained it."""
+        td = self.training_data
+        flag = " [SYNTHETIC DATA - demonstration only]" if self.is_synthetic else ""
+        if not self.is_trained:
+            flag = " [UNTRAINED classifier - predictions are meaningless]"
+        return (f"{self.name} ({self.metadata['arch']}, {len(self.models)} model(s)); trained on: "
+                f"{td.get('description', 'unknown')}{flag}")
+
+
+def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
+    """Read and validate a bundle's ``metadata.json`` (no weights are read)."""
+    path = Path(path)
+    if not path.is_dir():
+        raise BundleError(f"{path}: model bundle folder not found")
+    meta_path = path / METADATA_FILE
+    if not meta_path.is_file():
+        raise BundleError(f"{path}: not a model bundle (no {METADATA_FILE})")
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BundleError(f"{meta_path}: invalid JSON ({exc})") from None
+    if not isinstance(meta, dict):
+        raise BundleError(f"{meta_path}: metadata must be a JSON object")
+    missing = [k for k in REQUIRED_KEYS if k not in meta]
+    if missing:
+        raise BundleError(f"{meta_path}: metadata lacks {', '.join(missing)}")
+    if int(meta["format_version"]) > FORMAT_VERSION:
+        raise BundleError(f"{path}: bundle format {meta['format_version']} is newer than this library "
+                          f"supports ({FORMAT_VERSION}); update gloresnet")
+    if int(meta["num_classes"]) != len(meta["class_names"]):
+        raise BundleError(f"{meta_path}: num_classes does not match class_names")
+    if not 0.0 < float(meta["threshold"]) < 1.0:
+        raise BundleError(f"{meta_path}: threshold must lie strictly between 0 and 1")
+    if not isinstance(meta["weights"], list) or not meta["weights"]:
+        raise BundleError(f"{meta_path}: no weights listed")
+    try:
+        PreprocessConfig.from_dict(meta["preprocess"])
+    except GloResNetError as exc:
+        raise BundleError(f"{meta_path}: bad preprocessing settings: {exc}") from None
+    return meta
+
+
+def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
+    """'auto' -> CUDA when available else CPU; asking for CUDA without CUDA is a user error."""
+    from .errors import InputError
+
+    if isinstance(device, torch.device):
+        return device
+    name = (device or "auto").lower()
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise InputError("--device cuda requested but CUDA is not available on this machine")
+        return torch.device(name)
+    if name == "cpu":
+        return torch.device("cpu")
+    raise InputError(f"unknown device '{device}' (use auto, cpu or cuda)")
+
+
+def load_bundle(path: str | os.PathLike, device: str | torch.device | None = "cpu") -> Bundle:
+    """Load a bundle: verify metadata and every file's SHA-256, build the models, load weights strictly."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    meta = read_metadata(path)
+    dev = resolve_device(device)
+    models = []
+    for entry in meta["weights"]:
+        wpath = path / str(entry.get("file", ""))
+        if not wpath.is_file() or wpath.parent != path:
+            raise BundleError(f"{path}: weights file '{entry.get('file')}' is missing")
+        digest = sha256_file(wpath)
+        if digest != entry.get("sha256"):
+            raise BundleError(f"{wpath}: checksum mismatch (file changed or corrupt); refusing to load")
+        model = build_model(meta["arch"], int(meta["num_classes"]), **meta.get("arch_params", {}))
+        try:
+            state = load_file(str(wpath))
+        except (SafetensorError, OSError) as exc:
+            raise BundleError(f"{wpath}: unreadable weights ({exc})") from None
+        try:
+            model.load_state_dict(state, strict=True)
+        except RuntimeError as exc:
+            first = str(exc).splitlines()[0]
+            raise BundleError(f"{wpath}: weights do not fit architecture '{meta['arch']}' ({first})") from None
+        models.append(model.to(dev).eval())
+    return Bundle(path=path, metadata=meta, models=models, device=dev)
+
+
+def copy_bundle(src: str | os.PathLike, dst_dir: str | os.PathLike) -> Path:
+    """Verify a bundle and copy it into ``dst_dir`` (e.g. the Slicer models folder); returns the new path."""
+    src = Path(src)
+    load_bundle(src, "cpu")
+    dst = Path(dst_dir) / src.name
+    if dst.exists():
+        raise BundleError(f"{dst}: a bundle with this name already exists")
+    staging = Path(dst_dir) / f".{src.name}.partial"
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(src, staging)
+    os.replace(staging, dst)
+    return dst
+
+
+__all__ = ["Bundle", "atomic_path", "copy_bundle", "default_metadata", "load_bundle", "read_metadata",
+           "resolve_device", "save_bundle", "sha256_file"]

@@ -1,0 +1,243 @@
+"""The ``gloresnet`` command: predict, bundle, synth, train, folds, evaluate, demo.
+
+User errors (bad path, bad file, bad option, bad model) print one line on stderr and exit with code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+import time
+from pathlib import Path
+
+from . import __version__
+from .errors import GloResNetError, InputError
+
+EPILOG = "Research use only. Not a medical device; not for clinical decisions."
+
+#: Subcommands contributed by other modules: module name -> its ``add_parser(subparsers)`` registers them.
+PLUGIN_MODULES = ("synth", "training.cli", "demo")
+
+
+def _progress(enabled: bool, **event) -> None:
+    """One JSON progress event per line on stderr (for GUIs following a background run)."""
+    if enabled:
+        print(json.dumps(event), file=sys.stderr, flush=True)
+
+
+def _parse_axes(text: str) -> list[int]:
+    try:
+        axes = sorted({int(a) for a in text.split(",") if a.strip() != ""})
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a comma-separated list of axes 0,1,2") from None
+    if any(a not in (0, 1, 2) for a in axes):
+        raise argparse.ArgumentTypeError(f"TTA axes must be among 0,1,2 (got '{text}')")
+    return axes
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    """``gloresnet predict``: predict each input, write CAM / resampled volumes and a JSON per input."""
+    from .bundle import load_bundle
+    from .inference import predict_file
+    from .io import volume_stem, write_text_atomic, write_volume
+
+    inputs = [Path(p) for p in args.inputs]
+    stems = [volume_stem(p) for p in inputs]
+    dupes = sorted({s for s in stems if stems.count(s) > 1})
+    if dupes:
+        raise InputError(f"several inputs share the output name {dupes[0]!r}; rename them or predict separately")
+    for p in inputs:
+        if not p.exists():
+            raise InputError(f"{p}: file not found")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{out}: --out must be a folder")
+    _progress(args.progress_json, event="stage", stage="loading model", fraction=0.0)
+    t0 = time.perf_counter()
+    bundle = load_bundle(args.model, device=args.device)
+    load_model_s = time.perf_counter() - t0
+    if not args.json:
+        print(f"Model: {bundle.describe()}", file=sys.stderr)
+        if not bundle.is_trained:
+            print("WARNING: this bundle's classifier was never trained; its probabilities mean nothing.",
+                  file=sys.stderr)
+    rows, failures = [], 0
+    for n, (path, stem) in enumerate(zip(inputs, stems)):
+        _progress(args.progress_json, event="stage", stage=f"predicting {path.name}", index=n,
+                  total=len(inputs), fraction=n / len(inputs))
+        try:
+            result = predict_file(bundle, path, tta=not args.no_tta, cam=not args.no_cam,
+                                  tta_axes=args.tta_axes)
+            t0 = time.perf_counter()
+            files = {}
+            if result.cam is not None:
+                files["cam"] = str(write_volume(out / f"{stem}_cam.nii.gz", result.cam, result.input_affine))
+            files["resampled"] = str(write_volume(out / f"{stem}_resampled.nii.gz", result.resampled,
+                                                  result.resampled_affine))
+            result.timings["write"] = time.perf_counter() - t0
+            record = {"input": str(path), **result.to_json_dict(), "outputs": files,
+                      "model_path": str(bundle.path), "model_provenance": bundle.provenance,
+                      "model_load_s": round(load_model_s, 4), "library_version": __version__}
+            files["json"] = str(out / f"{stem}.json")
+            write_text_atomic(out / f"{stem}.json", json.dumps(record, indent=2) + "\n")
+        except GloResNetError as exc:
+            failures += 1
+            print(f"error: {exc}", file=sys.stderr)
+            _progress(args.progress_json, event="error", input=str(path), message=str(exc))
+            continue
+        rows.append(record)
+        if args.json:
+            print(json.dumps(record), flush=True)
+    _progress(args.progress_json, event="done", fraction=1.0, failures=failures)
+    if not args.json and rows:
+        _print_table(rows, bundle)
+    return 2 if failures else 0
+
+
+def _print_table(rows: list[dict], bundle) -> None:
+    width = max(12, *(len(Path(r["input"]).name) for r in rows))
+    print(f"{'input':<{width}}  {'P(BI)':>6}  {'label':<6}  {'spread':>6}  {'time s':>6}")
+    for r in rows:
+        total = sum(r["timings_s"].values())
+        print(f"{Path(r['input']).name:<{width}}  {r['probability']:>6.3f}  {r['label_name']:<6}  "
+              f"{r['spread']:>6.3f}  {total:>6.2f}")
+    print(f"threshold {bundle.threshold:g}; model {bundle.name}; trained on: "
+          f"{bundle.training_data.get('description', 'unknown')}")
+    if bundle.is_synthetic:
+        print("NOTE: this model was trained on SYNTHETIC data - demonstration only.")
+    print(EPILOG)
+
+
+def run_bundle_create(args: argparse.Namespace) -> int:
+    """``gloresnet bundle create``: wrap MedicalNet or externally trained weights as a bundle."""
+    from .bundle import UNTRAINED, default_metadata, save_bundle
+    from .models import build_model, load_medicalnet_weights, load_state_dict_file
+    from .models.weights import load_pretrained
+    from .preprocessing import PreprocessConfig
+
+    if args.pretrained and args.weights:
+        raise InputError("give either --pretrained or --weights, not both")
+    cfg = PreprocessConfig(size=(args.size,) * 3, antialias=args.antialias, normalization=args.normalization)
+    model = build_model(args.arch)
+    if args.weights:
+        state = load_state_dict_file(args.weights)
+        report = load_pretrained(model, state, source=args.weights, drop_heads=False)
+        if report.missing:
+            raise InputError(f"{args.weights}: lacks {len(report.missing)} tensors of '{args.arch}' "
+                             f"(first: {report.missing[0]})")
+        provenance = f"weights from {Path(args.weights).name}, trained elsewhere"
+        training = {"description": args.training_data or "unknown (not recorded)",
+                    "synthetic": args.synthetic, "trained": True}
+    elif args.pretrained:
+        report = load_medicalnet_weights(model, args.pretrained)
+        provenance = (f"MedicalNet backbone from {Path(args.pretrained).name} ({report.summary()}); "
+                      "classifier head randomly initialised, not trained for brain injury")
+        training = dict(UNTRAINED)
+    else:
+        provenance = "random initialisation; not trained"
+        training = dict(UNTRAINED)
+    name = args.name or Path(args.out).name
+    meta = default_metadata(name, arch=args.arch, preprocess=cfg, training_data=training,
+                            provenance=provenance, threshold=args.threshold)
+    path = save_bundle(args.out, [model.state_dict()], meta)
+    print(f"bundle written: {path} ({provenance})")
+    return 0
+
+
+def run_bundle_info(args: argparse.Namespace) -> int:
+    """``gloresnet bundle info``: print a bundle's metadata after verifying its checksums."""
+    from .bundle import load_bundle
+
+    bundle = load_bundle(args.bundle, device="cpu")
+    if args.json:
+        print(json.dumps(bundle.metadata, indent=2))
+        return 0
+    meta = bundle.metadata
+    print(bundle.describe())
+    for key in ("arch", "arch_params", "preprocess", "threshold", "tta_axes", "class_names", "provenance",
+                "library_version", "created"):
+        print(f"  {key}: {meta.get(key)}")
+    if meta.get("cv_metrics"):
+        print(f"  cv_metrics: {json.dumps(meta['cv_metrics'])}")
+    print(f"  weights: {len(meta['weights'])} file(s), SHA-256 verified")
+    print(EPILOG)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full argument parser (also used to document every command in ``--help``)."""
+    parser = argparse.ArgumentParser(
+        prog="gloresnet", epilog=EPILOG,
+        description="GloResNet: preterm brain-injury prediction from T2-weighted MRI (3D ResNet-10, "
+                    "whole-volume 128^3 'global manifold mapping', TTA, Grad-CAM).")
+    parser.add_argument("--version", action="version", version=f"gloresnet {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("predict", help="predict brain injury for one or more volumes", epilog=EPILOG,
+                       description="Writes NAME_cam.nii.gz (Grad-CAM on the input grid), "
+                                   "NAME_resampled.nii.gz (128^3 network input) and NAME.json per input.")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="T2w volume(s): .nii, .nii.gz, .nrrd, .nhdr")
+    p.add_argument("--model", required=True, metavar="BUNDLE", help="model bundle folder")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder (created if needed)")
+    p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu or cuda (default auto)")
+    p.add_argument("--no-tta", action="store_true", help="no test-time augmentation (identity view only)")
+    p.add_argument("--tta-axes", type=_parse_axes, default=None, metavar="AXES",
+                   help="flip axes for TTA, e.g. 0 (left-right, the bundle default) or 0,1,2 (all 8 views)")
+    p.add_argument("--no-cam", action="store_true", help="skip the Grad-CAM saliency map")
+    p.add_argument("--json", action="store_true", help="print one JSON object per input instead of a table")
+    p.add_argument("--progress-json", action="store_true", help="JSON progress events on stderr")
+    p.set_defaults(func=run_predict)
+
+    b = sub.add_parser("bundle", help="create or inspect model bundles")
+    bsub = b.add_subparsers(dest="bundle_command", metavar="ACTION", required=True)
+    bc = bsub.add_parser("create", help="wrap MedicalNet or trained weights as a bundle", epilog=EPILOG)
+    bc.add_argument("--arch", default="resnet10", help="architecture (default resnet10)")
+    bc.add_argument("--pretrained", metavar="MEDICALNET.pth", help="MedicalNet resnet_10*.pth backbone weights")
+    bc.add_argument("--weights", metavar="STATE_DICT", help="a complete trained state dict (.pt/.pth/.safetensors)")
+    bc.add_argument("--out", required=True, metavar="DIR", help="bundle folder to create")
+    bc.add_argument("--name", help="bundle name (default: folder name)")
+    bc.add_argument("--size", type=int, default=128, help="network input size per axis (default 128)")
+    bc.add_argument("--antialias", action="store_true", help="Gaussian anti-aliasing before shrinking")
+    bc.add_argument("--normalization", default="zscore", choices=["zscore", "zscore_foreground"],
+                    help="z-score over the whole volume (paper) or over the Otsu foreground")
+    bc.add_argument("--threshold", type=float, default=0.5, help="decision threshold on P(BI) (default 0.5)")
+    bc.add_argument("--training-data", help="with --weights: description of the data that trained them")
+    bc.add_argument("--synthetic", action="store_true", help="with --weights: they were trained on synthetic data")
+    bc.set_defaults(func=run_bundle_create)
+    bi = bsub.add_parser("info", help="print a bundle's metadata (checksums verified)")
+    bi.add_argument("bundle", metavar="DIR")
+    bi.add_argument("--json", action="store_true", help="print the raw metadata JSON")
+    bi.set_defaults(func=run_bundle_info)
+
+    for name in PLUGIN_MODULES:
+        try:
+            module = importlib.import_module(f".{name}", __package__)
+        except ModuleNotFoundError as exc:
+            if exc.name and exc.name.startswith(__package__):
+                continue
+            raise
+        module.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``gloresnet`` console script; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except GloResNetError as exc:
+        print(f"gloresnet: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("gloresnet: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,201 @@
+"""Prediction with test-time augmentation and Grad-CAM taken from the same network pass.
+
+All TTA views go through the network as one batch. Grad-CAM needs no second pass: after global average
+pooling the score is a function of the pooled features only, so the Grad-CAM channel weights are the gradient
+of the head with respect to the pooled vector (for a linear head, the class row of its weight matrix), and
+the map is ``ReLU(sum_k alpha_k A_k)`` over the last convolutional stage ``A`` of the identity view. This is
+exactly what ``monai.visualize.GradCAM`` computes with a separate forward and backward pass.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .bundle import Bundle, resolve_device
+from .io import read_volume
+from .preprocessing import Preprocessed, preprocess, to_input_grid
+
+DISCLAIMER = "Research use only. Not a medical device; not for clinical decisions."
+AXIS_NAMES = "xyz"
+
+
+def tta_views(axes: list[int] | tuple[int, ...] | None) -> list[tuple[int, ...]]:
+    """All combinations of flips over ``axes`` (identity first): [0] -> [(), (0,)]; [0,1,2] -> 8 views."""
+    axes = sorted({int(a) for a in (axes or [])})
+    if any(a not in (0, 1, 2) for a in axes):
+        raise ValueError(f"TTA flip axes must be among 0, 1, 2 (got {axes})")
+    return [c for r in range(len(axes) + 1) for c in itertools.combinations(axes, r)]
+
+
+def view_name(view: tuple[int, ...]) -> str:
+    """Readable name of a flip view: () -> 'identity', (0,) -> 'flip_x' (left-right)."""
+    return "identity" if not view else "flip_" + "".join(AXIS_NAMES[a] for a in view)
+
+
+def flip_batch(x: torch.Tensor, views: list[tuple[int, ...]]) -> torch.Tensor:
+    """Stack flipped copies of a (1, C, X, Y, Z) tensor: (len(views), C, X, Y, Z)."""
+    return torch.cat([x.flip([2 + a for a in v]) if v else x for v in views], dim=0)
+
+
+def gradcam_weights(model: torch.nn.Module, pooled: torch.Tensor, class_idx: int) -> torch.Tensor:
+    """d score_c / d pooled for each row of ``pooled`` (B, C): Grad-CAM channel weights up to 1/N."""
+    with torch.enable_grad():
+        p = pooled.detach().clone().requires_grad_(True)
+        score = model.head(p)[:, class_idx].sum()
+        (grad,) = torch.autograd.grad(score, p)
+    return grad
+
+
+def network_pass(model: torch.nn.Module, batch: torch.Tensor, cam_class: int | None = 1,
+                 cam_rows: int = 1) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One forward pass over a batch: softmax probabilities (B, K) and raw Grad-CAM maps of the first
+    ``cam_rows`` rows, (cam_rows, x, y, z) on the feature grid (or None when ``cam_class`` is None)."""
+    with torch.no_grad():
+        feats = model.features(batch)
+        pooled = torch.flatten(F.adaptive_avg_pool3d(feats, 1), 1)
+        probs = torch.softmax(model.head(pooled).float(), dim=1)
+    if cam_class is None:
+        return probs, None
+    alpha = gradcam_weights(model, pooled[:cam_rows], cam_class)
+    with torch.no_grad():
+        cam = F.relu(torch.einsum("bc,bcxyz->bxyz", alpha.to(feats.dtype), feats[:cam_rows]).float())
+    return probs, cam
+
+
+def normalize_cam(cam: torch.Tensor) -> torch.Tensor:
+    """Scale a non-negative map to [0, 1] by its maximum (an all-zero map stays zero)."""
+    peak = cam.max()
+    return cam / peak if float(peak) > 0 else cam
+
+
+@dataclass
+class PredictionResult:
+    """Outcome of :func:`predict` for one volume. Arrays are numpy; ``cam`` is on the input's own grid."""
+
+    probability: float
+    label: int
+    label_name: str
+    threshold: float
+    view_probabilities: dict[str, float]
+    model_probabilities: list[float]
+    spread: float
+    resampled: np.ndarray = field(repr=False)
+    resampled_affine: np.ndarray = field(repr=False)
+    input_affine: np.ndarray = field(repr=False)
+    cam: np.ndarray | None = field(default=None, repr=False)
+    cam_network: np.ndarray | None = field(default=None, repr=False)
+    model_name: str = ""
+    device: str = "cpu"
+    training_data: dict[str, Any] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def is_synthetic(self) -> bool:
+        return bool(self.training_data.get("synthetic", False))
+
+    def cam_peak_ras(self) -> list[float] | None:
+        """World (RAS, mm) position of the saliency maximum on the input grid.
+
+        The centroid of the voxels within 2% of the maximum, so that a flat peak gives the same point
+        whatever the storage order. None when the map is empty.
+        """
+        if self.cam is None or not float(self.cam.max()) > 0:
+            return None
+        ijk = np.argwhere(self.cam >= 0.98 * float(self.cam.max())).mean(axis=0)
+        return [float(v) for v in (self.input_affine @ np.array([*ijk, 1.0]))[:3]]
+
+    def to_json_dict(self) -> dict[str, Any]:
+        """JSON-ready summary (no arrays)."""
+        return {
+            "probability": round(self.probability, 6),
+            "label": self.label,
+            "label_name": self.label_name,
+            "threshold": self.threshold,
+            "view_probabilities": {k: round(v, 6) for k, v in self.view_probabilities.items()},
+            "model_probabilities": [round(p, 6) for p in self.model_probabilities],
+            "spread": round(self.spread, 6),
+            "cam_peak_ras": self.cam_peak_ras(),
+            "model": self.model_name,
+            "training_data": self.training_data,
+            "synthetic_model": self.is_synthetic,
+            "device": self.device,
+            "timings_s": {k: round(v, 4) for k, v in self.timings.items()},
+            "disclaimer": DISCLAIMER,
+        }
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def predict(bundle: Bundle, array: np.ndarray, affine: np.ndarray, tta: bool = True, cam: bool = True,
+            device: str | torch.device | None = None, tta_axes: list[int] | None = None,
+            cam_class: int = 1) -> PredictionResult:
+    """Predict brain injury for one volume (array indexed as stored, 4x4 voxel-to-RAS affine).
+
+    TTA averages the softmax of the identity and flipped views (the bundle's ``tta_axes``, default the
+    left-right axis; ``tta_axes=[0, 1, 2]`` gives all 8 views) over every model of the bundle. The Grad-CAM
+    (class ``cam_class``, default brain injury) of the identity view is averaged over models.
+    """
+    dev = resolve_device(device) if device is not None else bundle.device
+    models = [m.to(dev) for m in bundle.models] if dev != bundle.device else bundle.models
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    pre: Preprocessed = preprocess(array, affine, bundle.preprocess_config, device=dev, keep_tensor=True)
+    _sync(dev)
+    timings["preprocess"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    views = tta_views(bundle.tta_axes if tta_axes is None else tta_axes) if tta else [()]
+    batch = flip_batch(pre.tensor, views)
+    per_model, cams = [], []
+    for model in models:
+        probs, cam_map = network_pass(model, batch, cam_class if cam else None)
+        per_model.append(probs[:, 1])
+        if cam_map is not None:
+            cams.append(normalize_cam(cam_map[0]))
+    view_probs = torch.stack(per_model).mean(0).cpu().numpy()  # (V,)
+    model_probs = torch.stack(per_model).mean(1).cpu().numpy()  # (M,)
+    _sync(dev)
+    timings["network"] = time.perf_counter() - t0
+
+    cam_network = cam_input = None
+    if cam:
+        t0 = time.perf_counter()
+        small = torch.stack(cams).mean(0)
+        up = F.interpolate(small[None, None], size=pre.array.shape, mode="trilinear", align_corners=False)
+        up = normalize_cam(up[0, 0])
+        cam_network = up.cpu().numpy()
+        cam_input = to_input_grid(up, pre).astype(np.float32)
+        timings["cam"] = time.perf_counter() - t0
+
+    probability = float(view_probs.mean())
+    label = int(probability >= bundle.threshold)
+    names = bundle.metadata.get("class_names", ["no BI", "BI"])
+    return PredictionResult(
+        probability=probability, label=label, label_name=str(names[label]), threshold=bundle.threshold,
+        view_probabilities={view_name(v): float(p) for v, p in zip(views, view_probs)},
+        model_probabilities=[float(p) for p in model_probs],
+        spread=float(view_probs.max() - view_probs.min()) if len(views) > 1 else 0.0,
+        resampled=pre.array, resampled_affine=pre.affine, input_affine=np.asarray(affine, dtype=np.float64),
+        cam=cam_input, cam_network=cam_network, model_name=bundle.name, device=str(dev),
+        training_data=bundle.training_data, timings=timings)
+
+
+def predict_file(bundle: Bundle, path: str | os.PathLike, **kwargs: Any) -> PredictionResult:
+    """Read a volume file and :func:`predict` it; the read time is reported as ``timings['load']``."""
+    t0 = time.perf_counter()
+    array, affine = read_volume(path)
+    load = time.perf_counter() - t0
+    result = predict(bundle, array, affine, **kwargs)
+    result.timings = {"load": load, **result.timings}
+    return result

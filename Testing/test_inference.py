@@ -1,0 +1,95 @@
+"""Prediction with TTA, ensembles, and Grad-CAM from the prediction pass (checked against MONAI)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import example_affine, make_head_volume
+from GloResNetLib import load_bundle, predict
+from GloResNetLib.inference import tta_views
+from test_preprocess import flip_axis
+
+
+@pytest.fixture(scope="module")
+def bundle(small_bundle):
+    return load_bundle(small_bundle)
+
+
+def test_result_fields_and_shapes(bundle):
+    vol, aff = make_head_volume(), example_affine()
+    r = predict(bundle, vol, aff)
+    assert 0.0 <= r.probability <= 1.0
+    assert r.label == int(r.probability >= r.threshold) and r.label_name in ("no BI", "BI")
+    assert list(r.view_probabilities) == ["identity", "flip_x"]
+    assert r.probability == pytest.approx(np.mean(list(r.view_probabilities.values())), abs=1e-6)
+    assert r.spread == pytest.approx(abs(r.view_probabilities["identity"] - r.view_probabilities["flip_x"]))
+    assert r.cam.shape == vol.shape and r.cam.dtype == np.float32
+    assert r.cam_network.shape == (64, 64, 64) and r.resampled.shape == (64, 64, 64)
+    assert 0.0 <= r.cam.min() and r.cam.max() <= 1.0 + 1e-6
+    assert r.resampled_affine.shape == (4, 4) and r.is_synthetic
+    d = r.to_json_dict()
+    assert d["synthetic_model"] and "not for clinical" in d["disclaimer"] and len(d["cam_peak_ras"]) == 3
+    assert set(r.timings) == {"preprocess", "network", "cam"}
+
+
+def test_tta_options(bundle):
+    vol, aff = make_head_volume(), example_affine()
+    assert list(predict(bundle, vol, aff, tta=False, cam=False).view_probabilities) == ["identity"]
+    eight = predict(bundle, vol, aff, tta_axes=[0, 1, 2], cam=False)
+    assert len(eight.view_probabilities) == 8 and len(tta_views([0, 1, 2])) == 8
+    assert predict(bundle, vol, aff, tta=False, cam=False).spread == 0.0
+
+
+def test_flip_view_equals_prediction_of_mirrored_anatomy(bundle):
+    """The left-right TTA view is the prediction for the mirrored head (RAS x axis)."""
+    vol = make_head_volume()
+    aff = np.diag([0.9, 0.8, 1.3, 1.0])  # RAS storage: array axis 0 is left-right
+    r = predict(bundle, vol, aff, cam=False)
+    mirrored = predict(bundle, np.flip(vol, 0).copy(), aff, tta=False, cam=False)
+    assert r.view_probabilities["flip_x"] == pytest.approx(mirrored.probability, abs=1e-5)
+
+
+def test_orientation_does_not_change_prediction_or_saliency_location(bundle):
+    vol, aff = make_head_volume(), example_affine()
+    ref = predict(bundle, vol, aff)
+    v, a = flip_axis(*flip_axis(vol, aff, 0), 1)  # LPS storage of the same anatomy
+    other = predict(bundle, v, a)
+    assert other.probability == pytest.approx(ref.probability, abs=1e-5)
+    np.testing.assert_allclose(np.flip(other.cam, (0, 1)), ref.cam, atol=1e-5)
+    np.testing.assert_allclose(other.cam_peak_ras(), ref.cam_peak_ras(), atol=1e-6)
+
+
+def test_gradcam_agrees_with_monai(bundle):
+    from monai.visualize import GradCAM
+
+    vol, aff = make_head_volume(seed=3), example_affine()
+    r = predict(bundle, vol, aff, tta=False)
+    model = bundle.models[0]
+    x = torch.from_numpy(r.resampled)[None, None]
+    # MONAI's default postprocessing inverts the map: compare raw maps
+    cam = GradCAM(nn_module=model, target_layers="layer4", postprocessing=lambda m: m)
+    ref = cam(x, class_idx=1)[0, 0].detach().numpy()
+    assert ref.shape == r.cam_network.shape
+    assert np.corrcoef(ref.ravel(), r.cam_network.ravel())[0, 1] >= 0.99
+
+
+def test_cam_on_input_grid_matches_network_grid_through_affines(bundle):
+    vol, aff = make_head_volume(seed=5), example_affine()
+    r = predict(bundle, vol, aff, tta=False)
+    # sample the 128^3-grid CAM at the world position of each input voxel (nearest), compare
+    ijk = np.stack(np.meshgrid(*[np.arange(0, s, 3) for s in vol.shape], indexing="ij"), -1).reshape(-1, 3)
+    world = np.c_[ijk, np.ones(len(ijk))] @ aff.T
+    net = np.rint(world @ np.linalg.inv(r.resampled_affine).T)[:, :3].astype(int)
+    inside = np.all((net >= 0) & (net < 64), axis=1)
+    a = r.cam[tuple(ijk[inside].T)]
+    b = r.cam_network[tuple(net[inside].T)]
+    assert np.corrcoef(a, b)[0, 1] > 0.95
+
+
+def test_ensemble_averages_its_models(ensemble_bundle):
+    bundle = load_bundle(ensemble_bundle)
+    vol, aff = make_head_volume(), example_affine()
+    r = predict(bundle, vol, aff, cam=False)
+    assert len(r.model_probabilities) == 3
+    assert r.probability == pytest.approx(np.mean(r.model_probabilities), abs=1e-6)
