@@ -155,34 +155,85 @@ def test_requirements_never_pull_torch():
 # Module file <-> .ui
 # ------------------------------------------------------------------------------------------------------------
 
-MODULE_FILE = REPO / "GloResNet" / "GloResNet.py"
-UI_FILE = REPO / "GloResNet" / "Resources" / "UI" / "GloResNet.ui"
+#: What each module's GUI must offer: widgets (by name), parameter-node bindings, the module file's size limit
+#: (thin: the logic lives in GloResNetLib) and texts its source must contain.
+EXPECTED = {
+    "GloResNet": {
+        "widgets": {"inputVolumeSelector", "modelComboBox", "browseModelButton", "deviceComboBox",
+                    "ttaCheckBox", "predictButton", "cancelButton", "progressBar", "statusLabel",
+                    "probabilityValueLabel", "labelValueLabel", "spreadValueLabel", "modelValueLabel",
+                    "deviceValueLabel", "timeValueLabel", "researchNoticeLabel", "jumpToPeakButton",
+                    "logTextEdit"},
+        "bindings": {"inputVolume", "device", "useTTA", "camOpacity", "camThreshold", "showResampled"},
+        "max_lines": 700,
+        "source": ("pip_install", "PyTorchUtils"),  # installed on demand, on first Predict
+    },
+    "GloResNetTraining": {
+        "widgets": {"sourceComboBox", "manifestPathLineEdit", "dhcpPathLineEdit", "labelsTableView",
+                    "addSceneVolumesButton", "syntheticCheckBox", "checkDatasetButton",
+                    "datasetReportTextEdit", "outputFolderPathLineEdit", "runNameLineEdit",
+                    "paperDefaultsButton", "cpuDemoButton", "archComboBox", "widthComboBox", "foldsSpinBox",
+                    "epochsSpinBox", "batchSizeSpinBox", "learningRateDoubleSpinBox",
+                    "mixupAlphaDoubleSpinBox",
+                    "classWeightsCheckBox", "inputSizeSpinBox", "pretrainedPathLineEdit", "deviceComboBox",
+                    "seedSpinBox", "startButton", "stopButton", "resumeButton", "cancelButton", "progressBar",
+                    "statusLabel", "metricsSummaryLabel", "showResultsButton", "openInGloResNetButton",
+                    "researchNoticeLabel", "logTextEdit"},
+        "bindings": {"source", "syntheticData", "runName", "arch", "width", "folds", "epochs", "batchSize",
+                     "learningRate", "mixupAlpha", "classWeights", "inputSize", "device", "seed"},
+        "max_lines": 800,  # a larger GUI (dataset, settings, run, results); the logic is in training_session
+        "source": ("pip_install", "ensureDependencies", "training_session", "BackgroundProcess",
+                   "cancel_all", "shutdown"),
+    },
+}
 #: Naming convention of the widgets -> Qt class (the longest matching suffix wins).
 SUFFIX_CLASSES = {
     "CollapsibleButton": "ctkCollapsibleButton", "Button": "QPushButton", "Label": "QLabel",
     "ComboBox": "QComboBox", "CheckBox": "QCheckBox", "SliderWidget": "ctkSliderWidget",
     "Selector": "qMRMLNodeComboBox", "TextEdit": "QPlainTextEdit", "progressBar": "QProgressBar",
+    "SpinBox": "QSpinBox", "DoubleSpinBox": "QDoubleSpinBox", "PathLineEdit": "ctkPathLineEdit",
+    "LineEdit": "QLineEdit", "TableView": "qMRMLTableView",
 }
 #: Parameter type -> widget classes the parameter node wrapper can bind to it.
 BINDABLE = {"bool": {"QCheckBox", "QPushButton"}, "float": {"ctkSliderWidget", "QDoubleSpinBox"},
             "int": {"QSpinBox", "QSlider"}, "str": {"QLineEdit", "QComboBox", "QTextEdit"},
             "node": {"qMRMLNodeComboBox"}, "path": {"ctkPathLineEdit", "ctkDirectoryButton"}}
+MODULES = modules()
 
 
-def ui_widgets(path: Path = UI_FILE) -> dict[str, ET.Element]:
+def module_file(module: Path) -> Path:
+    return module / f"{module.name}.py"
+
+
+def ui_file(module: Path) -> Path:
+    return module / "Resources" / "UI" / f"{module.name}.ui"
+
+
+def ui_widgets(path: Path) -> dict[str, ET.Element]:
     root = ET.parse(path).getroot()
     return {w.get("name"): w for w in root.iter("widget")}
 
 
-def module_tree() -> ast.Module:
-    return ast.parse(MODULE_FILE.read_text(), filename=str(MODULE_FILE))
+def module_tree(module: Path) -> ast.Module:
+    path = module_file(module)
+    return ast.parse(path.read_text(), filename=str(path))
 
 
 def used_ui_names(tree: ast.Module) -> set[str]:
-    return {node.attr for node in ast.walk(tree)
-            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Attribute)
-            and node.value.attr == "ui" and isinstance(node.value.value, ast.Name)
-            and node.value.value.id == "self"}
+    names = {node.attr for node in ast.walk(tree)
+             if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Attribute)
+             and node.value.attr == "ui" and isinstance(node.value.value, ast.Name)
+             and node.value.value.id == "self"}
+    return names | {widget for widget, _ in path_fields(tree)}
+
+
+def path_fields(tree: ast.Module) -> list[tuple[str, str]]:
+    """``PATH_FIELDS = ((widget, field), ...)`` of a widget class: path line edits synced by hand with str
+    fields of the parameter node (the wrapper binds ctkPathLineEdit to pathlib.Path only)."""
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", "") == "PATH_FIELDS" for t in node.targets):
+            return [tuple(pair) for pair in ast.literal_eval(node.value)]
+    return []
 
 
 def parameter_fields(tree: ast.Module) -> dict[str, ast.expr]:
@@ -206,44 +257,44 @@ def annotation_kind(annotation: ast.expr) -> tuple[str, set[str]]:
     return name, extras
 
 
-def test_ui_file_is_valid_designer_xml():
-    root = ET.parse(UI_FILE).getroot()
+def test_both_modules_are_checked():
+    assert {m.name for m in MODULES} == set(EXPECTED)
+
+
+@pytest.mark.parametrize("module", MODULES, ids=lambda p: p.name)
+def test_ui_file_is_valid_designer_xml(module: Path):
+    root = ET.parse(ui_file(module)).getroot()
     assert root.tag == "ui" and root.get("version") == "4.0"
     top = root.find("widget")
-    assert top.get("class") == "qMRMLWidget" and top.get("name") == "GloResNet"
+    assert top.get("class") == "qMRMLWidget" and top.get("name") == module.name
     declared = {c.findtext("class") for c in root.iter("customwidget")}
     qt_classes = {w.get("class") for w in root.iter("widget")}
     custom = {c for c in qt_classes if c.startswith(("ctk", "qMRML", "qSlicer"))}
     assert custom <= declared, f"custom widgets not declared: {custom - declared}"
     names = [w.get("name") for w in root.iter("widget")]
     assert len(names) == len(set(names)), "duplicate widget names"
-    widgets = ui_widgets()
+    widgets = ui_widgets(ui_file(module))
     for connection in root.iter("connection"):
         assert connection.findtext("sender") in widgets and connection.findtext("receiver") in widgets
-    selectors = {n for n, w in widgets.items() if w.get("class") == "qMRMLNodeComboBox"}
+    mrml_widgets = {n for n, w in widgets.items()
+                    if w.get("class") in ("qMRMLNodeComboBox", "qMRMLTableView")}
     scene_receivers = {c.findtext("receiver") for c in root.iter("connection")
                        if c.findtext("signal") == "mrmlSceneChanged(vtkMRMLScene*)"}
-    assert selectors <= scene_receivers, "every node selector must receive the scene"
+    assert mrml_widgets <= scene_receivers, "every MRML widget must receive the scene"
 
 
-def test_every_widget_the_code_uses_exists_with_the_expected_class():
-    widgets = ui_widgets()
-    used = used_ui_names(module_tree())
-    assert {"inputVolumeSelector", "modelComboBox", "browseModelButton", "deviceComboBox", "ttaCheckBox",
-            "predictButton", "cancelButton", "progressBar", "statusLabel", "probabilityValueLabel",
-            "labelValueLabel", "spreadValueLabel", "modelValueLabel", "deviceValueLabel", "timeValueLabel",
-            "researchNoticeLabel", "jumpToPeakButton", "logTextEdit"} <= used | set(widgets)
+@pytest.mark.parametrize("module", MODULES, ids=lambda p: p.name)
+def test_every_widget_the_code_uses_exists_with_the_expected_class(module: Path):
+    widgets = ui_widgets(ui_file(module))
+    used = used_ui_names(module_tree(module))
+    assert EXPECTED[module.name]["widgets"] <= used | set(widgets)
     missing = sorted(used - set(widgets))
-    assert not missing, f"GloResNet.py uses widgets absent from GloResNet.ui: {missing}"
+    assert not missing, f"{module.name}.py uses widgets absent from {module.name}.ui: {missing}"
     for name in sorted(used | set(widgets)):
         suffix = max((s for s in SUFFIX_CLASSES if name.endswith(s)), key=len, default=None)
         if suffix is not None and name in widgets:
             found = widgets[name].get("class")
             assert found == SUFFIX_CLASSES[suffix], f"{name}: {found}, expected {SUFFIX_CLASSES[suffix]}"
-    # widgets the issue asks for, by role
-    assert widgets["opacitySliderWidget"].get("class") == "ctkSliderWidget"
-    assert widgets["thresholdSliderWidget"].get("class") == "ctkSliderWidget"
-    assert widgets["resampledBackgroundCheckBox"].get("class") == "QCheckBox"
     log = widgets["logCollapsibleButton"]
     assert log.get("class") == "ctkCollapsibleButton"
     assert any(p.get("name") == "collapsed" and p.findtext("bool") == "true" for p in log.findall("property"))
@@ -252,17 +303,25 @@ def test_every_widget_the_code_uses_exists_with_the_expected_class():
     assert "Research use only" in notice and "medical device" in notice
 
 
-def test_every_parameter_binding_names_a_field_the_widget_can_represent():
-    fields = parameter_fields(module_tree())
+def test_predict_module_widgets_by_role():
+    widgets = ui_widgets(ui_file(REPO / "GloResNet"))
+    assert widgets["opacitySliderWidget"].get("class") == "ctkSliderWidget"
+    assert widgets["thresholdSliderWidget"].get("class") == "ctkSliderWidget"
+    assert widgets["resampledBackgroundCheckBox"].get("class") == "QCheckBox"
+
+
+@pytest.mark.parametrize("module", MODULES, ids=lambda p: p.name)
+def test_every_parameter_binding_names_a_field_the_widget_can_represent(module: Path):
+    tree = module_tree(module)
+    fields = parameter_fields(tree)
+    widgets = ui_widgets(ui_file(module))
     bound = {}
-    for name, widget in ui_widgets().items():
+    for name, widget in widgets.items():
         for prop in widget.findall("property"):
             if prop.get("name") == "SlicerParameterName":
                 bound[name] = prop.findtext("string")
     assert bound, "no SlicerParameterName bindings in the .ui"
-    assert set(bound.values()) >= {"inputVolume", "device", "useTTA", "camOpacity", "camThreshold",
-                                   "showResampled"}
-    widgets = ui_widgets()
+    assert set(bound.values()) >= EXPECTED[module.name]["bindings"]
     for widget_name, field in bound.items():
         assert field in fields, f"{widget_name}: SlicerParameterName '{field}' is not a parameter node field"
         kind, extras = annotation_kind(fields[field])
@@ -270,24 +329,32 @@ def test_every_parameter_binding_names_a_field_the_widget_can_represent():
         assert cls in BINDABLE[kind], f"{widget_name} ({cls}) cannot represent {field}: {kind}"
         if cls == "QComboBox":
             assert "Choice" in extras, f"{field}: a QComboBox binding needs a Choice annotation"
-        if cls == "ctkSliderWidget":
-            assert "WithinRange" in extras, f"{field}: a ctkSliderWidget binding needs WithinRange"
+        if cls in ("ctkSliderWidget", "QSpinBox", "QDoubleSpinBox"):
+            assert "WithinRange" in extras, f"{field}: a {cls} binding needs WithinRange"
     assert len(bound.values()) == len(set(bound.values())), "a field is bound to two widgets"
+    for widget_name, field in path_fields(tree):  # synced by hand, never bound
+        assert widgets[widget_name].get("class") == "ctkPathLineEdit" and widget_name not in bound
+        assert annotation_kind(fields[field])[0] == "str", f"{field} must be a str field"
 
 
-def test_module_file_follows_the_wizard_layout_and_stays_thin():
-    source = MODULE_FILE.read_text()
-    tree = module_tree()
+@pytest.mark.parametrize("module", MODULES, ids=lambda p: p.name)
+def test_module_file_follows_the_wizard_layout_and_stays_thin(module: Path):
+    name = module.name
+    source = module_file(module).read_text()
+    tree = module_tree(module)
     classes = {n.name: [ast.unparse(b) for b in n.bases] for n in tree.body if isinstance(n, ast.ClassDef)}
-    assert classes["GloResNet"] == ["ScriptedLoadableModule"]
-    assert classes["GloResNetWidget"] == ["ScriptedLoadableModuleWidget", "VTKObservationMixin"]
-    assert classes["GloResNetLogic"] == ["ScriptedLoadableModuleLogic"]
-    assert classes["GloResNetTest"] == ["ScriptedLoadableModuleTest"]
-    assert "GloResNetParameterNode" in classes
-    assert len(source.splitlines()) < 700, "keep the module file thin: move logic to GloResNetLib"
-    assert 'loadUI(self.resourcePath("UI/GloResNet.ui"))' in source and "childWidgetVariables" in source
+    assert classes[name] == ["ScriptedLoadableModule"]
+    assert classes[f"{name}Widget"] == ["ScriptedLoadableModuleWidget", "VTKObservationMixin"]
+    assert classes[f"{name}Logic"] == ["ScriptedLoadableModuleLogic"]
+    assert classes[f"{name}Test"] == ["ScriptedLoadableModuleTest"]
+    assert f"{name}ParameterNode" in classes
+    assert len(source.splitlines()) < EXPECTED[name]["max_lines"], \
+        "keep the module file thin: move logic to GloResNetLib"
+    assert f'loadUI(self.resourcePath("UI/{name}.ui"))' in source and "childWidgetVariables" in source
     assert "Research use only" in source and "not a medical device" in source
-    assert "StartCloseEvent" in source and "EndCloseEvent" in source
+    assert "StartCloseEvent" in source and "EndCloseEvent" in source and "aboutToQuit" in source
+    for text in EXPECTED[name]["source"]:
+        assert text in source, f"{name}.py: '{text}' expected"
     # nothing is installed or imported heavily at import time, no deprecated imp
     imported = {a.name.split(".")[0] for n in tree.body if isinstance(n, ast.Import) for a in n.names}
     imported |= {n.module.split(".")[0] for n in tree.body if isinstance(n, ast.ImportFrom) and n.module}
@@ -297,11 +364,11 @@ def test_module_file_follows_the_wizard_layout_and_stays_thin():
         assert isinstance(node, allowed), f"statement at import time: {ast.unparse(node)[:60]}"
         if isinstance(node, ast.Expr):
             assert isinstance(node.value, ast.Constant), f"call at import time: {ast.unparse(node)[:60]}"
-    assert "pip_install" in source and "PyTorchUtils" in source  # installed on demand, on first Predict
 
 
 def test_library_glue_never_imports_qt():
-    rules = (("mrml.py", {"qt", "ctk", "PythonQt"}), ("process.py", {"qt", "ctk", "slicer", "vtk"}))
+    rules = (("mrml.py", {"qt", "ctk", "PythonQt"}), ("process.py", {"qt", "ctk", "slicer", "vtk"}),
+             ("training_session.py", {"qt", "ctk", "PythonQt", "slicer", "vtk", "torch"}))
     for name, forbidden in rules:
         tree = ast.parse((REPO / "GloResNet" / "GloResNetLib" / name).read_text())
         nodes = list(ast.walk(tree))

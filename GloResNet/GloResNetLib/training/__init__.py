@@ -1,0 +1,42 @@
+"""Cross-validated training of GloResNet models (``gloresnet train``, ``folds``, ``evaluate``).
+
+Python API (imported lazily, so that ``gloresnet --help`` does not import torch)::
+
+    from GloResNetLib.training import TrainConfig, train_cv
+    run_dir = train_cv(TrainConfig(manifest="cohort/manifest.csv", out="runs/r1", epochs=20, size=64),
+                       progress=print)
+
+Modules: :mod:`.config` (``TrainConfig``), :mod:`.datasets` (CSV manifest and dHCP BIDS reader, dataset
+report), :mod:`.cache` (preprocessing cache), :mod:`.folds` (subject-grouped stratified k-fold),
+:mod:`.augment` (mixup, flips, small affine), :mod:`.metrics`, :mod:`.trainer` (one fold, DDP-aware),
+:mod:`.run` (the run directory: ``train_cv``, merge/finalise, ``evaluate``), :mod:`.cli`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_LAZY = {
+    "TrainConfig": "config",
+    "train_cv": "run",
+    "check_dataset": "run",
+    "finalize_run": "run",
+    "evaluate_run": "run",
+    "TrainingStopped": "trainer",
+    "load_dataset": "datasets",
+    "read_manifest": "datasets",
+    "read_dhcp": "datasets",
+    "make_folds": "folds",
+    "binary_metrics": "metrics",
+    "PreprocessCache": "cache",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = list(_LAZY)

@@ -1,0 +1,174 @@
+"""Preprocessing cache: each volume is decoded and preprocessed once per preprocessing setting.
+
+An entry is the network input (float32, ``size``^3, canonical RAS grid) saved as ``.npy`` and opened
+memory-mapped, so epochs and folds read it from the page cache without decoding anything. Its key is
+``sha256(sha256(file bytes), PreprocessConfig dict, CACHE_VERSION, sha256 of io.py + preprocessing.py)``: a
+changed file (whatever its name or time stamp), a changed preprocessing setting or changed reading /
+preprocessing code gives a new key, so nothing stale is ever served. Entries are written atomically
+(temporary file + rename), so a killed process never leaves a half-written entry, and concurrent processes
+(DDP ranks, parallel fold jobs) may fill the same cache. Location: ``--cache-dir``, else ``$GLORESNET_CACHE``,
+else ``$XDG_CACHE_HOME/gloresnet/preprocessed`` (``~/.cache/...``). Deleting the folder is always safe.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import numpy as np
+
+from ..bundle import sha256_file
+from ..errors import GloResNetError, InputError
+from ..io import atomic_path, read_volume
+from ..preprocessing import PreprocessConfig, preprocess
+
+#: Bump when preprocessing changes its output for the same settings (invalidates every entry).
+CACHE_VERSION = 1
+
+
+def default_cache_dir() -> Path:
+    """``$GLORESNET_CACHE``, else ``$XDG_CACHE_HOME/gloresnet/preprocessed``, else ``~/.cache/...``."""
+    if os.environ.get("GLORESNET_CACHE"):
+        return Path(os.environ["GLORESNET_CACHE"]).expanduser()
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "gloresnet" / "preprocessed"
+
+
+@functools.lru_cache(maxsize=1)
+def code_fingerprint() -> str:
+    """SHA-256 of the code that decodes and preprocesses (``io.py``, ``preprocessing.py``).
+
+    Any edit of that code gives new cache keys, so a changed reader or preprocessing never serves old
+    entries (falls back to the library version where the sources cannot be read).
+    """
+    from .. import __version__, io, preprocessing
+
+    h = hashlib.sha256()
+    for module in (io, preprocessing):
+        try:
+            h.update(Path(module.__file__).read_bytes())
+        except (OSError, TypeError):
+            h.update(f"{module.__name__} {__version__}".encode())
+    return h.hexdigest()
+
+
+def cache_key(file_hash: str, config: PreprocessConfig) -> str:
+    """Key of one (file content, preprocessing setting, preprocessing code) triple."""
+    payload = json.dumps(
+        {
+            "file_sha256": file_hash,
+            "preprocess": config.to_dict(),
+            "version": CACHE_VERSION,
+            "code": code_fingerprint(),
+        },
+        sort_keys=True,
+    )
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+class PreprocessCache:
+    """Get preprocessed volumes by source path; counts ``hits`` and ``misses`` (decodes)."""
+
+    def __init__(self, root: str | os.PathLike | None = None, config: PreprocessConfig | None = None) -> None:
+        self.root = Path(root) if root else default_cache_dir()
+        self.config = config or PreprocessConfig()
+        self.hits = 0
+        self.misses = 0
+        self.file_hashes: dict[str, str] = {}  # source path -> SHA-256 of its bytes, as last hashed
+
+    def key_for(self, path: str | os.PathLike) -> str:
+        """Cache key of a source file (hashes its bytes)."""
+        path = Path(path)
+        if not path.is_file():
+            raise InputError(f"{path}: file not found")
+        digest = sha256_file(path)
+        self.file_hashes[str(path)] = digest
+        return cache_key(digest, self.config)
+
+    def entry_path(self, key: str) -> Path:
+        return self.root / key[:2] / f"{key}.npy"
+
+    def _open(self, entry: Path) -> np.ndarray | None:
+        try:
+            arr = np.load(entry, mmap_mode="r")
+        except (OSError, ValueError, EOFError):
+            return None
+        if arr.shape != tuple(self.config.size) or arr.dtype != np.float32:
+            return None
+        return arr
+
+    def get(self, path: str | os.PathLike, key: str | None = None) -> np.ndarray:
+        """Preprocessed volume of ``path`` (read-only memory map); decodes and stores it on a miss."""
+        key = key or self.key_for(path)
+        entry = self.entry_path(key)
+        if entry.is_file():
+            arr = self._open(entry)
+            if arr is not None:
+                self.hits += 1
+                return arr
+        self.misses += 1
+        array, affine = read_volume(path)
+        try:
+            pre = preprocess(array, affine, self.config)
+        except InputError as exc:
+            raise InputError(f"{path}: {exc}") from None
+        entry.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(entry) as tmp:
+            with open(tmp, "wb") as f:
+                np.save(f, np.ascontiguousarray(pre.array, dtype=np.float32))
+        arr = self._open(entry)
+        if arr is None:  # pragma: no cover - only on a broken file system
+            raise InputError(f"{entry}: cache entry unreadable right after writing it")
+        return arr
+
+    def prepare(
+        self, paths: list[Path], indices: Iterable[int], on_progress: Callable[[int, int], None] | None = None
+    ) -> tuple[dict[int, str], dict[int, str]]:
+        """Make sure the entries of ``paths[i]`` for ``i in indices`` exist.
+
+        Returns ``({i: cache key}, {i: problem message})``; an unreadable image is a problem, not an error.
+        """
+        indices = list(indices)
+        keys: dict[int, str] = {}
+        problems: dict[int, str] = {}
+        for n, i in enumerate(indices):
+            try:
+                key = self.key_for(paths[i])
+                self.get(paths[i], key)
+                keys[i] = key
+            except GloResNetError as exc:
+                problems[i] = str(exc)
+            except (OSError, MemoryError) as exc:
+                problems[i] = f"{paths[i]}: {exc.__class__.__name__}: {exc}"
+            if on_progress:
+                on_progress(n + 1, len(indices))
+        return keys, problems
+
+
+class VolumeStore:
+    """Indexable view of the cached network inputs of a dataset.
+
+    Each access opens the entry memory-mapped and copies it out, so no file handle stays open (datasets of
+    thousands of volumes stay below the open-file limit) and the data come from the page cache once warm.
+    """
+
+    def __init__(self, cache: PreprocessCache, keys: list[str]) -> None:
+        self.cache = cache
+        self.keys = list(keys)
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        arr = self.cache._open(self.cache.entry_path(self.keys[i]))
+        if arr is None:
+            raise InputError(f"cache entry {self.keys[i]} vanished or is corrupt; rerun to rebuild it")
+        return arr
+
+    def batch(self, indices: Iterable[int]) -> np.ndarray:
+        """Stack volumes into a new (B, X, Y, Z) float32 array."""
+        return np.stack([self[int(i)] for i in indices])

@@ -1,0 +1,538 @@
+"""The GloResNetTraining module's logic (GloResNetLib.training_session) against real MRML nodes (slicer-core)
+and real ``gloresnet train`` processes on a tiny synthetic dataset (no mocks).
+
+Covers: the command line built from the GUI parameters (checked against the real CLI parser), recorded and
+live progress events turned into curve tables, plot charts and the metrics table (updated in place), scene
+volumes + typed labels exported as a training dataset, the dataset check, a real background run stopped with
+SIGINT and resumed (from a fresh scene, as after restarting Slicer) to its end, the ensemble bundle registered
+in the models folder and used for prediction by the GloResNet logic, failures reported with the last log
+lines, and no process left behind (cancel, shutdown, cancel_all, the parent dying).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from training_fixtures import make_volume, write_cohort, write_manifest
+
+slicer = pytest.importorskip("slicer")
+vtk = pytest.importorskip("vtk")
+
+from GloResNetLib import mrml, process  # noqa: E402
+from GloResNetLib import training_session as ts  # noqa: E402
+from GloResNetLib.errors import InputError  # noqa: E402
+from GloResNetLib.training.config import TrainConfig  # noqa: E402
+
+pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+
+TINY = dict(size=16, widths=(8, 16, 32, 64), folds=2, epochs=3, batch_size=4, seed=0, num_threads=1,
+            tensorboard=False, device="cpu")
+ENV = {"OMP_NUM_THREADS": "1"}
+TIMEOUT = 240
+
+
+@pytest.fixture
+def scene():
+    """A fresh scene as slicer.mrmlScene (with the logics Slicer would have)."""
+    previous = getattr(slicer, "mrmlScene", None)
+    scene = slicer.vtkMRMLScene()
+    slicer.mrmlScene = scene
+    scene.logics = mrml.create_logics(scene)
+    yield scene
+    slicer.mrmlScene = previous
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory):
+    """12 subjects (some with two sessions) of 20^3 NIfTI volumes, marked synthetic; a shared cache."""
+    root = tmp_path_factory.mktemp("training_module")
+    manifest = write_cohort(root / "cohort", n_subjects=12, synthetic_marker=True)
+    return {"root": root, "manifest": manifest, "cache": root / "cache"}
+
+
+def tiny_params(cohort, out: Path, **changes) -> ts.TrainingParameters:
+    base = dict(source="manifest", manifest=str(cohort["manifest"]), output_folder=str(out), run_name="tiny",
+                cache_dir=str(cohort["cache"]), **TINY)
+    return ts.TrainingParameters(**{**base, **changes})
+
+
+def add_volume(array: np.ndarray, name: str, affine: np.ndarray | None = None):
+    affine = np.diag([0.9, 1.1, 1.3, 1.0]) if affine is None else affine
+    return slicer.util.addVolumeFromArray(np.ascontiguousarray(array.transpose(2, 1, 0)), affine, name=name)
+
+
+def nan_equal(values, expected) -> bool:
+    return all((isinstance(a, float) and math.isnan(a) and b is None) or a == pytest.approx(b)
+               for a, b in zip(values, expected, strict=True))
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Parameters -> command line
+# ------------------------------------------------------------------------------------------------------------
+
+def test_paper_defaults_cpu_demo_preset_and_the_command_line(tmp_path):
+    from GloResNetLib.cli import build_parser
+    from GloResNetLib.training.cli import _given
+
+    paper = ts.TrainingParameters()
+    fields = ("arch", "folds", "epochs", "batch_size", "lr", "mixup_alpha", "class_weights", "size", "seed")
+    assert tuple(getattr(paper, k) for k in fields) == ("resnet10", 5, 150, 32, 2e-3, 1.0, True, 128, 42) \
+        == tuple(getattr(TrainConfig(), k) for k in fields)
+    assert paper.widths is None and paper.pretrained == "" and paper.device == "auto"
+    demo = ts.TrainingParameters.cpu_demo(manifest="m.csv", seed=7)
+    assert (demo.arch, demo.widths, demo.size, demo.epochs, demo.batch_size, demo.device, demo.seed) == \
+        ("resnet10_dilated", (16, 32, 64, 128), 64, 30, 8, "cpu", 7)
+    assert demo.apply_paper_defaults().replace(seed=42, manifest="") == paper.replace(device="auto")
+
+    manifest = tmp_path / "data" / "manifest.csv"
+    weights = tmp_path / "resnet_10.pth"
+    p = ts.TrainingParameters(manifest=str(manifest), output_folder=str(tmp_path / "runs"), run_name="r1",
+                              folds=3, epochs=20, batch_size=8, lr=1e-4, mixup_alpha=0.4, class_weights=False,
+                              size=96, pretrained=str(weights), device="cuda", seed=3, synthetic=True,
+                              num_threads=2)
+    args = ts.train_args(p)
+    assert args == ["train", "--manifest", str(manifest), "--out", str(tmp_path / "runs" / "r1"),
+                    "--arch", "resnet10", "--folds", "3", "--epochs", "20", "--batch-size", "8",
+                    "--lr", "0.0001", "--mixup-alpha", "0.4", "--size", "96", "--device", "cuda",
+                    "--seed", "3", "--no-class-weights", "--pretrained", str(weights), "--synthetic",
+                    "--num-threads", "2", "--progress-json"]
+    # the real command-line parser reads these arguments back into exactly the GUI's configuration
+    for params in (p, demo.replace(output_folder=str(tmp_path), run_name="d", manifest=str(manifest)),
+                   paper.replace(source="dhcp", dhcp=str(tmp_path), output_folder=str(tmp_path), run_name="x",
+                                 tensorboard=False, cache_dir=str(tmp_path / "c"))):
+        parsed = build_parser().parse_args(ts.train_args(params))
+        assert parsed.command == "train" and parsed.progress_json
+        assert TrainConfig(**_given(parsed)).run_fields() == params.config().run_fields()
+    assert ts.train_args(paper.replace(source="dhcp", dhcp=str(tmp_path), output_folder=str(tmp_path),
+                                       run_name="x"))[1:3] == ["--dhcp", str(tmp_path)]
+    assert "--widths" in ts.train_args(demo.replace(output_folder=str(tmp_path), run_name="d"))
+
+    assert ts.resume_args(tmp_path / "runs" / "r1", device="cpu", num_threads=1) == [
+        "train", "--resume", str(tmp_path / "runs" / "r1"), "--device", "cpu", "--num-threads", "1",
+        "--progress-json"]
+    assert ts.check_args(p) == ["train", "--manifest", str(manifest), "--check-only", "--size", "96",
+                                "--progress-json"]
+    named = ts.TrainingParameters(output_folder=str(tmp_path)).with_run_name()
+    assert named.run_name.startswith("gloresnet-") and named.run_dir.parent == tmp_path
+    assert named.with_run_name() is named
+    with pytest.raises(InputError, match="run name"):
+        _ = ts.TrainingParameters(output_folder=str(tmp_path)).run_dir
+    reqs = tmp_path / "requirements.txt"
+    reqs.write_text("# comment\nnibabel>=5.0\nscikit-learn>=1.4\n")
+    assert ts.read_requirements(reqs) == ["nibabel>=5.0", "scikit-learn>=1.4", "matplotlib>=3.7"]
+    assert ts.read_requirements(None) == list(ts.TRAINING_REQUIREMENTS)
+
+
+def test_gui_fields_map_to_the_parameters_and_their_defaults_are_the_papers():
+    """GUI_FIELDS against GloResNetTraining.py's parameter node (parsed, never imported: it imports Qt)."""
+    import ast
+
+    module = Path(__file__).resolve().parents[1] / "GloResNetTraining" / "GloResNetTraining.py"
+    tree = ast.parse(module.read_text())
+    (cls,) = [n for n in tree.body if isinstance(n, ast.ClassDef) and n.name.endswith("ParameterNode")]
+    fields = {f.target.id: f for f in cls.body if isinstance(f, ast.AnnAssign)}
+    namespace = {"ts": ts, "list": list, "DEFAULTS": ts.TrainingParameters(),
+                 "SOURCE_NAMES": {v: k for k, v in ts.SOURCE_LABELS.items()}}
+    defaults = {name: eval(ast.unparse(fields[name].value), namespace) for name in ts.GUI_FIELDS}
+    assert defaults == ts.TrainingParameters().to_gui()  # the GUI starts with the paper's settings
+    for name, value in ts.TrainingParameters.cpu_demo(source="scene").to_gui().items():
+        annotation = fields[name].annotation
+        if isinstance(annotation, ast.Subscript):  # Annotated[type, Choice(...) / WithinRange(...)]
+            base, *extras = annotation.slice.elts
+            for extra in extras:
+                args = [eval(ast.unparse(a), namespace) for a in extra.args]
+                if extra.func.id == "Choice":
+                    assert value in args[0], (name, value)
+                else:
+                    assert args[0] <= value <= args[1], (name, value)
+            annotation = base
+        assert type(value).__name__ == ast.unparse(annotation), name
+    for params in (ts.TrainingParameters(), ts.TrainingParameters.cpu_demo(source="dhcp", dhcp="/d", seed=5)):
+        assert ts.TrainingParameters.from_gui(params.to_gui()) == params
+    with pytest.raises(InputError, match="preset"):
+        ts.TrainingParameters(widths=(3, 3, 3, 3)).to_gui()
+
+
+def test_bad_parameters_are_refused_before_anything_runs(tmp_path, cohort):
+    good = tiny_params(cohort, tmp_path)
+    assert good.validate() is good
+    for changes, match in (({"folds": 1}, "--folds"), ({"batch_size": 1}, "--batch-size"),
+                           ({"lr": 0.0}, "--lr"), ({"mixup_alpha": -1.0}, "--mixup-alpha"),
+                           ({"arch": "vgg"}, "architecture"), ({"device": "tpu"}, "device"),
+                           ({"pretrained": str(tmp_path / "w.pth")}, "full network width"),
+                           ({"pretrained": str(tmp_path / "w.pth"), "widths": None}, "not found"),
+                           ({"manifest": str(tmp_path / "none.csv")}, "manifest not found"),
+                           ({"source": "dhcp", "dhcp": str(tmp_path / "none")}, "dHCP folder not found"),
+                           ({"output_folder": ""}, "output folder"), ({"run_name": "a/b"}, "plain folder"),
+                           ({"source": "pacs"}, "unknown dataset source")):
+        with pytest.raises(InputError, match=match):
+            good.replace(**changes).validate()
+    (tmp_path / "tiny").mkdir()
+    (tmp_path / "tiny" / "config.json").write_text("{}")
+    with pytest.raises(InputError, match="already exists"):
+        good.validate()
+    assert ts.can_resume(tmp_path / "tiny") and not ts.can_resume(tmp_path) and not ts.can_resume(None)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Progress events -> nodes (recorded)
+# ------------------------------------------------------------------------------------------------------------
+
+def epoch_event(fold, epoch, loss, val_loss, auc, acc, fraction, eta=10.0):
+    return {"event": "epoch", "fold": fold, "epoch": epoch, "epochs": 3, "train_loss": loss,
+            "val_loss": val_loss, "val_auc": auc, "val_accuracy": acc, "lr": 0.002, "fraction": fraction,
+            "eta_s": eta}
+
+
+FOLD0 = {"accuracy": 0.5, "balanced_accuracy": 0.5, "sensitivity": 1.0, "specificity": 0.0, "auc": 0.9,
+         "f1": 0.6}
+FOLD1 = {"accuracy": 0.75, "balanced_accuracy": 0.7, "sensitivity": 0.5, "specificity": 1.0, "auc": None,
+         "f1": 0.5}
+RECORDED = [
+    {"event": "stage", "stage": "preprocessing", "done": 5, "total": 11, "stage_fraction": 0.45},
+    {"event": "start", "run_dir": "/runs/r1", "folds": 2, "epochs": 3, "n_train": 11},
+    {"event": "step", "fold": 0, "epoch": 0, "step": 0, "steps": 2, "loss": 0.7, "fraction": 0.08},
+    epoch_event(0, 0, 0.7, math.nan, None, 0.0, 1 / 6, 50.0),
+    epoch_event(0, 1, 0.6, 0.65, 0.75, 0.5, 2 / 6),
+    epoch_event(0, 2, 0.5, 0.6, 1.0, 1.0, 3 / 6),
+    {"event": "fold_end", "fold": 0, "metrics": FOLD0},
+    epoch_event(1, 0, 0.8, 0.7, 0.5, 0.5, 4 / 6),
+    epoch_event(1, 1, 0.75, 0.66, 0.5, 0.5, 5 / 6),
+    epoch_event(1, 2, 0.7, 0.64, 0.5, 0.5, 1.0, 0.0),
+    {"event": "fold_end", "fold": 1, "metrics": FOLD1},
+    {"event": "done", "run_dir": "/runs/r1", "bundle": None,
+     "metrics": {"accuracy": {"mean": 0.625, "sd": 0.1767766952966369, "best": 0.75},
+                 "balanced_accuracy": {"mean": 0.6, "sd": 0.1414213562373095, "best": 0.7},
+                 "sensitivity": {"mean": 0.75, "sd": 0.3535533905932738, "best": 1.0},
+                 "specificity": {"mean": 0.5, "sd": 0.7071067811865476, "best": 1.0},
+                 "auc": {"mean": 0.9, "sd": 0.0, "best": 0.9},
+                 "f1": {"mean": 0.55, "sd": 0.07, "best": 0.6}}},
+]
+
+
+def test_recorded_events_become_curve_tables_charts_and_a_metrics_table(scene):
+    monitor = ts.TrainingMonitor()
+    states = []
+    for event in RECORDED:
+        # the JSON round trip is what the events go through between the processes (NaN included)
+        monitor.handle(json.loads(json.dumps(event)))
+        states.append((monitor.status, monitor.progress_text(), monitor.fraction))
+    assert states[0][0] == "preprocessing: 5/11 volumes"
+    assert states[2][1] == "fold 1/2, epoch 1/3 (step 1/2) - 8%"
+    assert states[3][1] == "fold 1/2, epoch 1/3 - 17% - ETA 50 s"
+    assert states[6][0].startswith("fold 1 finished: Accuracy 0.500")
+    assert monitor.finished and monitor.fraction == 1.0 and monitor.run_dir == Path("/runs/r1")
+
+    nodes = monitor.nodes()
+    fold0, fold1 = nodes["curve_tables"][0], nodes["curve_tables"][1]
+    assert mrml.table_column(fold0, "Epoch") == [1, 2, 3]
+    assert mrml.table_column(fold0, "Training loss") == pytest.approx([0.7, 0.6, 0.5])
+    assert nan_equal(mrml.table_column(fold0, "Validation loss"), [None, 0.65, 0.6])
+    assert nan_equal(mrml.table_column(fold0, "Validation AUC"), [None, 0.75, 1.0])
+    assert mrml.table_column(fold1, "Validation accuracy") == pytest.approx([0.5, 0.5, 0.5])
+    for chart, ys in ((nodes["loss_chart"], ("Training loss", "Validation loss")),
+                      (nodes["metric_chart"], ("Validation AUC", "Validation accuracy"))):
+        assert chart.GetNumberOfPlotSeriesNodes() == 4  # 2 folds x 2 curves
+        series = [chart.GetNthPlotSeriesNode(i) for i in range(4)]
+        assert [s.GetTableNode() for s in series] == [fold0, fold0, fold1, fold1]
+        assert [s.GetYColumnName() for s in series] == [*ys, *ys]
+        assert {s.GetXColumnName() for s in series} == {"Epoch"}
+        assert series[0].GetColor() == series[1].GetColor() != series[2].GetColor()  # one colour per fold
+        assert series[1].GetLineStyle() == slicer.vtkMRMLPlotSeriesNode.LineStyleDash
+    assert nodes["loss_chart"].GetName() == "GloResNet training loss"
+
+    table = nodes["metrics_table"]
+    rows = mrml.table_rows(table)
+    assert [r["Fold"] for r in rows] == ["fold 0", "fold 1", "mean", "sd", "best"]
+    assert [r["Accuracy"] for r in rows] == pytest.approx([0.5, 0.75, 0.625, 0.1767767, 0.75])
+    assert [r["Sensitivity"] for r in rows] == pytest.approx([1.0, 0.5, 0.75, 0.3535534, 1.0])
+    assert [r["Specificity"] for r in rows] == pytest.approx([0.0, 1.0, 0.5, 0.7071068, 1.0])
+    assert math.isnan(rows[1]["AUC"]) and rows[2]["AUC"] == pytest.approx(0.9)
+    assert "Accuracy: fold 1" in rows[4]["Note"] and "AUC: fold 0" in rows[4]["Note"]
+    assert "Accuracy 0.625 ± 0.177 (best 0.750)" in monitor.summary_text()
+
+    # nodes are updated in place: the same events again (a resumed process repeats an epoch) add nothing
+    counts = {c: scene.GetNumberOfNodesByClass(c) for c in ("vtkMRMLTableNode", "vtkMRMLPlotChartNode",
+                                                               "vtkMRMLPlotSeriesNode")}
+    assert counts == {"vtkMRMLTableNode": 3, "vtkMRMLPlotChartNode": 2, "vtkMRMLPlotSeriesNode": 8}
+    monitor.handle(epoch_event(1, 2, 0.1, 0.2, 0.9, 1.0, 1.0))
+    monitor.handle_all(RECORDED[1:])
+    assert {c: scene.GetNumberOfNodesByClass(c) for c in counts} == counts
+    assert mrml.table_column(fold1, "Epoch") == [1, 2, 3] and monitor.nodes()["curve_tables"][1] is fold1
+
+    # a new run reuses and empties the nodes; stopped and error events are reported
+    monitor.reset("/runs/r2")
+    assert fold0.GetNumberOfRows() == 0 and table.GetNumberOfRows() == 0 and not monitor.finished
+    monitor.handle({"event": "start", "run_dir": "/runs/r2", "folds": 2, "epochs": 3, "n_train": 11})
+    monitor.handle(epoch_event(0, 0, 0.7, 0.7, 0.5, 0.5, 0.17))
+    monitor.handle({"event": "stopped", "run_dir": "/runs/r2", "fold": 0, "epoch": 1})
+    assert monitor.stopped_at == (0, 1) and "stopped at fold 1, epoch 2" in monitor.status
+    assert fold0.GetNumberOfRows() == 1
+    monitor.handle({"event": "error", "message": "dataset x has 2 problem(s)\nmore"})
+    assert monitor.errors == ["dataset x has 2 problem(s)\nmore"] and monitor.status == \
+        "error: dataset x has 2 problem(s)"
+    assert ts.format_duration(3725) == "1 h 02 min" and ts.format_duration(None) == "?"
+    assert sys.modules.get("qt") is None
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Scene volumes as a dataset; dataset check
+# ------------------------------------------------------------------------------------------------------------
+
+def test_scene_volumes_with_typed_labels_become_a_checked_dataset(scene, tmp_path, cohort):
+    rng = np.random.default_rng(1)
+    nodes = [add_volume(make_volume(rng, k % 2), f"case {k}") for k in range(8)]
+    labelmap = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "seg")
+    output = add_volume(np.zeros((5, 5, 5), np.float32), "case 0 GloResNet saliency")
+    output.SetAttribute(mrml.ROLE_ATTRIBUTE, mrml.CAM_ROLE)
+    assert ts.candidate_volumes() == nodes and labelmap not in ts.candidate_volumes() \
+        and output not in ts.candidate_volumes()
+
+    table = ts.labels_table()
+    assert ts.labels_table() is table
+    assert ts.fill_labels_table(table, labels={"case 0": 0, "case 1": "BI"}) == 8
+    assert ts.fill_labels_table(table) == 0  # rows are kept, not duplicated
+    labels = ["no BI", "BI", "0", "1", "no", "yes", "", "1"]  # what a user types; "" = not used
+    column = table.GetTable().GetColumnByName("Label")
+    for row, text in enumerate(labels):
+        column.SetValue(row, text)
+    table.GetTable().GetColumnByName("Subject").SetValue(7, "case 5")  # a second session of subject "case 5"
+    cases = ts.scene_cases(table)
+    assert [c.node for c in cases] == [n for n, t in zip(nodes, labels) if t]
+    assert [c.label for c in cases] == [0, 1, 0, 1, 0, 1, 1]
+    assert cases[-1].subject == "case 5"
+
+    params = tiny_params(cohort, tmp_path, source="scene")
+    manifest = ts.export_scene_dataset(cases, params.scene_data_dir, synthetic=True)
+    assert manifest == params.dataset_path() == tmp_path / "tiny-scene-data" / "manifest.csv"
+    from GloResNetLib.io import read_volume
+    from GloResNetLib.training.datasets import read_manifest
+
+    report = read_manifest(manifest)
+    assert not report.problems and report.class_counts() == {"no BI": 3, "BI": 4}
+    assert len(set(report.subjects)) == 6 and report.synthetic
+    array, affine = read_volume(report.samples[2].path)
+    expected, expected_affine = mrml.volume_to_array(nodes[2])
+    np.testing.assert_allclose(array, expected, rtol=1e-6)
+    np.testing.assert_allclose(affine, expected_affine, atol=1e-5)
+
+    check = ts.DatasetCheck(params.validate(), env=ENV).start()
+    assert check.text() == "Checking the dataset..."
+    check.wait(timeout=TIMEOUT)
+    assert check.ok and check.report["n"] == 7, check.text()
+    assert "ready to train" in check.text() and "7 volumes of 6 subjects" in check.text()
+
+    column.SetValue(0, "maybe")
+    with pytest.raises(InputError, match="row 1 .case 0.: label 'maybe'"):
+        ts.scene_cases(table)
+    with pytest.raises(InputError, match="both classes"):
+        ts.export_scene_dataset([c for c in cases if c.label == 1], tmp_path / "one-class")
+    with pytest.raises(InputError, match="no labelled volume"):
+        ts.export_scene_dataset([], tmp_path / "none")
+    column.SetValue(0, "0")
+    scene.RemoveNode(nodes[3])
+    table.GetTable().GetColumnByName("Node ID").SetValue(3, "vtkMRMLScalarVolumeNode999")
+    with pytest.raises(InputError, match="not in the scene"):
+        ts.scene_cases(table)
+
+
+def test_dataset_check_reports_every_problem(tmp_path, cohort):
+    existing = sorted((cohort["manifest"].parent / "images").iterdir())[0]
+    rows = [{"path": "missing.nii.gz", "label": 1}, {"path": existing, "label": 3}]
+    write_manifest(tmp_path / "bad.csv", rows, columns=("path", "label"))
+    params = ts.TrainingParameters(manifest=str(tmp_path / "bad.csv"), output_folder=str(tmp_path),
+                                   run_name="r", size=16)
+    check = ts.DatasetCheck(params, env=ENV)
+    check.wait(timeout=TIMEOUT)
+    assert not check.ok and check.process.returncode == 2
+    text = check.text()
+    assert "2 problem(s)" in text and "missing file" in text and "invalid label" in text
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Real background runs
+# ------------------------------------------------------------------------------------------------------------
+
+def test_real_training_stopped_resumed_registered_and_used_for_prediction(scene, cohort, tmp_path):
+    models = tmp_path / "models"
+    params = tiny_params(cohort, tmp_path, epochs=6, synthetic=True)  # fold 1 outlasts the stop's delivery
+    monitor = ts.TrainingMonitor(models_folder=models)
+    job = ts.start_training(params, monitor, env=ENV)
+    assert job.running and job.run_dir == tmp_path / "tiny" and job.outcome is None
+    live_rows = []
+
+    def on_event(event):
+        if event["event"] == "epoch":
+            live_rows.append(monitor.curve_table(event["fold"]).GetNumberOfRows())
+            if event["fold"] == 1 and job.process.stop_requested is False:
+                assert job.stop()  # Stop: SIGINT, the run saves a checkpoint and exits 130
+
+    job.wait(timeout=TIMEOUT, on_event=on_event)
+    assert job.outcome == "stopped" and job.process.returncode == ts.STOPPED_EXIT_CODE, job.log_text(30)
+    assert live_rows[:7] == [1, 2, 3, 4, 5, 6, 1]  # the tables grew while the process ran
+    assert job.failure_message() is None and job.resumable
+    fold, epoch = monitor.stopped_at
+    assert fold == 1 and (tmp_path / "tiny" / "fold_1" / "last.pt").is_file()
+    assert (tmp_path / "tiny" / "fold_0" / "result.json").is_file() and monitor.registered is None
+    assert "Resume" in monitor.status and 0.5 < monitor.fraction < 1.0
+
+    # Resume, as after restarting Slicer: a new scene and a new monitor that first shows what the run holds
+    slicer.mrmlScene = fresh = slicer.vtkMRMLScene()
+    fresh.logics = mrml.create_logics(fresh)
+    resumed_monitor = ts.TrainingMonitor(models_folder=models)
+    job2 = ts.resume_training(job.run_dir, resumed_monitor, device="cpu", env=ENV, num_threads=1)
+    assert resumed_monitor.curve_table(0).GetNumberOfRows() == 6  # fold 0 from its result.json
+    events = job2.wait(timeout=TIMEOUT)
+    assert job2.outcome == "done", job2.log_text(40)
+    resumed_epochs = [(e["fold"], e["epoch"]) for e in events if e["event"] == "epoch"]
+    assert resumed_epochs and {f for f, _ in resumed_epochs} == {1} and resumed_epochs[0][1] >= epoch
+    assert mrml.table_column(resumed_monitor.curve_table(1), "Epoch")[-1] == 6
+    rows = mrml.table_rows(resumed_monitor.metrics_table)
+    assert [r["Fold"] for r in rows] == ["fold 0", "fold 1", "mean", "sd", "best"]
+    assert rows[2]["Accuracy"] == pytest.approx(np.mean([rows[0]["Accuracy"], rows[1]["Accuracy"]]))
+    metrics = json.loads((job.run_dir / "metrics.json").read_text())
+    assert rows[2]["Accuracy"] == pytest.approx(metrics["summary"]["accuracy"]["mean"])
+    assert resumed_monitor.loss_chart.GetNumberOfPlotSeriesNodes() == 4
+    assert fresh.GetNumberOfNodesByClass("vtkMRMLPlotChartNode") == 2
+    assert not job2.resumable and process.active_processes() == []
+
+    # the ensemble bundle is in the models folder, listed as the GloResNet module lists it
+    registered = resumed_monitor.registered
+    assert registered == models / "tiny" and "registered as tiny" in resumed_monitor.status
+    (info,) = process.find_bundles(models)
+    assert info.path == registered and info.error is None and info.n_models == 2 and info.synthetic
+    assert info.cv_metrics and "SYNTHETIC" in info.label
+    assert ts.register_run_bundle(job.run_dir / "bundle", models) == registered  # idempotent
+
+    # "open in GloResNet": a held-out case, predicted through the GloResNet logic's in-process path
+    case = ts.pick_heldout_case(job.run_dir)
+    assert case is not None and case.path.is_file() and case.label == 1 and "held out from fold" in \
+        case.description
+    from GloResNetLib.bundle import load_bundle
+    from GloResNetLib.inference import predict
+    from GloResNetLib.io import read_volume
+
+    array, affine = read_volume(case.path)
+    node = add_volume(array, "held-out case", affine)
+    (result,) = mrml.predict_nodes([node], registered, device="cpu")
+    direct = predict(load_bundle(registered), array, affine, device="cpu")
+    assert 0.0 <= result.probability <= 1.0
+    assert result.probability == pytest.approx(direct.probability, abs=1e-5)
+    assert "SYNTHETIC" in result.texts()["model"]
+    assert result.cam.GetImageData().GetDimensions() == node.GetImageData().GetDimensions()
+
+
+def test_bundle_registration_names_and_idempotence(tmp_path):
+    def fake_bundle(run: str, created: str) -> Path:
+        folder = tmp_path / run / "bundle"
+        folder.mkdir(parents=True)
+        (folder / "metadata.json").write_text(json.dumps({"name": "cohort run", "created": created,
+                                                          "weights": [{"file": "w", "sha256": created}]}))
+        (folder / "w").write_bytes(b"x")
+        return folder
+
+    models = tmp_path / "models"
+    first = ts.register_run_bundle(fake_bundle("a", "2026-01-01"), models)
+    assert first == models / "cohort_run" and (first / "w").is_file()
+    assert ts.register_run_bundle(tmp_path / "a" / "bundle", models) == first  # the same bundle again
+    second = ts.register_run_bundle(fake_bundle("b", "2026-02-02"), models)  # another model, same name
+    assert second == models / "cohort_run-2"
+    assert ts.register_run_bundle(tmp_path / "b" / "bundle", models, name="mine") == models / "mine"
+    assert sorted(p.name for p in models.iterdir()) == ["cohort_run", "cohort_run-2", "mine"]  # no leftovers
+    with pytest.raises(InputError, match="not a model bundle"):
+        ts.register_run_bundle(tmp_path, models)
+
+
+def test_failures_are_reported_with_the_last_log_lines(scene, tmp_path, cohort):
+    write_manifest(tmp_path / "bad.csv", [{"path": "missing.nii.gz", "label": 1}], columns=("path", "label"))
+    params = tiny_params(cohort, tmp_path, manifest=str(tmp_path / "bad.csv"))
+    monitor = ts.TrainingMonitor(models_folder=tmp_path / "models")
+    job = ts.start_training(params, monitor, env=ENV)
+    job.wait(timeout=TIMEOUT)
+    assert job.outcome == "failed" and job.process.returncode == 2
+    assert job.diagnosis().kind == "user_error"
+    message = job.failure_message()
+    assert "missing file" in message and "Last output:" in message and str(job.run_dir) in message
+    assert monitor.errors and "missing file" in monitor.errors[0] and monitor.status.startswith("error:")
+    assert monitor.registered is None and not (tmp_path / "models").exists()
+    with pytest.raises(InputError, match="nothing to resume"):
+        ts.resume_training(tmp_path / "nowhere")
+
+
+def wait_until_training(jobs: list[ts.TrainingJob]) -> None:
+    """Poll the jobs until each has reported a training step."""
+    waiting = set(range(len(jobs)))
+    deadline = time.monotonic() + TIMEOUT
+    while waiting and time.monotonic() < deadline:
+        for i in list(waiting):
+            if any(e["event"] == "step" for e in jobs[i].poll()):
+                waiting.discard(i)
+            assert jobs[i].running, jobs[i].log_text(30)
+        time.sleep(0.05)
+    assert not waiting, "the training never started"
+
+
+def test_no_process_is_left_behind(cohort, tmp_path):
+    jobs = [ts.start_training(tiny_params(cohort, tmp_path / name, epochs=500), env=ENV) for name in "ab"]
+    wait_until_training(jobs)
+    pids = [job.process.pid for job in jobs]
+    # Slicer quitting or the scene closing: stop cleanly (checkpoint kept), kill only if it does not end
+    jobs[0].shutdown(timeout=60)
+    jobs[0].wait(timeout=30)
+    assert jobs[0].outcome == "stopped" and not process.pid_alive(pids[0]) and jobs[0].resumable
+    # process.cancel_all (Slicer's aboutToQuit, atexit) kills the trees at once
+    assert process.cancel_all() >= 1
+    jobs[1].wait(timeout=30)
+    assert jobs[1].outcome == "cancelled" and jobs[1].failure_message() is None
+    assert not process.pid_alive(pids[1]) and not process.descendants(pids[1])
+
+
+def test_importing_the_session_module_is_cheap():
+    """The Slicer module imports it at startup: no torch, no MRML until a node is touched."""
+    code = ("import sys; import GloResNetLib.training_session; "
+            "print(sorted(m for m in ('torch', 'slicer', 'vtk', 'qt') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                         env=process.child_env())
+    assert out.returncode == 0 and out.stdout.strip() == "[]", out.stderr
+
+
+def test_a_crashed_parent_leaves_no_orphan(cohort, tmp_path):
+    """If Slicer itself dies, the training (its own session) ends at its next progress line (broken pipe)."""
+    args = ts.train_args(tiny_params(cohort, tmp_path, epochs=500))
+    script = textwrap.dedent(f"""
+        import sys, time
+        sys.path.insert(0, {str(process.LIB_PARENT)!r})
+        from GloResNetLib import process
+        job = process.start_gloresnet({args!r}, env={ENV!r})
+        for event in job.follow(120):
+            if event.get("event") == "step":
+                print(job.pid, flush=True)
+                time.sleep(600)
+    """)
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        line = parent.stdout.readline()
+        assert line.strip().isdigit(), "the parent did not report its child"
+        child = int(line)
+        assert process.pid_alive(child)
+        parent.send_signal(signal.SIGKILL)
+        parent.wait(timeout=30)
+        deadline = time.monotonic() + 60
+        while process.pid_alive(child) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        alive = process.pid_alive(child)
+        if alive:
+            process.kill_tree(child)
+        assert not alive, "the training outlived its parent"
+    finally:
+        if parent.poll() is None:
+            parent.kill()
