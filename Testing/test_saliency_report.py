@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from conftest import example_affine, make_head_volume
-
 from GloResNetLib import load_bundle, predict
 from GloResNetLib.report import img_tag, overlay_png, write_html
 from GloResNetLib.saliency import dilate_mm, pointing_game, score_saliency

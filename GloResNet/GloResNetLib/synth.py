@@ -10,9 +10,15 @@ its NIfTI affine places the anatomy at the same world position whatever the stor
 
 Injuries of preterm infants, optional and mixed: punctate white-matter lesions (``pwml``), germinal-matrix /
 intraventricular haemorrhage (``ivh``), post-haemorrhagic ventricular dilatation (``phvd``) and cystic
-periventricular leukomalacia (``cpvl``). Injured brains also get a diffuse component (white-matter volume
-loss with slightly larger ventricles and extra-axial CSF, brighter white matter, a little less folding), which
-is not part of the lesion mask. ``difficulty`` in [0, 1] makes all of it smaller and fainter.
+periventricular leukomalacia (``cpvl``). Injured brains also get a weak diffuse component (white-matter
+volume loss with slightly larger ventricles and extra-axial CSF, brighter white matter, a little less folding),
+which is not part of the lesion mask. ``difficulty`` in [0, 1] makes all of it smaller and fainter.
+
+Since generator 1.1.0 the lesions are the main signal (so that Grad-CAM can be checked against the masks):
+lesion radii scale by :data:`LESION_SIZE` (2.2 at difficulty 0 down to 0.6 at 1; was 1.6 to 0.6), PWML are
+darker (:data:`PWML_TARGET`, was 0.18-0.28), cluster around an anchor focus of several millimetres, and the
+diffuse component has weight :data:`DIFFUSE_WEIGHT` = 0.4 (was 1). The default difficulty stays 0.3;
+``gloresnet demo`` uses difficulty 0 (its CPU settings see the brain at 48^3, about 3 mm voxels).
 
 Randomness: everything about subject ``i`` comes from generators seeded by ``(seed, i, ...)``, so a volume
 never depends on the other subjects and the same seed gives byte-identical arrays.
@@ -34,11 +40,17 @@ from pathlib import Path
 
 import numpy as np
 
-GENERATOR_VERSION = "1.0.0"
+GENERATOR_VERSION = "1.1.0"
 DISCLAIMER = "synthetic data, demonstration only, not for clinical use"
 DEFAULT_DIFFICULTY = 0.3
 DEFAULT_MAX_DIM = 144
 DEFAULT_BI_FRACTION = 0.42
+#: Lesion conspicuity knobs. Lesion size factor at difficulty 0 and 1 (radii in mm are drawn per type and
+#: multiplied by it), PWML intensity (relative to CSF = 1; white matter is about 0.6-0.8), and the weight of
+#: the diffuse component (not in the lesion mask, so it is kept small: the lesions are the main signal).
+LESION_SIZE = (2.2, 0.6)
+PWML_TARGET = (0.1, 0.2)
+DIFFUSE_WEIGHT = 0.4
 DEFAULT_SECOND_SESSION_FRACTION = 0.2
 INJURY_TYPES = ("pwml", "ivh", "phvd", "cpvl")
 INJURY_DESCRIPTIONS = {
@@ -628,7 +640,7 @@ def _labels_at(an: _Anatomy, points: np.ndarray) -> np.ndarray:
 def _place_lesions(rng: np.random.Generator, an: _Anatomy, injuries: Sequence[str], difficulty: float
                    ) -> list[_Lesion]:
     """Draw lesions for the given injury types (PHVD is handled by the anatomy's ventricle dilation)."""
-    size = 1.6 - 1.0 * difficulty
+    size = LESION_SIZE[0] + (LESION_SIZE[1] - LESION_SIZE[0]) * difficulty
     strength = 1.0 - 0.7 * difficulty
     lesions: list[_Lesion] = []
     parts = _VENTRICLE_PARTS[:3]
@@ -656,8 +668,18 @@ def _place_lesions(rng: np.random.Generator, an: _Anatomy, injuries: Sequence[st
         count = max(1, int(round(rng.uniform(3, 10) * (1.3 - 0.6 * difficulty))))
         cand = periventricular(60, 0.7, (2.5, 9.0)) * an.S
         radius = rng.uniform(1.0, 2.2, len(cand)) * size
-        ok = np.nonzero(inside_wm(cand, radius))[0][:count]
-        target = rng.uniform(0.18, 0.28)
+        big = np.maximum(radius, 1.9 * size)
+        ok = np.nonzero(inside_wm(cand, radius))[0]
+        fits_big = np.nonzero(inside_wm(cand, big))[0]
+        if fits_big.size:  # the anchor focus is one of several mm
+            anchor = int(fits_big[0])
+            radius[anchor] = big[anchor]
+            ok = np.union1d(ok, [anchor])
+        else:
+            anchor = int(ok[0]) if ok.size else 0
+        if ok.size:  # foci cluster around the anchor (as PWML often do, e.g. in the centrum semiovale)
+            ok = ok[np.argsort(np.linalg.norm(cand[ok] - cand[anchor], axis=1), kind="stable")][:count]
+        target = rng.uniform(*PWML_TARGET)
         lesions += [_Lesion("pwml", cand[i], np.full(3, radius[i]), target, strength) for i in ok]
     if "cpvl" in injuries:  # fixed numbers of draws, so a subject's lesions stay put across sessions
         n_clusters = max(1, int(round(rng.uniform(1, 3) * (1.2 - 0.5 * difficulty))))
@@ -836,7 +858,7 @@ def _scan(traits: _Traits, lesion_rng: np.random.Generator, acq_rng: np.random.G
           noise_rng: np.random.Generator, age_weeks: float, injuries: tuple[str, ...], difficulty: float,
           shape, voxel_size, orientation, rotation_deg, max_dim, noise: bool, bias: bool, quality_fail: bool):
     dilation = _dilation(lesion_rng, difficulty) if "phvd" in injuries else 1.0
-    diffuse = (1.0 - difficulty) * lesion_rng.uniform(0.6, 1.0) if injuries else 0.0
+    diffuse = DIFFUSE_WEIGHT * (1.0 - difficulty) * lesion_rng.uniform(0.6, 1.0) if injuries else 0.0
     an = _Anatomy(traits, age_weeks, dilation, diffuse)
     lesions = _place_lesions(lesion_rng, an, injuries, difficulty)
     acq = _acquisition(acq_rng, an.head_box(), shape, voxel_size, orientation, rotation_deg, max_dim)
