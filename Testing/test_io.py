@@ -131,3 +131,14 @@ def test_volume_stem():
     assert volume_stem("/a/sub-1_T2w.nii.gz") == "sub-1_T2w"
     assert volume_stem("x.NRRD") == "x"
     assert volume_stem("y.nhdr") == "y"
+
+
+def test_atomic_outputs_get_ordinary_permissions(tmp_path):
+    import os
+
+    umask = os.umask(0o022)
+    try:
+        out = write_volume(tmp_path / "p.nii.gz", make_head_volume((6, 7, 8)), np.eye(4))
+    finally:
+        os.umask(umask)
+    assert out.stat().st_mode & 0o777 == 0o644

@@ -9,6 +9,7 @@ exactly what ``monai.visualize.GradCAM`` computes with a separate forward and ba
 
 from __future__ import annotations
 
+import functools
 import itertools
 import os
 import time
@@ -19,9 +20,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from . import fastnet
 from .bundle import Bundle, resolve_device
 from .io import read_volume
-from .preprocessing import Preprocessed, preprocess, to_input_grid
+from .preprocessing import Preprocessed, preprocess
 
 DISCLAIMER = "Research use only. Not a medical device; not for clinical decisions."
 AXIS_NAMES = "xyz"
@@ -57,17 +59,77 @@ def gradcam_weights(model: torch.nn.Module, pooled: torch.Tensor, class_idx: int
 def network_pass(model: torch.nn.Module, batch: torch.Tensor, cam_class: int | None = 1,
                  cam_rows: int = 1) -> tuple[torch.Tensor, torch.Tensor | None]:
     """One forward pass over a batch: softmax probabilities (B, K) and raw Grad-CAM maps of the first
-    ``cam_rows`` rows, (cam_rows, x, y, z) on the feature grid (or None when ``cam_class`` is None)."""
-    with torch.no_grad():
-        feats = model.features(batch)
+    ``cam_rows`` rows, (cam_rows, x, y, z) on the feature grid (or None when ``cam_class`` is None).
+
+    The features come from :mod:`.fastnet`'s warm inference copy of the model (BatchNorm folded, oneDNN /
+    cuDNN-friendly layout) when it applies, else from the model itself."""
+    with torch.inference_mode():
+        feats = fastnet.features(model, batch).float()
         pooled = torch.flatten(F.adaptive_avg_pool3d(feats, 1), 1)
+    pooled = pooled.clone()  # a normal tensor: the head's gradient below is taken with autograd
+    with torch.no_grad():
         probs = torch.softmax(model.head(pooled).float(), dim=1)
     if cam_class is None:
         return probs, None
     alpha = gradcam_weights(model, pooled[:cam_rows], cam_class)
-    with torch.no_grad():
+    with torch.inference_mode():
         cam = F.relu(torch.einsum("bc,bcxyz->bxyz", alpha.to(feats.dtype), feats[:cam_rows]).float())
-    return probs, cam
+    return probs, cam.clone()
+
+
+@functools.lru_cache(maxsize=32)
+def _interp_matrix(n_in: int, n_out: int) -> torch.Tensor:
+    """(n_out, n_in) float64 matrix of 1D linear interpolation as ``F.interpolate(align_corners=False)``
+    does it (trilinear interpolation is the tensor product of three of these)."""
+    eye = torch.eye(n_in, dtype=torch.float64)[None]
+    return F.interpolate(eye, size=n_out, mode="linear", align_corners=False)[0].T.contiguous()
+
+
+def _separable(small: torch.Tensor, mats: list[torch.Tensor]) -> torch.Tensor:
+    """``small`` (a, b, c) times a matrix along each axis: mats[0] (A, a), mats[1] (B, b), mats[2] (C, c)."""
+    t = small @ mats[2].T  # (a, b, C)
+    t = mats[1] @ t  # (a, B, C)
+    return (mats[0] @ t.reshape(t.shape[0], -1)).reshape(mats[0].shape[0], *t.shape[1:])
+
+
+def upsample_cam(small: torch.Tensor, pre: Preprocessed) -> tuple[np.ndarray, np.ndarray]:
+    """Feature-grid map -> (map on the network grid scaled to max 1, the same on the input grid).
+
+    Equal to trilinear upsampling onto the network grid, division by the maximum, then trilinear
+    resampling onto the input grid in storage order (:func:`~.preprocessing.to_input_grid`): both
+    resamplings are separable and linear, so each axis's two interpolation matrices are multiplied first
+    and the large input-grid map is written once, directly in storage order.
+    """
+    dev = small.device
+    net_shape = pre.array.shape
+    up = [_interp_matrix(n, m) for n, m in zip(small.shape, net_shape)]  # network grid <- feature grid
+    cam_net = _separable(small.float(), [u.to(dev, torch.float32) for u in up])
+    peak = float(cam_net.max())
+    scale = 1.0 / peak if peak > 0 else 1.0
+    cam_net = cam_net * scale
+    ornt = np.asarray(pre.orientation)
+    mats = []
+    for i, (axis, flip) in enumerate(ornt):  # storage axis i is canonical axis `axis`, maybe reversed
+        a = int(axis)
+        m = _interp_matrix(net_shape[a], pre.canonical_shape[a]) @ up[a]  # input grid <- feature grid
+        m = m.flip(0) if flip < 0 else m
+        mats.append((m * scale if i == 0 else m).to(dev, torch.float32))
+    # computed as its transpose so that the result is Fortran-ordered like NIfTI data: written to disk
+    # without reordering, and its transpose is the C-ordered (k, j, i) array 3D Slicer takes
+    order = [int(a) for a in ornt[::-1, 0]]
+    cam_in = _separable(small.float().permute(*order), mats[::-1])  # flips are in mats
+    return cam_net.cpu().numpy(), _host_array(cam_in).T
+
+
+def _host_array(t: torch.Tensor) -> np.ndarray:
+    """numpy copy of a tensor; from a GPU through page-locked memory (faster for large maps)."""
+    if t.device.type == "cuda":
+        try:
+            host = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+            return host.copy_(t).numpy()
+        except RuntimeError:
+            pass
+    return t.cpu().numpy()
 
 
 def normalize_cam(cam: torch.Tensor) -> torch.Tensor:
@@ -107,9 +169,15 @@ class PredictionResult:
         The centroid of the voxels within 2% of the maximum, so that a flat peak gives the same point
         whatever the storage order. None when the map is empty.
         """
-        if self.cam is None or not float(self.cam.max()) > 0:
+        if self.cam is None:
             return None
-        ijk = np.argwhere(self.cam >= 0.98 * float(self.cam.max())).mean(axis=0)
+        peak = float(self.cam.max())
+        if not peak > 0:
+            return None
+        # scan in memory order (the map is Fortran-ordered): the transpose's indices are (k, j, i)
+        fortran = self.cam.flags.f_contiguous and not self.cam.flags.c_contiguous
+        ijk = np.argwhere((self.cam.T if fortran else self.cam) >= 0.98 * peak).mean(axis=0)
+        ijk = ijk[::-1] if fortran else ijk
         return [float(v) for v in (self.input_affine @ np.array([*ijk, 1.0]))[:3]]
 
     def to_json_dict(self) -> dict[str, Any]:
@@ -171,11 +239,7 @@ def predict(bundle: Bundle, array: np.ndarray, affine: np.ndarray, tta: bool = T
     cam_network = cam_input = None
     if cam:
         t0 = time.perf_counter()
-        small = torch.stack(cams).mean(0)
-        up = F.interpolate(small[None, None], size=pre.array.shape, mode="trilinear", align_corners=False)
-        up = normalize_cam(up[0, 0])
-        cam_network = up.cpu().numpy()
-        cam_input = to_input_grid(up, pre).astype(np.float32)
+        cam_network, cam_input = upsample_cam(torch.stack(cams).mean(0), pre)
         timings["cam"] = time.perf_counter() - t0
 
     probability = float(view_probs.mean())

@@ -9,6 +9,7 @@ Every step keeps the affine exact, so anything computed on the network grid maps
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -68,8 +69,8 @@ class Preprocessed:
     tensor: torch.Tensor | None = field(default=None, repr=False)
 
 
-def check_volume(array: np.ndarray, name: str = "volume") -> None:
-    """Refuse arrays that cannot be a T2w volume: not 3D, empty, non-real, NaN/Inf, constant."""
+def _check_layout(array: np.ndarray, name: str) -> None:
+    """The checks of :func:`check_volume` that need no pass over the voxels."""
     if not isinstance(array, np.ndarray):
         raise InputError(f"{name}: expected a numpy array, got {type(array).__name__}")
     if array.ndim != 3:
@@ -78,11 +79,21 @@ def check_volume(array: np.ndarray, name: str = "volume") -> None:
         raise InputError(f"{name}: empty volume of shape {array.shape}")
     if array.dtype == bool or not np.issubdtype(array.dtype, np.number) or np.iscomplexobj(array):
         raise InputError(f"{name}: unsupported voxel type {array.dtype}; expected real scalars")
-    if not np.isfinite(array).all():
-        bad = int(np.size(array) - np.count_nonzero(np.isfinite(array)))
-        raise InputError(f"{name}: {bad} voxels are NaN or infinite")
-    if float(array.max()) == float(array.min()):
-        raise InputError(f"{name}: volume is constant (all voxels = {float(array.min()):g}); nothing to see")
+
+
+def _check_range(lo: float, hi: float, count_bad, name: str) -> None:
+    """Refuse NaN/Inf (min and max propagate NaN, so finite extremes mean finite voxels) and constants."""
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        raise InputError(f"{name}: {int(count_bad())} voxels are NaN or infinite")
+    if hi == lo:
+        raise InputError(f"{name}: volume is constant (all voxels = {lo:g}); nothing to see")
+
+
+def check_volume(array: np.ndarray, name: str = "volume") -> None:
+    """Refuse arrays that cannot be a T2w volume: not 3D, empty, non-real, NaN/Inf, constant."""
+    _check_layout(array, name)
+    lo, hi = float(array.min()), float(array.max())
+    _check_range(lo, hi, lambda: np.size(array) - np.count_nonzero(np.isfinite(array)), name)
 
 
 def check_affine(affine: np.ndarray, name: str = "volume") -> np.ndarray:
@@ -181,8 +192,7 @@ def otsu_threshold(values: torch.Tensor, bins: int = 256) -> float:
     return float(centers[int(torch.argmax(between[:-1]))])
 
 
-def zscore(t: torch.Tensor, normalization: str = "zscore") -> torch.Tensor:
-    """Subject-wise z-score of a tensor: over all voxels, or over the Otsu foreground."""
+def _zscore_stats(t: torch.Tensor, normalization: str) -> tuple[torch.Tensor, torch.Tensor]:
     values = t.reshape(-1)
     if normalization == "zscore_foreground":
         fg = values[values > otsu_threshold(values)]
@@ -190,7 +200,52 @@ def zscore(t: torch.Tensor, normalization: str = "zscore") -> torch.Tensor:
     mean, std = values.mean(), values.std()
     if not torch.isfinite(std) or float(std) < 1e-8:
         raise InputError("volume has no intensity variation after resampling; cannot normalise")
+    return mean, std
+
+
+def zscore(t: torch.Tensor, normalization: str = "zscore") -> torch.Tensor:
+    """Subject-wise z-score of a tensor: over all voxels, or over the Otsu foreground."""
+    mean, std = _zscore_stats(t, normalization)
     return (t - mean) / std
+
+
+def _orientation_for(affine: np.ndarray, config: PreprocessConfig) -> np.ndarray:
+    return canonical_orientation(affine) if config.reorient else np.array([[0, 1], [1, 1], [2, 1]], dtype=float)
+
+
+def to_network_grid(volume: np.ndarray, affine: np.ndarray, config: PreprocessConfig | None = None) -> np.ndarray:
+    """Bring another volume on the input's grid (e.g. a lesion mask) onto the network grid, without z-score."""
+    config = config or PreprocessConfig()
+    canon, _ = reorient(np.asarray(volume, dtype=np.float32), check_affine(affine), _orientation_for(affine, config))
+    t = torch.from_numpy(np.ascontiguousarray(canon))[None, None]
+    return resample_to(t, config.size, config.antialias)[0, 0].numpy()
+
+
+def memory_order_view(array: np.ndarray) -> tuple[np.ndarray, tuple[int, ...], tuple[int, ...]]:
+    """A view of ``array`` with non-negative strides and its axes in memory order (largest stride first).
+
+    Returns ``(view, perm, flipped)`` with ``view == np.flip(array, flipped).transpose(perm)``: for a
+    Fortran-ordered, transposed or flipped array (NIfTI data, Slicer's (k, j, i) arrays, LPS storage) the view
+    is C-contiguous, so it reaches torch without a copy.
+    """
+    flipped = tuple(a for a in range(array.ndim) if array.strides[a] < 0)
+    view = np.flip(array, flipped) if flipped else array
+    perm = tuple(sorted(range(array.ndim), key=lambda a: -abs(view.strides[a])))
+    return view.transpose(perm), perm, flipped
+
+
+def _float_tensor(view: np.ndarray, device: torch.device | str) -> torch.Tensor:
+    """float32 tensor on ``device`` with the values of ``view``, sharing its memory where possible."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # read-only arrays: the tensor is never written to
+            t = torch.from_numpy(view)
+    except (TypeError, ValueError):  # byte-swapped or types torch lacks
+        t = torch.from_numpy(np.ascontiguousarray(view, dtype=np.float32))
+    if not t.is_contiguous():
+        t = t.contiguous() if t.dtype == torch.float32 else t
+    t = t.to(device)  # integers travel before conversion (half the bytes for int16)
+    return t.float().contiguous()
 
 
 def preprocess(array: np.ndarray, affine: np.ndarray, config: PreprocessConfig | None = None,
@@ -199,26 +254,49 @@ def preprocess(array: np.ndarray, affine: np.ndarray, config: PreprocessConfig |
 
     Returns the ``config.size`` float32 network input on the canonical RAS grid with its affine in the
     input's world space. With ``keep_tensor`` the result also holds the (1, 1, X, Y, Z) tensor on ``device``.
+
+    The volume is resampled in its own memory order and the small result permuted and flipped onto the RAS
+    grid (interpolation commutes with axis permutations and flips), so the input is never copied on the CPU.
     """
     config = config or PreprocessConfig()
-    check_volume(array)
+    _check_layout(array, "volume")
     affine = check_affine(affine)
-    if config.reorient:
-        ornt = canonical_orientation(affine)
-    else:
-        ornt = np.array([[0, 1], [1, 1], [2, 1]], dtype=float)
+    ornt = _orientation_for(affine, config)
     canon, canon_affine = reorient(array, affine, ornt)
-    t = torch.from_numpy(np.ascontiguousarray(canon, dtype=np.float32)).to(device or "cpu")
-    t = resample_to(t[None, None], config.size, config.antialias)
-    t = zscore(t, config.normalization)
+    view, perm, flipped = memory_order_view(canon)
+    t = _float_tensor(view, device or "cpu")
+    lo, hi = torch.aminmax(t)
+    _check_range(float(lo), float(hi), lambda: t.numel() - int(torch.isfinite(t).sum()), "volume")
+    t = resample_to(t[None, None], tuple(config.size[a] for a in perm), config.antialias)
+    mean, std = _zscore_stats(t, config.normalization)  # same values in any order
+    t = t.permute(0, 1, *(2 + int(i) for i in np.argsort(perm)))
+    if flipped:
+        t = t.flip([2 + a for a in flipped])
+    out = torch.empty(t.shape, dtype=t.dtype, device=t.device)  # z-score and reordering in one pass
+    t = torch.sub(t, mean, out=out).div_(std)
     out_affine = resize_affine(canon_affine, canon.shape, config.size)
     return Preprocessed(array=t[0, 0].cpu().numpy(), affine=out_affine, orientation=ornt,
                         canonical_shape=tuple(int(s) for s in canon.shape),
                         tensor=t if keep_tensor else None)
 
 
+def canonical_to_storage(t: torch.Tensor, ornt: np.ndarray) -> torch.Tensor:
+    """Permute and flip the last three (canonical RAS) axes of a tensor into storage order (a view)."""
+    ornt = np.asarray(ornt)
+    lead = t.dim() - 3
+    t = t.permute(*range(lead), *(lead + int(c) for c in ornt[:, 0]))
+    flips = [lead + i for i in range(3) if ornt[i, 1] < 0]
+    return t.flip(flips) if flips else t
+
+
 def to_input_grid(volume: torch.Tensor, pre: Preprocessed) -> np.ndarray:
-    """Map a (X, Y, Z) tensor on the network grid back onto the input's own grid (storage order)."""
-    t = volume.float()[None, None]
-    t = F.interpolate(t, size=pre.canonical_shape, mode="trilinear", align_corners=False)
-    return np.ascontiguousarray(undo_reorient(t[0, 0].cpu().numpy(), pre.orientation))
+    """Map a (X, Y, Z) tensor on the network grid back onto the input's own grid (storage order).
+
+    The small volume is put in storage order first and then interpolated, which gives the same values as
+    interpolating on the canonical grid and reordering the large result, without copying the latter.
+    """
+    ornt = np.asarray(pre.orientation)
+    t = canonical_to_storage(volume.float(), ornt).contiguous()[None, None]
+    shape = tuple(int(pre.canonical_shape[int(c)]) for c in ornt[:, 0])
+    t = F.interpolate(t, size=shape, mode="trilinear", align_corners=False)
+    return t[0, 0].cpu().numpy()
