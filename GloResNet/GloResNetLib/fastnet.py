@@ -198,7 +198,8 @@ def _self_check(model: nn.Module, fast: FastResNet, device: torch.device, dtype:
     with torch.inference_mode():
         ref = model.features(x.to(home)).float().cpu()
         got = fast.features(x.to(device)).float().cpu()
-    tol = 1e-3 if dtype == torch.float32 else 5e-2
+    # float32 on CPU agrees to rounding; cuDNN may use TF32 (10-bit mantissa) for both; float16 is coarser
+    tol = 5e-2 if dtype != torch.float32 else (1e-3 if device.type == "cpu" else 2e-2)
     err = float((got - ref).abs().max()) / max(float(ref.abs().max()), 1e-6)
     if got.shape != ref.shape or not err <= tol:
         raise RuntimeError(f"prepared model disagrees with the original (relative error {err:.2e})")
