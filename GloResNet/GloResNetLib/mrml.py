@@ -805,7 +805,7 @@ class PredictionJob:
         if diag is None or diag.kind == "cancelled":
             return None
         lines = [diag.message] + [f"{name}: {msg}" for name, msg in self.errors if msg not in diag.message]
-        tail = self.process.log_text(log_lines)
+        tail = self.process.failure_tail(log_lines)
         if tail:
             lines += ["", "Last output:", tail]
         return "\n".join(lines)

@@ -257,6 +257,7 @@ class BackgroundProcess:
         self.ended_at: float | None = None
         self.errors: list[str] = []
         self._log: collections.deque[str] = collections.deque(maxlen=log_lines)
+        self._stderr_log: collections.deque[str] = collections.deque(maxlen=log_lines)
         self._queue: queue.Queue = queue.Queue()
         self._popen: subprocess.Popen | None = None
         self._readers: list[threading.Thread] = []
@@ -342,6 +343,8 @@ class BackgroundProcess:
         event = parse_line(payload)
         if event is None:
             self._log.append(payload)
+            if kind == "stderr":
+                self._stderr_log.append(payload)
             return {"event": LOG, "stream": kind, "line": payload}
         if event.get("event") == "error":
             self.errors.append(str(event.get("message", "")))
@@ -411,12 +414,20 @@ class BackgroundProcess:
         return True
 
     # -- logs -----------------------------------------------------------------------------------------------
-    def last_log(self, n: int = 20) -> list[str]:
-        """The last ``n`` human-readable output lines (both streams, JSON excluded)."""
-        return list(self._log)[-n:] if n > 0 else []
+    def last_log(self, n: int = 20, stream: str | None = None) -> list[str]:
+        """The last ``n`` human-readable output lines (JSON excluded) of both streams, or of ``"stderr"``.
 
-    def log_text(self, n: int = 20) -> str:
-        return "\n".join(self.last_log(n))
+        Lines of one stream keep their order; the order between stdout and stderr is the order of arrival.
+        """
+        lines = self._stderr_log if stream == "stderr" else self._log
+        return list(lines)[-n:] if n > 0 else []
+
+    def log_text(self, n: int = 20, stream: str | None = None) -> str:
+        return "\n".join(self.last_log(n, stream))
+
+    def failure_tail(self, n: int = 15) -> str:
+        """The output to show with a failure: the last stderr lines (tracebacks go there), else any output."""
+        return self.log_text(n, "stderr") or self.log_text(n)
 
     def failure(self, n: int = 15) -> str | None:
         """A message for the user if the process failed (None while running or after success)."""
@@ -425,7 +436,7 @@ class BackgroundProcess:
         diag = diagnose(self.returncode, self.log_text(200), self.errors, self.stop_requested, self.cancelled)
         if diag.kind in ("ok", "stopped", "cancelled"):
             return None
-        tail = self.log_text(n)
+        tail = self.failure_tail(n)
         return f"{diag.message}\n\nLast output:\n{tail}" if tail else diag.message
 
     def __repr__(self) -> str:

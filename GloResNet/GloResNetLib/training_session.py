@@ -647,7 +647,7 @@ class TrainingJob(_Job):
         if self.run_dir is not None:
             where = "resume it with Resume" if self.resumable else "see its train.log"
             lines.append(f"Run folder: {self.run_dir} ({where}).")
-        tail = self.process.log_text(log_lines)
+        tail = self.process.failure_tail(log_lines)
         if tail:
             lines += ["", "Last output:", tail]
         return "\n".join(lines)
