@@ -47,6 +47,13 @@ def flip_batch(x: torch.Tensor, views: list[tuple[int, ...]]) -> torch.Tensor:
     return torch.cat([x.flip([2 + a for a in v]) if v else x for v in views], dim=0)
 
 
+def pool_features(model: torch.nn.Module, feats: torch.Tensor) -> torch.Tensor:
+    """The vector the model's head takes: ``model.pool_features(feats)`` when the model defines it (e.g. slice
+    position embeddings and attention pooling), else global average pooling (B, C, x, y, z) -> (B, C)."""
+    pool = getattr(model, "pool_features", None)
+    return pool(feats) if pool is not None else torch.flatten(F.adaptive_avg_pool3d(feats, 1), 1)
+
+
 def gradcam_weights(model: torch.nn.Module, pooled: torch.Tensor, class_idx: int) -> torch.Tensor:
     """d score_c / d pooled for each row of ``pooled`` (B, C): Grad-CAM channel weights up to 1/N."""
     with torch.enable_grad():
@@ -54,6 +61,30 @@ def gradcam_weights(model: torch.nn.Module, pooled: torch.Tensor, class_idx: int
         score = model.head(p)[:, class_idx].sum()
         (grad,) = torch.autograd.grad(score, p)
     return grad
+
+
+def gradcam_map(model: torch.nn.Module, feats: torch.Tensor, class_idx: int) -> torch.Tensor:
+    """Grad-CAM ``ReLU(sum_k alpha_k A_k)`` of feature maps ``feats`` (B, C, x, y, z) -> (B, x, y, z).
+
+    A model may define ``gradcam(feats, class_idx)`` (e.g. per-slice weights for a slice encoder). For models
+    with their own ``pool_features`` the weights are the spatial mean of d score / d A, as in
+    ``monai.visualize.GradCAM``; with global average pooling that equals :func:`gradcam_weights`, which needs
+    only the head.
+    """
+    own = getattr(model, "gradcam", None)
+    if own is not None:
+        with torch.enable_grad():
+            return own(feats.detach().clone(), class_idx).detach()
+    if getattr(model, "pool_features", None) is not None:
+        with torch.enable_grad():
+            a = feats.detach().clone().requires_grad_(True)
+            score = model.head(model.pool_features(a))[:, class_idx].sum()
+            (grad,) = torch.autograd.grad(score, a)
+        alpha = grad.flatten(2).mean(2)
+    else:
+        alpha = gradcam_weights(model, pool_features(model, feats), class_idx)
+    with torch.inference_mode():
+        return F.relu(torch.einsum("bc,bcxyz->bxyz", alpha.to(feats.dtype), feats).float())
 
 
 def network_pass(model: torch.nn.Module, batch: torch.Tensor, cam_class: int | None = 1,
@@ -65,16 +96,13 @@ def network_pass(model: torch.nn.Module, batch: torch.Tensor, cam_class: int | N
     cuDNN-friendly layout) when it applies, else from the model itself."""
     with torch.inference_mode():
         feats = fastnet.features(model, batch).float()
-        pooled = torch.flatten(F.adaptive_avg_pool3d(feats, 1), 1)
-    pooled = pooled.clone()  # a normal tensor: the head's gradient below is taken with autograd
+        pooled = pool_features(model, feats)
     with torch.no_grad():
-        probs = torch.softmax(model.head(pooled).float(), dim=1)
+        probs = torch.softmax(model.head(pooled.clone()).float(), dim=1)
     if cam_class is None:
         return probs, None
-    alpha = gradcam_weights(model, pooled[:cam_rows], cam_class)
-    with torch.inference_mode():
-        cam = F.relu(torch.einsum("bc,bcxyz->bxyz", alpha.to(feats.dtype), feats[:cam_rows]).float())
-    return probs, cam.clone()
+    feats = feats[:cam_rows].clone()  # a normal tensor: gradients below are taken with autograd
+    return probs, gradcam_map(model, feats, cam_class).clone()
 
 
 @functools.lru_cache(maxsize=32)

@@ -32,10 +32,18 @@ def build_model(arch: str = "resnet10", num_classes: int = 2, **params: Any) -> 
         raise BundleError(f"architecture '{arch}': bad parameters {params} ({exc})") from None
 
 
+def load_pretrained_weights(model: nn.Module, path: str) -> LoadReport:
+    """Initialise ``model`` from a weights file: the model's own ``load_pretrained_file(path)`` when it has
+    one (e.g. 2D ImageNet-style weights for 2D-derived backbones), else MedicalNet / same-layout weights."""
+    own = getattr(model, "load_pretrained_file", None)
+    return own(path) if own is not None else load_medicalnet_weights(model, path)
+
+
 def count_parameters(model: nn.Module) -> int:
     """Number of trainable parameters."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
 __all__ = ["ARCHITECTURES", "LoadReport", "ResNet3D", "build_model", "count_parameters",
-           "load_medicalnet_weights", "load_state_dict_file"]
+           "load_medicalnet_weights", "load_pretrained_weights",
+           "load_state_dict_file"]

@@ -48,7 +48,7 @@ from torch import nn
 from ..bundle import resolve_device
 from ..errors import InputError
 from ..io import atomic_path, write_text_atomic
-from ..models import build_model, load_medicalnet_weights
+from ..models import build_model, load_pretrained_weights
 from .augment import augment, one_hot, plan_batch, soft_cross_entropy
 from .cache import VolumeStore
 from .config import TrainConfig
@@ -396,10 +396,10 @@ class FoldTrainer:
         model = build_model(cfg.arch, 2, **cfg.arch_params)
         self.pretrained_report = None
         if cfg.pretrained:
-            report = load_medicalnet_weights(model, cfg.pretrained)
+            report = load_pretrained_weights(model, cfg.pretrained)
             self.pretrained_report = report.summary()
             if self.dist.main and self.fold_pos == 0:
-                log.info("MedicalNet weights %s: %s", cfg.pretrained, report.summary())
+                log.info("pretrained weights %s: %s", cfg.pretrained, report.summary())
         if self.dist.active:
             model = sync_batchnorm(model, self.device)
         self.model = model.to(self.device)
