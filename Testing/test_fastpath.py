@@ -15,10 +15,11 @@ from GloResNetLib.preprocessing import PreprocessConfig, memory_order_view, prep
 from test_preprocess import flip_axis
 
 
-@pytest.mark.parametrize("arch", ["resnet10", "resnet10_dilated", "resnet18"])
+@pytest.mark.parametrize("arch", ["resnet10", "resnet10_dilated", "resnet18", "resnet10_dilated-nopool"])
 @pytest.mark.parametrize("pack", [True, False])
 def test_prepared_model_matches_the_model(arch, pack):
-    model = make_small_model(arch=arch)
+    arch, _, variant = arch.partition("-")
+    model = make_small_model(arch=arch, **({"stem_pool": False} if variant == "nopool" else {}))
     fast = fastnet.FastResNet(model, torch.device("cpu"), pack=pack and fastnet._mkldnn_ops(),
                               blocked_stem=pack and torch.backends.mkldnn.is_available())
     x = torch.randn(3, 1, 40, 35, 33)

@@ -111,3 +111,12 @@ def test_garbage_and_missing_weights_files(tmp_path):
     (tmp_path / "junk.safetensors").write_bytes(b"nonsense")
     with pytest.raises(BundleError, match="safetensors"):
         load_state_dict_file(tmp_path / "junk.safetensors")
+
+
+def test_without_the_stem_pool_the_feature_grid_is_twice_as_fine():
+    x = torch.randn(1, 1, 48, 40, 32)
+    pooled = build_model("resnet10_dilated", 2, widths=[4, 8, 8, 8])
+    fine = build_model("resnet10_dilated", 2, widths=[4, 8, 8, 8], stem_pool=False)
+    assert tuple(pooled.features(x).shape[2:]) == (6, 5, 4)
+    assert tuple(fine.features(x).shape[2:]) == (12, 10, 8)
+    fine.load_state_dict(pooled.state_dict())  # same parameters: MedicalNet weights load into both

@@ -536,3 +536,13 @@ def test_a_crashed_parent_leaves_no_orphan(cohort, tmp_path):
     finally:
         if parent.poll() is None:
             parent.kill()
+
+
+def test_gui_offers_every_registered_architecture():
+    from GloResNetLib.models import ARCHITECTURES
+
+    assert set(ts.ARCHITECTURES) == set(ARCHITECTURES)
+    for arch in ts.ARCHITECTURES:  # each passes the GUI's own checks and reaches the command line
+        params = ts.TrainingParameters(arch=arch, manifest="m.csv", output_folder="out", run_name="r")
+        params.validate(check_files=False)
+        assert ts.train_args(params)[ts.train_args(params).index("--arch") + 1] == arch

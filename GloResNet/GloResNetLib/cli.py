@@ -18,7 +18,7 @@ from .errors import GloResNetError, InputError
 EPILOG = "Research use only. Not a medical device; not for clinical decisions."
 
 #: Subcommands contributed by other modules: module name -> its ``add_parser(subparsers)`` registers them.
-PLUGIN_MODULES = ("synth", "training.cli", "demo")
+PLUGIN_MODULES = ("synth", "training.cli", "demo", "compare")
 
 
 def _progress(enabled: bool, **event) -> None:

@@ -49,16 +49,16 @@ class DemoSettings:
     weight_decay: float = 0.01
 
 
-#: CPU settings: smaller input (48^3: 6^3 saliency grid with the dilated layout), a narrow ResNet-10
-#: (widths 8-64), 12 epochs, batch 4, mixup alpha 0.2 (the paper: 128^3, ResNet-10, 150 epochs, alpha 1.0),
-#: anti-aliased resampling, and the generator's most conspicuous lesions (difficulty 0), so that the default
-#: demo runs in about 10 minutes on 2 cores (measured: CV AUC 0.90). Known limit: at 48^3-64^3 the dilated
-#: layers' 6^3-8^3 feature grid is dominated by zero-padding position effects, so Grad-CAM does not yet
-#: localise the lesions (pointing game 0/8); see issue 4.
+#: CPU settings: smaller input (48^3), a narrow ResNet-10 with the dilated layout and without the stem max-pool
+#: (widths 8-64; a 12^3 saliency grid instead of 6^3), 24 epochs, batch 4, mixup alpha 0.2 (the paper: 128^3,
+#: ResNet-10, 150 epochs, alpha 1.0), anti-aliased resampling, and the generator's most conspicuous lesions
+#: (difficulty 0), so that the default demo runs in under 10 minutes on 2 cores. Measured: CV AUC 0.83 +/- 0.10,
+#: pointing game 2/8, CAM energy 2.0x denser inside the lesions than outside: the targets of issue 4
+#: (AUC >= 0.90, pointing game >= 0.70) are not reached yet at this size.
 SETTINGS = {
-    "cpu": DemoSettings(n=100, n_heldout=20, size=48, epochs=12, batch_size=4, arch="resnet10_dilated",
-                        arch_params={"widths": [8, 16, 32, 64]}, lr=3e-3, difficulty=0.0, max_dim=80,
-                        mixup_alpha=0.2),
+    "cpu": DemoSettings(n=100, n_heldout=30, size=48, epochs=24, batch_size=4, arch="resnet10_dilated",
+                        arch_params={"widths": [8, 16, 32, 64], "stem_pool": False}, lr=3e-3, difficulty=0.0,
+                        max_dim=80, mixup_alpha=0.2),
     "quick": DemoSettings(n=40, n_heldout=6, size=48, epochs=6, batch_size=4, arch="resnet10_dilated",
                           arch_params={"widths": [8, 16, 32, 64]}, lr=3e-3, difficulty=0.0, max_dim=64,
                           mixup_alpha=0.2),

@@ -128,7 +128,8 @@ class FastResNet:
         if model.training:
             raise NotImplementedError("BatchNorm folding needs a model in eval mode")
         pool = model.maxpool
-        if not isinstance(pool, nn.MaxPool3d) or pool.ceil_mode or _triple(pool.dilation) != (1, 1, 1):
+        if not isinstance(pool, nn.Identity) and (not isinstance(pool, nn.MaxPool3d) or pool.ceil_mode
+                                                   or _triple(pool.dilation) != (1, 1, 1)):
             raise NotImplementedError("unexpected stem pooling")
         cpu32 = device.type == "cpu" and dtype == torch.float32 and torch.backends.mkldnn.is_available()
         pack = (cpu32 and _mkldnn_ops()) if pack is None else pack
@@ -140,7 +141,8 @@ class FastResNet:
             s = self.stem
             self.stem_blocked_weight = torch._C._nn.mkldnn_reorder_conv3d_weight(
                 s.weight.contiguous().to_mkldnn(), s.padding, s.stride, s.dilation, 1)
-        self.pool = (_triple(pool.kernel_size), _triple(pool.stride or pool.kernel_size), _triple(pool.padding))
+        self.pool = (None if isinstance(pool, nn.Identity) else
+                     (_triple(pool.kernel_size), _triple(pool.stride or pool.kernel_size), _triple(pool.padding)))
         self.blocks = [_Block(b, device, dtype, pack)
                        for layer in (model.layer1, model.layer2, model.layer3, model.layer4) for b in layer]
 
@@ -150,14 +152,14 @@ class FastResNet:
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Last conv stage activations (B, C, d, h, w) in channels_last_3d, as ``model.features(x)``."""
         x = x.to(self.device, self.dtype)
-        k, s, p = self.pool
+        pool = (lambda y: y) if self.pool is None else (lambda y: F.max_pool3d(y, *self.pool))
         if self.blocked_stem:
             c = self.stem
             y = torch.mkldnn_convolution(x.contiguous().to_mkldnn(), self.stem_blocked_weight, c.bias, c.padding,
                                          c.stride, c.dilation, 1)
-            x = F.max_pool3d(y, k, s, p).to_dense()
+            x = pool(y).to_dense()
         else:
-            x = F.max_pool3d(self.stem(x.contiguous(memory_format=CL)), k, s, p)
+            x = pool(self.stem(x.contiguous(memory_format=CL)))
         x = x.relu_().contiguous(memory_format=CL)
         for block in self.blocks:
             x = block(x)

@@ -46,9 +46,11 @@ from .training.metrics import SUMMARY_METRICS, summarize
 
 _DEFAULTS = TrainConfig()
 
-#: Architectures offered by the GUI (``gloresnet train --arch``).
-ARCHITECTURES = ("resnet10", "resnet10_dilated")
-#: Network width presets -> ``--widths`` (None: the architecture's default, MedicalNet's 64,128,256,512).
+#: Architectures offered by the GUI (``gloresnet train --arch``; every name of ``models.ARCHITECTURES``, listed
+#: here so that the module loads before PyTorch is installed; a test checks that the two agree).
+ARCHITECTURES = ("resnet10", "resnet10_dilated", "resnet18", "mrf_dsnet", "acs_resnet18", "slice_resnet18")
+#: Network width presets -> ``--widths`` (None: the architecture's default, MedicalNet's 64,128,256,512). The
+#: numbers are the ResNets' stage widths; mrf_dsnet's own default is 32,64,128,256 ("half").
 WIDTH_PRESETS: dict[str, tuple[int, int, int, int] | None] = {
     "full": None,
     "half": (32, 64, 128, 256),

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Callable
 from typing import Any
 
 from torch import nn
 
 from ..errors import BundleError
+from .lightweight import mrf_dsnet
 from .resnet import ResNet3D
 from .weights import LoadReport, load_medicalnet_weights, load_state_dict_file
 
@@ -19,6 +22,8 @@ ARCHITECTURES: dict[str, tuple[Callable[..., nn.Module], str]] = {
     "resnet10_dilated": (lambda **kw: ResNet3D((1, 1, 1, 1), dilated=True, **kw),
                          "3D ResNet-10, MedicalNet's dilated layer3/layer4 (finer saliency, 4x FLOPs)"),
     "resnet18": (lambda **kw: ResNet3D((2, 2, 2, 2), **kw), "3D ResNet-18, MedicalNet layout, strided"),
+    "mrf_dsnet": (mrf_dsnet, "lightweight depthwise-separable multi-receptive-field 3D net "
+                             "(~2.5% of ResNet-10's parameters)"),
 }
 
 
@@ -32,9 +37,69 @@ def build_model(arch: str = "resnet10", num_classes: int = 2, **params: Any) -> 
         raise BundleError(f"architecture '{arch}': bad parameters {params} ({exc})") from None
 
 
-def load_pretrained_weights(model: nn.Module, path: str) -> LoadReport:
+#: ``format`` entry in the safetensors metadata of weights written by GloResNet's own pretraining
+#: (``gloresnet pretrain-age``); the full description is JSON under ``gloresnet_pretrained``.
+PRETRAINED_FORMAT = "gloresnet-pretrained"
+
+
+def pretrained_metadata(path: str) -> dict[str, Any] | None:
+    """The description stored in a GloResNet-pretrained ``.safetensors`` file; None for any other file."""
+    if not str(path).endswith(".safetensors") or not os.path.isfile(path):
+        return None
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except Exception:  # noqa: BLE001 - unreadable files are reported by load_state_dict_file
+        return None
+    if meta.get("format") != PRETRAINED_FORMAT:
+        return None
+    try:
+        doc = json.loads(meta.get("gloresnet_pretrained", ""))
+    except json.JSONDecodeError:
+        raise BundleError(f"{path}: corrupt GloResNet pretraining metadata") from None
+    return doc if isinstance(doc, dict) else None
+
+
+def describe_pretrained(path: str) -> str:
+    """One phrase naming a run's initialisation weights (for provenance)."""
+    name = os.path.basename(str(path))
+    try:
+        doc = pretrained_metadata(path)
+    except BundleError:
+        doc = None
+    if doc is None:
+        return f"MedicalNet initialisation from {name}"
+    cv = doc.get("cv", {})
+    mae, base = cv.get("mae_weeks", {}), cv.get("baseline_mae_weeks", {})
+    figures = ""
+    if mae.get("mean") is not None and base.get("mean") is not None:
+        figures = (f", {cv.get('k')}-fold CV MAE {mae['mean']:.2f} +/- {mae['sd']:.2f} weeks vs "
+                   f"{base['mean']:.2f} for the mean-age baseline")
+    data = doc.get("data", {})
+    return (f"brain-age pretrained backbone from {name} (gloresnet pretrain-age, {doc.get('arch')}, "
+            f"{data.get('n', '?')} {'SYNTHETIC ' if doc.get('synthetic') else ''}volumes{figures})")
+
+
+def load_pretrained_weights(model: nn.Module, path: str, arch: str | None = None) -> LoadReport:
     """Initialise ``model`` from a weights file: the model's own ``load_pretrained_file(path)`` when it has
-    one (e.g. 2D ImageNet-style weights for 2D-derived backbones), else MedicalNet / same-layout weights."""
+    one (e.g. 2D ImageNet-style weights for 2D-derived backbones), else MedicalNet / same-layout weights.
+
+    Weights from GloResNet's own pretraining (:data:`PRETRAINED_FORMAT`, e.g. ``gloresnet pretrain-age``) name
+    their architecture: ``arch`` (the model's architecture name) must match it, and every tensor must find
+    its place in the model; otherwise :class:`BundleError`.
+    """
+    doc = pretrained_metadata(path)
+    if doc is not None:
+        if arch is not None and doc.get("arch") != arch:
+            raise BundleError(f"{path}: pretrained for architecture '{doc.get('arch')}', cannot initialise "
+                              f"'{arch}' (pretrain with --arch {arch}, or train with --arch {doc.get('arch')})")
+        report = load_medicalnet_weights(model, path)
+        if report.unexpected:
+            raise BundleError(f"{path}: {len(report.unexpected)} tensors of this '{doc.get('arch')}' backbone "
+                              f"have no place in the model (e.g. '{report.unexpected[0]}'): wrong architecture")
+        return report
     own = getattr(model, "load_pretrained_file", None)
     return own(path) if own is not None else load_medicalnet_weights(model, path)
 
@@ -44,6 +109,6 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-__all__ = ["ARCHITECTURES", "LoadReport", "ResNet3D", "build_model", "count_parameters",
-           "load_medicalnet_weights", "load_pretrained_weights",
+__all__ = ["ARCHITECTURES", "PRETRAINED_FORMAT", "LoadReport", "ResNet3D", "build_model", "count_parameters",
+           "describe_pretrained", "load_medicalnet_weights", "load_pretrained_weights", "pretrained_metadata",
            "load_state_dict_file"]

@@ -50,13 +50,14 @@ class ResNet3D(nn.Module):
 
     def __init__(self, layers: tuple[int, int, int, int] = (1, 1, 1, 1), num_classes: int = 2,
                  in_channels: int = 1, dilated: bool = False, widths: tuple[int, ...] = (64, 128, 256, 512),
-                 dropout: float = 0.0) -> None:
+                 dropout: float = 0.0, stem_pool: bool = True) -> None:
         super().__init__()
         self.inplanes = widths[0]
         self.conv1 = nn.Conv3d(in_channels, widths[0], kernel_size=7, stride=2, padding=3, bias=False)
         self.bn1 = nn.BatchNorm3d(widths[0])
         self.relu = nn.ReLU(inplace=True)
-        self.maxpool = nn.MaxPool3d(kernel_size=3, stride=2, padding=1)
+        # MedicalNet's stem max-pool; without it (stem_pool=False) every feature grid is twice as fine
+        self.maxpool = nn.MaxPool3d(kernel_size=3, stride=2, padding=1) if stem_pool else nn.Identity()
         self.layer1 = self._make_layer(widths[0], layers[0])
         self.layer2 = self._make_layer(widths[1], layers[1], stride=2)
         if dilated:

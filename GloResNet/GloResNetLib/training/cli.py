@@ -1,4 +1,4 @@
-"""``gloresnet train``, ``gloresnet folds`` and ``gloresnet evaluate`` (registered by :func:`add_parser`).
+"""``gloresnet train``, ``folds``, ``evaluate`` and ``pretrain-age`` (registered by :func:`add_parser`).
 
 Importing this module is cheap (no torch); the handlers import the training code when they run.
 Exit codes: 0 done, 2 bad option / bad dataset / bad run folder (one clear message, no traceback),
@@ -277,6 +277,10 @@ def add_parser(subparsers) -> None:
     e.add_argument("--merge", action="store_true", help="recompute metrics and the bundle from the folds")
     e.add_argument("--json", action="store_true", help="print metrics.json instead of a table")
     e.set_defaults(func=run_evaluate)
+
+    from .age_cli import add_parser as add_age_parser  # `pretrain-age` (brain-age transfer), same options
+
+    add_age_parser(subparsers)
 
 
 def _given(args: argparse.Namespace) -> dict:

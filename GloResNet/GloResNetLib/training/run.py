@@ -503,6 +503,7 @@ def finalize_run(run_dir: str | Path) -> dict[str, Any]:
     from safetensors.torch import load_file
 
     from ..bundle import default_metadata, save_bundle
+    from ..models import describe_pretrained, pretrained_metadata
 
     run_dir = Path(run_dir)
     cfg = read_run_config(run_dir)
@@ -566,11 +567,8 @@ def finalize_run(run_dir: str | Path) -> dict[str, Any]:
             "pooled": {m: pooled[m] for m in SUMMARY_METRICS},
         }
         td = training_data(dataset_doc)
-        init = (
-            f"MedicalNet initialisation from {Path(cfg.pretrained).name}"
-            if cfg.pretrained
-            else "random initialisation"
-        )
+        init = describe_pretrained(cfg.pretrained) if cfg.pretrained else "random initialisation"
+        pre_doc = pretrained_metadata(cfg.pretrained) if cfg.pretrained else None  # e.g. pretrain-age weights
         provenance = (
             f"GloResNet {cfg.folds}-fold cross-validation ensemble ({cfg.arch}, {cfg.size}^3 input), "
             f"trained by gloresnet {__version__} on {td['description']}; {cfg.epochs} epochs, AdamW lr "
@@ -588,6 +586,7 @@ def finalize_run(run_dir: str | Path) -> dict[str, Any]:
             threshold=cfg.threshold,
             cv_metrics=cv,
             tta_axes=(0,),
+            extra={"pretrained": dict(pre_doc, file=Path(cfg.pretrained).name)} if pre_doc else None,
         )
         save_bundle(run_dir / "bundle", states, meta, overwrite=True)
         _write_json(run_dir / "metrics.json", doc)

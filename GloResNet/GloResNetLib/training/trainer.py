@@ -355,6 +355,9 @@ def selection_score(metric: str, val_loss: float, m: dict[str, Any]) -> float:
 class FoldTrainer:
     """Trains one fold in ``fold_dir``; :meth:`run` returns the fold's result dict (``result.json``)."""
 
+    #: network outputs (2 classes; a regression subclass uses 1)
+    num_outputs = 2
+
     def __init__(
         self,
         cfg: TrainConfig,
@@ -393,10 +396,10 @@ class FoldTrainer:
     def _build(self) -> None:
         cfg = self.cfg
         torch.manual_seed(seed_for(cfg.seed, self.fold, 1))
-        model = build_model(cfg.arch, 2, **cfg.arch_params)
+        model = build_model(cfg.arch, self.num_outputs, **cfg.arch_params)
         self.pretrained_report = None
         if cfg.pretrained:
-            report = load_pretrained_weights(model, cfg.pretrained)
+            report = load_pretrained_weights(model, cfg.pretrained, arch=cfg.arch)
             self.pretrained_report = report.summary()
             if self.dist.main and self.fold_pos == 0:
                 log.info("pretrained weights %s: %s", cfg.pretrained, report.summary())
@@ -486,6 +489,10 @@ class FoldTrainer:
             yi = plan.lam * yi + (1.0 - plan.lam) * yp
         return xi, yi
 
+    def _per_sample_loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Training loss per sample (B,): class-weighted soft cross-entropy (subclasses: other tasks)."""
+        return soft_cross_entropy(logits, targets, self.cw_t)
+
     def _train_epoch(self) -> tuple[float, float, float, bool]:
         """One epoch from ``self.step0``; returns (mean loss, data s, total s, stopped)."""
         cfg, dist, e = self.cfg, self.dist, self.epoch
@@ -520,7 +527,7 @@ class FoldTrainer:
                 with sync:
                     with autocast(self.device, self.dtype):
                         logits = self.net(x)
-                    per_sample = soft_cross_entropy(logits, y, self.cw_t)
+                    per_sample = self._per_sample_loss(logits, y)
                     loss = per_sample.sum() * (dist.world / len(bidx))
                     self.scaler.scale(loss).backward()
                 local_loss += float(per_sample.detach().sum())
