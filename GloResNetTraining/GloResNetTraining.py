@@ -165,7 +165,7 @@ class GloResNetTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         self.ui.manifestPathLineEdit.filters = ctk.ctkPathLineEdit.Files | ctk.ctkPathLineEdit.Readable
         self.ui.manifestPathLineEdit.nameFilters = ["CSV manifest (*.csv)", "All files (*)"]
         self.ui.pretrainedPathLineEdit.filters = ctk.ctkPathLineEdit.Files | ctk.ctkPathLineEdit.Readable
-        self.ui.pretrainedPathLineEdit.nameFilters = ["MedicalNet weights (*.pth)", "All files (*)"]
+        self.ui.pretrainedPathLineEdit.nameFilters = ["Weights (*.pth *.pt *.safetensors)", "All files (*)"]
         self.ui.dhcpPathLineEdit.filters = ctk.ctkPathLineEdit.Dirs
         self.ui.outputFolderPathLineEdit.filters = ctk.ctkPathLineEdit.Dirs | ctk.ctkPathLineEdit.Writable
         for widgetName, field in self.PATH_FIELDS:

@@ -170,6 +170,8 @@ def test_bad_parameters_are_refused_before_anything_runs(tmp_path, cohort):
                            ({"arch": "vgg"}, "architecture"), ({"device": "tpu"}, "device"),
                            ({"pretrained": str(tmp_path / "w.pth")}, "full network width"),
                            ({"pretrained": str(tmp_path / "w.pth"), "widths": None}, "not found"),
+                           # pretrain-age weights (safetensors) may have any width: only the file is checked
+                           ({"pretrained": str(tmp_path / "age.safetensors")}, "not found"),
                            ({"manifest": str(tmp_path / "none.csv")}, "manifest not found"),
                            ({"source": "dhcp", "dhcp": str(tmp_path / "none")}, "dHCP folder not found"),
                            ({"output_folder": ""}, "output folder"), ({"run_name": "a/b"}, "plain folder"),

@@ -230,7 +230,8 @@ class TrainingParameters:
             raise InputError(f"device must be one of {', '.join(DEVICES)}")
         if self.widths is not None and (len(self.widths) != 4 or min(self.widths) < 1):
             raise InputError("network widths need 4 positive integers")
-        if self.pretrained and self.widths and tuple(self.widths) != (64, 128, 256, 512):
+        medicalnet = self.pretrained and not str(self.pretrained).endswith(".safetensors")  # pretrain-age: any
+        if medicalnet and self.widths and tuple(self.widths) != (64, 128, 256, 512):
             raise InputError("MedicalNet weights need the full network width (64,128,256,512)")
         if self.run_name and (Path(self.run_name).name != self.run_name or self.run_name in (".", "..")):
             raise InputError(f"run name '{self.run_name}' must be a plain folder name")
@@ -242,7 +243,7 @@ class TrainingParameters:
             if self.source == "dhcp" and not data.is_dir():
                 raise InputError(f"{data}: dHCP folder not found")
             if self.pretrained and not Path(self.pretrained).expanduser().is_file():
-                raise InputError(f"{self.pretrained}: MedicalNet weights file not found")
+                raise InputError(f"{self.pretrained}: pretrained weights file not found")
             run_dir = self.run_dir
             if run_dir.exists() and any(p.name != "train.log" for p in run_dir.iterdir()):
                 raise InputError(f"{run_dir} already exists and is not empty: choose another run name "

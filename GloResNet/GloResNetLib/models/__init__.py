@@ -10,8 +10,10 @@ from typing import Any
 from torch import nn
 
 from ..errors import BundleError
+from .acs import acs_resnet18
 from .lightweight import mrf_dsnet
 from .resnet import ResNet3D
+from .slice_encoder import slice_resnet18
 from .weights import LoadReport, load_medicalnet_weights, load_state_dict_file
 
 #: name -> (factory, description). Every model maps (B, 1, X, Y, Z) to logits (B, num_classes) and exposes
@@ -24,6 +26,9 @@ ARCHITECTURES: dict[str, tuple[Callable[..., nn.Module], str]] = {
     "resnet18": (lambda **kw: ResNet3D((2, 2, 2, 2), **kw), "3D ResNet-18, MedicalNet layout, strided"),
     "mrf_dsnet": (mrf_dsnet, "lightweight depthwise-separable multi-receptive-field 3D net "
                              "(~2.5% of ResNet-10's parameters)"),
+    "acs_resnet18": (acs_resnet18, "2D ResNet-18 run on 3D with ACS convolutions (loads 2D torchvision weights)"),
+    "slice_resnet18": (slice_resnet18, "2D ResNet-18 per slice + slice-position embedding + mean/max/attention "
+                                       "pooling (loads 2D torchvision weights)"),
 }
 
 
@@ -33,7 +38,7 @@ def build_model(arch: str = "resnet10", num_classes: int = 2, **params: Any) -> 
         raise BundleError(f"unknown architecture '{arch}' (known: {', '.join(sorted(ARCHITECTURES))})")
     try:
         return ARCHITECTURES[arch][0](num_classes=num_classes, **params)
-    except TypeError as exc:
+    except (TypeError, ValueError) as exc:
         raise BundleError(f"architecture '{arch}': bad parameters {params} ({exc})") from None
 
 
