@@ -117,16 +117,39 @@ def read_torchvision_resnet(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return state
 
 
+def adapt_stem_weight(weight: torch.Tensor, in_channels: int) -> torch.Tensor:
+    """First-convolution kernel (C_out, C_file, k, k) of a weights file for a model with ``in_channels`` inputs.
+
+    For one channel the RGB kernel is **summed** over its colour axis: a grey image x then gives exactly the
+    stem response of the RGB image (x, x, x). Equal counts are kept; any other count gets the colour-mean kernel
+    repeated and scaled by C_file / in_channels (same response to an image that is constant over channels).
+    """
+    have = weight.shape[1]
+    if have == in_channels:
+        return weight
+    if in_channels == 1:
+        return weight.sum(dim=1, keepdim=True)
+    return weight.mean(dim=1, keepdim=True).repeat(1, in_channels, 1, 1) * (have / in_channels)
+
+
 def load_2d_weights(trunk: nn.Module, path: str | os.PathLike, prefix: str = "",
                     in_channels: int = 1) -> LoadReport:
     """Load torchvision 2D ResNet weights into a :class:`ResNetLayout` (under ``prefix`` in the model).
 
-    The RGB stem kernel is summed over its 3 input channels for a one-channel MRI input (a grey image x
-    gives the same stem response as the RGB image (x, x, x)). ``fc.*`` is dropped.
+    The stem kernel is adapted by :func:`adapt_stem_weight` (RGB summed for a one-channel MRI input); ``fc.*``
+    is dropped. Strict otherwise: every trunk tensor must be in the file with the trunk's shape and the file may
+    hold no other (``num_batches_tracked`` may be absent, as in old torchvision files), else
+    :class:`BundleError` naming the file (e.g. a ResNet-34/50 file, or other widths).
     """
     state = read_torchvision_resnet(path)
-    stem = state["conv1.weight"]
-    if stem.shape[1] != in_channels and in_channels == 1:
-        state["conv1.weight"] = stem.sum(dim=1, keepdim=True)
-    state = {prefix + k: v for k, v in state.items() if not k.startswith(HEAD_PREFIXES)}
-    return load_pretrained(trunk, state, source=str(path))
+    state["conv1.weight"] = adapt_stem_weight(state["conv1.weight"], in_channels)
+    state = {k: v for k, v in state.items() if not k.startswith(HEAD_PREFIXES)}
+    wanted = {k[len(prefix):] for k in trunk.state_dict() if k.startswith(prefix)}
+    wanted -= {k for k in wanted if k.startswith(HEAD_PREFIXES)}
+    extra = sorted(set(state) - wanted)
+    missing = sorted(k for k in wanted - set(state) if not k.endswith("num_batches_tracked"))
+    if extra or missing:
+        what = (f"has {len(extra)} tensors a ResNet-18 does not (e.g. '{extra[0]}')" if extra else
+                f"lacks {len(missing)} ResNet-18 tensors (e.g. '{missing[0]}')")
+        raise BundleError(f"{path}: {what}: not a torchvision resnet18 state dict (wrong architecture?)")
+    return load_pretrained(trunk, {prefix + k: v for k, v in state.items()}, source=str(path))

@@ -182,10 +182,12 @@ def add_parser(subparsers) -> None:
     p.add_argument(
         "--pretrained",
         default=S,
-        metavar="MEDICALNET.pth",
-        help="MedicalNet resnet_10*.pth backbone weights (classifier keys dropped)",
+        metavar="WEIGHTS",
+        help="backbone weights, classifier keys dropped: MedicalNet resnet_10*.pth (resnet10/18), a torchvision "
+        "2D resnet18 state dict (acs_resnet18, slice_resnet18) or pretrain-age's age_backbone.safetensors",
     )
-    p.add_argument("--arch", default=S, help="architecture (default resnet10)")
+    p.add_argument("--arch", default=S, help="architecture (default resnet10; also resnet10_dilated, resnet18, "
+                   "mrf_dsnet, acs_resnet18, slice_resnet18)")
     p.add_argument(
         "--widths",
         type=_widths,
