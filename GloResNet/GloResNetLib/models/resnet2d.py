@@ -143,7 +143,8 @@ def load_2d_weights(trunk: nn.Module, path: str | os.PathLike, prefix: str = "",
     """
     state = read_torchvision_resnet(path)
     state["conv1.weight"] = adapt_stem_weight(state["conv1.weight"], in_channels)
-    state = {k: v for k, v in state.items() if not k.startswith(HEAD_PREFIXES)}
+    head = sorted(k for k in state if k.startswith(HEAD_PREFIXES))
+    state = {k: v for k, v in state.items() if k not in head}
     wanted = {k[len(prefix):] for k in trunk.state_dict() if k.startswith(prefix)}
     wanted -= {k for k in wanted if k.startswith(HEAD_PREFIXES)}
     extra = sorted(set(state) - wanted)
@@ -152,4 +153,6 @@ def load_2d_weights(trunk: nn.Module, path: str | os.PathLike, prefix: str = "",
         what = (f"has {len(extra)} tensors a ResNet-18 does not (e.g. '{extra[0]}')" if extra else
                 f"lacks {len(missing)} ResNet-18 tensors (e.g. '{missing[0]}')")
         raise BundleError(f"{path}: {what}: not a torchvision resnet18 state dict (wrong architecture?)")
-    return load_pretrained(trunk, {prefix + k: v for k, v in state.items()}, source=str(path))
+    report = load_pretrained(trunk, {prefix + k: v for k, v in state.items()}, source=str(path))
+    report.dropped_head = head
+    return report

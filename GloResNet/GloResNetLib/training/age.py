@@ -68,8 +68,8 @@ from .trainer import (
     FoldTrainer,
     StopSignal,
     TrainingStopped,
-    autocast,
     load_checkpoint,
+    predict_outputs,
     setup_distributed,
     teardown_distributed,
 )
@@ -187,7 +187,6 @@ def mean_sd(values: list[float]) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------- trainer
 
 
-@torch.no_grad()
 def predict_ages(
     model: torch.nn.Module,
     store: VolumeStore,
@@ -198,16 +197,8 @@ def predict_ages(
     dtype: torch.dtype | None = None,
 ) -> np.ndarray:
     """Raw (standardised) outputs of samples; with ``tta`` the mean of the identity and left-right flip."""
-    model.eval()
-    out = []
-    for start in range(0, len(indices), batch_size):
-        idx = indices[start : start + batch_size]
-        x = torch.from_numpy(store.batch(idx)).unsqueeze(1).to(device)
-        views = [x, x.flip(2)] if tta else [x]
-        with autocast(device, dtype):
-            y = model(torch.cat(views))
-        out.append(y.float()[:, 0].reshape(len(views), len(idx)).mean(0).cpu().numpy())
-    return np.concatenate(out).astype(np.float64) if out else np.zeros(0)
+    raw = predict_outputs(model, store, indices, device, tta, batch_size, dtype, per_sample=lambda y: y[:, 0])
+    return raw.astype(np.float64)
 
 
 class AgeFoldTrainer(FoldTrainer):

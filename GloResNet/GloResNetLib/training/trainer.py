@@ -311,6 +311,31 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
 
 
 @torch.no_grad()
+def predict_outputs(
+    model: nn.Module,
+    store: VolumeStore,
+    indices: np.ndarray,
+    device: torch.device,
+    tta: bool = True,
+    batch_size: int = 8,
+    dtype: torch.dtype | None = None,
+    per_sample: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> np.ndarray:
+    """One value per sample (eval mode): ``per_sample(outputs)`` (default: softmax P(class 1)); with ``tta``
+    the mean over the identity and the left-right flip."""
+    per_sample = per_sample or (lambda y: torch.softmax(y, dim=1)[:, 1])
+    model.eval()
+    out = []
+    for start in range(0, len(indices), batch_size):
+        idx = indices[start : start + batch_size]
+        x = torch.from_numpy(store.batch(idx)).unsqueeze(1).to(device)
+        views = [x, x.flip(2)] if tta else [x]
+        with autocast(device, dtype):
+            y = model(torch.cat(views))
+        out.append(per_sample(y.float()).reshape(len(views), len(idx)).mean(0).cpu().numpy())
+    return np.concatenate(out) if out else np.zeros(0)
+
+
 def predict_probs(
     model: nn.Module,
     store: VolumeStore,
@@ -321,17 +346,7 @@ def predict_probs(
     dtype: torch.dtype | None = None,
 ) -> np.ndarray:
     """P(BI) of samples (eval mode; with ``tta`` the mean softmax of the identity and left-right flip)."""
-    model.eval()
-    out = []
-    for start in range(0, len(indices), batch_size):
-        idx = indices[start : start + batch_size]
-        x = torch.from_numpy(store.batch(idx)).unsqueeze(1).to(device)
-        views = [x, x.flip(2)] if tta else [x]
-        with autocast(device, dtype):
-            logits = model(torch.cat(views))
-        probs = torch.softmax(logits.float(), dim=1)[:, 1].reshape(len(views), len(idx)).mean(0)
-        out.append(probs.cpu().numpy())
-    return np.concatenate(out) if out else np.zeros(0)
+    return predict_outputs(model, store, indices, device, tta, batch_size, dtype)
 
 
 def weighted_log_loss(labels: np.ndarray, prob: np.ndarray, weights: np.ndarray | None) -> float:
