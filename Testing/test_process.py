@@ -154,6 +154,8 @@ def test_cancel_kills_the_whole_tree():
 def test_stop_sends_sigint_for_a_clean_shutdown():
     proc = child("""
         import json, time
+        from GloResNetLib.cli import accept_stop_signals
+        accept_stop_signals()  # as `gloresnet` does: the test runner may have left SIGINT ignored or blocked
         try:  # the signal may come as soon as "start" is out: already inside the try
             print(json.dumps({"event": "start"}), flush=True)
             for _ in range(1200):

@@ -222,8 +222,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def accept_stop_signals() -> None:
+    """Make Ctrl-C / SIGINT reach this process even if its parent ignored or blocked it (both are inherited
+    across exec, e.g. from a GUI host); the GUI's Stop button sends SIGINT for a clean stop."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``gloresnet`` console script; returns the exit code."""
+    if argv is None:  # run as a program (not called from Python code)
+        accept_stop_signals()
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
