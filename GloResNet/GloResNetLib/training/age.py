@@ -62,14 +62,21 @@ from .config import TrainConfig
 from .datasets import DatasetReport, load_dataset
 from .folds import Split, make_folds
 from .progress import Reporter
-from .run import _setup_logging, _tensorboard_factory, prepare_dataset, preprocess_config
+from .run import (
+    _read_json,
+    _setup_logging,
+    _tensorboard_factory,
+    _write_json,
+    check_new_run_dir,
+    prepare_dataset,
+    preprocess_config,
+)
 from .trainer import (
     Dist,
     FoldTrainer,
     StopSignal,
     TrainingStopped,
     load_checkpoint,
-    predict_outputs,
     setup_distributed,
     teardown_distributed,
 )
@@ -187,20 +194,6 @@ def mean_sd(values: list[float]) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------- trainer
 
 
-def predict_ages(
-    model: torch.nn.Module,
-    store: VolumeStore,
-    indices: np.ndarray,
-    device: torch.device,
-    tta: bool = True,
-    batch_size: int = 8,
-    dtype: torch.dtype | None = None,
-) -> np.ndarray:
-    """Raw (standardised) outputs of samples; with ``tta`` the mean of the identity and left-right flip."""
-    raw = predict_outputs(model, store, indices, device, tta, batch_size, dtype, per_sample=lambda y: y[:, 0])
-    return raw.astype(np.float64)
-
-
 class AgeFoldTrainer(FoldTrainer):
     """The fold trainer with one output, standardised-age targets, an L1-type loss and MAE checkpoint choice.
 
@@ -238,15 +231,7 @@ class AgeFoldTrainer(FoldTrainer):
 
     def predict_weeks(self, indices: np.ndarray) -> np.ndarray:
         """Predicted ages (weeks) of samples."""
-        raw = predict_ages(
-            self.model,
-            self.store,
-            indices,
-            self.device,
-            self.cfg.tta,
-            max(1, self.cfg.batch_size // self.cfg.grad_accum),
-            self.dtype,
-        )
+        raw = self._predict(indices, per_sample=lambda y: y[:, 0]).astype(np.float64)  # standardised
         return raw * self.sd + self.mean
 
     def _evaluate(self, indices: np.ndarray, full: bool = False) -> tuple[np.ndarray, dict[str, Any], float]:
@@ -389,17 +374,6 @@ class AgeFoldTrainer(FoldTrainer):
 # ------------------------------------------------------------------------------------------- run
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InputError(f"{path}: unreadable ({exc})") from None
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    write_text_atomic(path, json.dumps(obj, indent=1) + "\n")
-
-
 def _run_document(cfg: TrainConfig, loss: str, final: str) -> dict[str, Any]:
     return json.loads(json.dumps(dict(cfg.run_fields(), _task="age", _loss=loss, _final=final)))
 
@@ -428,8 +402,8 @@ def _prepare_out(cfg: TrainConfig, loss: str, final: str) -> TrainConfig:
                 f"{out} holds a pretrain-age run with other options ({', '.join(diffs)}); "
                 "repeat its options to continue it, or choose another --out"
             )
-    elif out.exists() and (not out.is_dir() or any(p.name != "train.log" for p in out.iterdir())):
-        raise InputError(f"{out}: exists and is not an empty folder; choose another --out")
+    else:
+        check_new_run_dir(out)
     return cfg
 
 
@@ -818,7 +792,6 @@ __all__ = [
     "finalize_age_run",
     "format_age_table",
     "head_keys",
-    "predict_ages",
     "pretrain_age",
     "read_age_summary",
 ]

@@ -212,9 +212,15 @@ def _config_for_job(cfg: TrainConfig) -> TrainConfig:
                 f"{run_dir}: this fold job's options differ from the run's ({', '.join(diffs)}); "
                 "jobs of one run must use the same options"
             )
-    elif run_dir.exists() and (not run_dir.is_dir() or any(p.name != "train.log" for p in run_dir.iterdir())):
-        raise InputError(f"{run_dir}: exists and is not an empty folder; choose another --out")
+    else:
+        check_new_run_dir(run_dir)
     return cfg
+
+
+def check_new_run_dir(run_dir: Path) -> None:
+    """Refuse an ``--out`` that exists and holds anything but a log of a failed start."""
+    if run_dir.exists() and (not run_dir.is_dir() or any(p.name != "train.log" for p in run_dir.iterdir())):
+        raise InputError(f"{run_dir}: exists and is not an empty folder; choose another --out")
 
 
 def _setup_logging(

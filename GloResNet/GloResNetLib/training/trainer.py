@@ -336,19 +336,6 @@ def predict_outputs(
     return np.concatenate(out) if out else np.zeros(0)
 
 
-def predict_probs(
-    model: nn.Module,
-    store: VolumeStore,
-    indices: np.ndarray,
-    device: torch.device,
-    tta: bool = True,
-    batch_size: int = 8,
-    dtype: torch.dtype | None = None,
-) -> np.ndarray:
-    """P(BI) of samples (eval mode; with ``tta`` the mean softmax of the identity and left-right flip)."""
-    return predict_outputs(model, store, indices, device, tta, batch_size, dtype)
-
-
 def weighted_log_loss(labels: np.ndarray, prob: np.ndarray, weights: np.ndarray | None) -> float:
     """Class-weighted mean cross-entropy of predicted P(BI) (weights normalised by their sum)."""
     p = np.clip(np.where(labels == 1, prob, 1.0 - prob), 1e-7, 1.0)
@@ -570,16 +557,14 @@ class FoldTrainer:
         self.step0, self.partial = 0, [0.0, 0.0, 0.0, 0.0]
         return loss_sum / max(count, 1), data_s, step_s, False
 
+    def _predict(self, indices: np.ndarray, per_sample: Callable[[torch.Tensor], torch.Tensor] | None = None
+                 ) -> np.ndarray:
+        """:func:`predict_outputs` of samples with this run's TTA, evaluation batch size and precision."""
+        return predict_outputs(self.model, self.store, indices, self.device, self.cfg.tta,
+                               max(1, self.cfg.batch_size // self.cfg.grad_accum), self.dtype, per_sample)
+
     def _evaluate(self, indices: np.ndarray, full: bool = False) -> tuple[np.ndarray, dict[str, Any], float]:
-        probs = predict_probs(
-            self.model,
-            self.store,
-            indices,
-            self.device,
-            self.cfg.tta,
-            max(1, self.cfg.batch_size // self.cfg.grad_accum),
-            self.dtype,
-        )
+        probs = self._predict(indices)
         y = self.labels[indices]
         metrics = (binary_metrics if full else epoch_metrics)(y, probs, self.cfg.threshold)
         return probs, metrics, weighted_log_loss(y, probs, self.cw)
