@@ -280,6 +280,7 @@ def test_tiny_cv_run_through_the_cli_with_2d_weights(tmp_path):
     bundle = load_bundle(out / "bundle")
     assert bundle.metadata["arch"] == "acs_resnet18" and len(bundle.models) == 2
     assert all(isinstance(m, ACSResNet) for m in bundle.models)
+    assert "2D ResNet (torchvision layout) initialisation from resnet18_2d.pth" in bundle.provenance
     first = (out / "oof.csv").read_text().splitlines()[1].split(",")
     array, affine = read_volume(first[1])
     result = predict(bundle, array, affine, tta=True, cam=True)

@@ -67,7 +67,11 @@ def pretrained_metadata(path: str) -> dict[str, Any] | None:
     return doc if isinstance(doc, dict) else None
 
 
-def describe_pretrained(path: str) -> str:
+#: Architectures initialised from 2D torchvision-layout ResNet weights (their ``load_pretrained_file``).
+TWO_D_WEIGHT_ARCHS = ("acs_resnet18", "slice_resnet18")
+
+
+def describe_pretrained(path: str, arch: str | None = None) -> str:
     """One phrase naming a run's initialisation weights (for provenance)."""
     name = os.path.basename(str(path))
     try:
@@ -75,7 +79,8 @@ def describe_pretrained(path: str) -> str:
     except BundleError:
         doc = None
     if doc is None:
-        return f"MedicalNet initialisation from {name}"
+        kind = "2D ResNet (torchvision layout)" if arch in TWO_D_WEIGHT_ARCHS else "MedicalNet"
+        return f"{kind} initialisation from {name}"
     cv = doc.get("cv", {})
     mae, base = cv.get("mae_weeks", {}), cv.get("baseline_mae_weeks", {})
     figures = ""

@@ -573,7 +573,7 @@ def finalize_run(run_dir: str | Path) -> dict[str, Any]:
             "pooled": {m: pooled[m] for m in SUMMARY_METRICS},
         }
         td = training_data(dataset_doc)
-        init = describe_pretrained(cfg.pretrained) if cfg.pretrained else "random initialisation"
+        init = describe_pretrained(cfg.pretrained, cfg.arch) if cfg.pretrained else "random initialisation"
         pre_doc = pretrained_metadata(cfg.pretrained) if cfg.pretrained else None  # e.g. pretrain-age weights
         provenance = (
             f"GloResNet {cfg.folds}-fold cross-validation ensemble ({cfg.arch}, {cfg.size}^3 input), "
