@@ -15,11 +15,13 @@ from GloResNetLib.preprocessing import PreprocessConfig, memory_order_view, prep
 from test_preprocess import flip_axis
 
 
-@pytest.mark.parametrize("arch", ["resnet10", "resnet10_dilated", "resnet18", "resnet10_dilated-nopool"])
+@pytest.mark.parametrize("arch", ["resnet10", "resnet10_dilated", "resnet18", "resnet10_dilated-nopool",
+                                  "resnet10-layer2"])
 @pytest.mark.parametrize("pack", [True, False])
 def test_prepared_model_matches_the_model(arch, pack):
     arch, _, variant = arch.partition("-")
-    model = make_small_model(arch=arch, **({"stem_pool": False} if variant == "nopool" else {}))
+    extra = {"nopool": {"stem_pool": False}, "layer2": {"cam_layer": "layer2"}}.get(variant, {})
+    model = make_small_model(arch=arch, **extra)
     fast = fastnet.FastResNet(model, torch.device("cpu"), pack=pack and fastnet._mkldnn_ops(),
                               blocked_stem=pack and torch.backends.mkldnn.is_available())
     x = torch.randn(3, 1, 40, 35, 33)

@@ -7,7 +7,9 @@ import pytest
 import torch
 from conftest import example_affine, make_head_volume
 from GloResNetLib import load_bundle, predict
+from GloResNetLib.errors import BundleError
 from GloResNetLib.inference import tta_views
+from GloResNetLib.models import build_model
 from test_preprocess import flip_axis
 
 
@@ -93,3 +95,41 @@ def test_ensemble_averages_its_models(ensemble_bundle):
     r = predict(bundle, vol, aff, cam=False)
     assert len(r.model_probabilities) == 3
     assert r.probability == pytest.approx(np.mean(r.model_probabilities), abs=1e-6)
+
+
+@pytest.mark.parametrize("layer", ["layer1", "layer2", "layer3"])
+def test_cam_layer_moves_gradcam_to_an_earlier_stage_without_changing_the_output(tmp_path, layer):
+    from conftest import SMALL_SIZE, SMALL_WIDTHS, make_small_model
+    from GloResNetLib.bundle import default_metadata, save_bundle
+    from GloResNetLib.preprocessing import PreprocessConfig
+    from monai.visualize import GradCAM
+
+    plain = make_small_model(4)
+    model = build_model("resnet10", widths=list(SMALL_WIDTHS), cam_layer=layer).eval()
+    model.load_state_dict(plain.state_dict())  # same weights, same state_dict keys
+    seen = {}
+    getattr(plain, layer).register_forward_hook(lambda mod, inp, out: seen.update(shape=out.shape))
+    x = torch.randn(2, 1, *SMALL_SIZE)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), plain(x))
+        assert model.features(x).shape == seen["shape"]
+    meta = default_metadata("cam_layer", arch="resnet10",
+                            arch_params={"widths": list(SMALL_WIDTHS), "cam_layer": layer},
+                            preprocess=PreprocessConfig(size=SMALL_SIZE),
+                            training_data={"description": "test fixture", "synthetic": True, "trained": True},
+                            provenance="pytest fixture")
+    b = load_bundle(save_bundle(tmp_path / "b", [plain.state_dict()], meta))
+    vol, aff = make_head_volume(seed=3), example_affine()
+    r = predict(b, vol, aff, tta=False)  # through the fast inference copy
+    assert r.cam_network.shape == tuple(SMALL_SIZE)
+    x1 = torch.from_numpy(r.resampled)[None, None]
+    with torch.no_grad():
+        assert r.probability == pytest.approx(torch.softmax(plain(x1), 1)[0, 1].item(), abs=1e-5)
+    ref = GradCAM(nn_module=b.models[0], target_layers=layer, postprocessing=lambda m: m)(x1, class_idx=1)
+    ref = ref[0, 0].detach().numpy()
+    assert np.corrcoef(ref.ravel(), r.cam_network.ravel())[0, 1] >= 0.99
+
+
+def test_unknown_cam_layer_is_refused():
+    with pytest.raises(BundleError, match="cam_layer must be one of"):
+        build_model("resnet10", cam_layer="layer5")

@@ -143,14 +143,13 @@ class FastResNet:
                 s.weight.contiguous().to_mkldnn(), s.padding, s.stride, s.dilation, 1)
         self.pool = (None if isinstance(pool, nn.Identity) else
                      (_triple(pool.kernel_size), _triple(pool.stride or pool.kernel_size), _triple(pool.padding)))
-        self.blocks = [_Block(b, device, dtype, pack)
-                       for layer in (model.layer1, model.layer2, model.layer3, model.layer4) for b in layer]
+        self.blocks = [_Block(b, device, dtype, pack) for layer in model.stages()[0] for b in layer]
 
     def convs(self) -> list[_Conv]:
         return [c for b in self.blocks for c in (b.conv1, b.conv2, b.down) if c is not None]
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        """Last conv stage activations (B, C, d, h, w) in channels_last_3d, as ``model.features(x)``."""
+        """Activations of the model's ``cam_layer`` (B, C, d, h, w) in channels_last_3d, as ``model.features(x)``."""
         x = x.to(self.device, self.dtype)
         pool = (lambda y: y) if self.pool is None else (lambda y: F.max_pool3d(y, *self.pool))
         if self.blocked_stem:

@@ -132,8 +132,10 @@ class TrainingParameters:
 
     @classmethod
     def cpu_demo(cls, **changes: Any) -> TrainingParameters:
-        """CPU-sized settings (those of ``gloresnet demo`` on a CPU): 64^3 input, dilated ResNet-10 at a
-        quarter of the width, 30 epochs, batch 8, 5 folds, no MedicalNet weights (they need full width)."""
+        """CPU-sized settings: 64^3 input, dilated ResNet-10 at a quarter of the width (an 8^3 Grad-CAM grid),
+        30 epochs, batch 8, 5 folds, no MedicalNet weights (they need full width). ``gloresnet demo`` uses the
+        strided ResNet-10 with Grad-CAM on ``layer1`` instead (``--arch-params '{"cam_layer": "layer1"}'``, not
+        a GUI field)."""
         return cls().apply_cpu_demo().replace(**changes)
 
     def apply_cpu_demo(self) -> TrainingParameters:

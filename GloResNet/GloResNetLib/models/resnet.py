@@ -3,12 +3,18 @@
 Parameter names match MedicalNet's checkpoints (``conv1``, ``bn1``, ``layerN.0.conv1``, ``...downsample.0``)
 so Tencent's ``resnet_10*.pth`` weights load directly. ``dilated=True`` is MedicalNet's segmentation layout
 (layer3/layer4 dilated 2/4 with stride 1: 16^3 feature maps at 128^3 input, finer saliency, 4x the FLOPs).
+``cam_layer`` picks the stage whose activations Grad-CAM weights (``layer4`` as in the paper; ``layer3``,
+``layer2`` or ``layer1`` give 2x, 4x or 8x finer maps from less abstract features, as with
+``monai.visualize.GradCAM``'s ``target_layers``); it does not change the network's output.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import nn
+
+#: Stages whose activations Grad-CAM can weight (``cam_layer``).
+CAM_LAYERS = ("layer1", "layer2", "layer3", "layer4")
 
 
 def conv3x3x3(in_planes: int, out_planes: int, stride: int = 1, dilation: int = 1) -> nn.Conv3d:
@@ -42,16 +48,18 @@ class BasicBlock(nn.Module):
 class ResNet3D(nn.Module):
     """MedicalNet-style 3D ResNet classifier: (B, in_channels, X, Y, Z) -> logits (B, num_classes).
 
-    ``features`` returns the last convolutional stage (``layer4``), ``head`` maps pooled features to logits;
-    Grad-CAM is exact from these two because the head after global average pooling is linear.
+    ``features`` returns the activations of ``cam_layer`` (default the last stage, ``layer4``),
+    ``pool_features`` runs the stages after it and global average pooling, ``head`` maps the pooled vector to
+    logits; Grad-CAM is taken on ``features`` from the prediction pass.
     """
-
-    cam_layer = "layer4"
 
     def __init__(self, layers: tuple[int, int, int, int] = (1, 1, 1, 1), num_classes: int = 2,
                  in_channels: int = 1, dilated: bool = False, widths: tuple[int, ...] = (64, 128, 256, 512),
-                 dropout: float = 0.0, stem_pool: bool = True) -> None:
+                 dropout: float = 0.0, stem_pool: bool = True, cam_layer: str = "layer4") -> None:
         super().__init__()
+        if cam_layer not in CAM_LAYERS:
+            raise ValueError(f"cam_layer must be one of {', '.join(CAM_LAYERS)} (got {cam_layer!r})")
+        self.cam_layer = cam_layer
         self.inplanes = widths[0]
         self.conv1 = nn.Conv3d(in_channels, widths[0], kernel_size=7, stride=2, padding=3, bias=False)
         self.bn1 = nn.BatchNorm3d(widths[0])
@@ -87,14 +95,28 @@ class ResNet3D(nn.Module):
         layers += [BasicBlock(planes, planes, dilation=dilation) for _ in range(1, blocks)]
         return nn.Sequential(*layers)
 
+    def stages(self) -> tuple[tuple[nn.Module, ...], tuple[nn.Module, ...]]:
+        """The residual stages up to and including ``cam_layer``, and those after it."""
+        all_stages = (self.layer1, self.layer2, self.layer3, self.layer4)
+        k = CAM_LAYERS.index(self.cam_layer) + 1
+        return all_stages[:k], all_stages[k:]
+
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        """Last convolutional stage activations (B, C, x, y, z)."""
+        """Activations of ``cam_layer`` (B, C, x, y, z); ``layer4``, the last stage, by default."""
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        return self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        for stage in self.stages()[0]:
+            x = stage(x)
+        return x
+
+    def pool_features(self, feats: torch.Tensor) -> torch.Tensor:
+        """The stages after ``cam_layer``, then global average pooling: (B, C, x, y, z) -> (B, C_last)."""
+        for stage in self.stages()[1]:
+            feats = stage(feats)
+        return torch.flatten(self.avgpool(feats), 1)
 
     def head(self, pooled: torch.Tensor) -> torch.Tensor:
         """Logits from globally pooled features (B, C)."""
         return self.fc(self.dropout(pooled))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(torch.flatten(self.avgpool(self.features(x)), 1))
+        return self.head(self.pool_features(self.features(x)))
