@@ -53,7 +53,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import __version__
-from ..errors import DatasetError, GloResNetError, InputError
+from ..errors import DatasetError, InputError
 from ..io import atomic_path, write_text_atomic
 from ..models import PRETRAINED_FORMAT, build_model
 from ..models.weights import HEAD_PREFIXES
@@ -64,12 +64,12 @@ from .folds import Split, make_folds
 from .progress import Reporter
 from .run import (
     _read_json,
-    _setup_logging,
     _tensorboard_factory,
     _write_json,
     check_new_run_dir,
     prepare_dataset,
     preprocess_config,
+    run_job,
 )
 from .trainer import (
     Dist,
@@ -77,8 +77,6 @@ from .trainer import (
     StopSignal,
     TrainingStopped,
     load_checkpoint,
-    setup_distributed,
-    teardown_distributed,
 )
 
 log = logging.getLogger("GloResNetLib.training")
@@ -433,48 +431,12 @@ def pretrain_age(
         raise InputError("pretrain-age runs all folds in one job (no --fold / --resume: rerun the command)")
     if not config.out:
         raise InputError("--out DIR is required")
-    reporter = Reporter(progress, json_stdout=config.progress_json, bar=config.progress_bar)
-    handlers: list[logging.Handler] = []
-    dist = None
-    threads, rng_state = torch.get_num_threads(), torch.get_rng_state()
-    run_dir = Path(config.out)
-    try:
-        config = _prepare_out(config, loss, final)
-        run_dir = Path(config.out)
-        dist = setup_distributed(config.device)
-        reporter.enabled = dist.main
-        if config.num_threads:
-            torch.set_num_threads(config.num_threads)
-        with StopSignal(stop) as stopper:
-            handlers = _setup_logging(run_dir, dist, reporter, config.log_to_stderr)
-            try:
-                _pretrain(config, loss, final, run_dir, dist, reporter, stopper)
-            except TrainingStopped as exc:
-                reporter.emit(
-                    {
-                        "event": "stopped",
-                        "run_dir": str(run_dir),
-                        "fold": None if exc.fold < 0 else exc.fold,
-                        "epoch": None if exc.epoch < 0 else exc.epoch,
-                    }
-                )
-                stopped = AgeTrainingStopped(run_dir, exc.fold, exc.epoch)
-                log.warning("%s", stopped)
-                raise stopped from None
-        return run_dir
-    except GloResNetError as exc:
-        reporter.emit({"event": "error", "message": str(exc)})
-        raise
-    finally:
-        if config.num_threads:
-            torch.set_num_threads(threads)
-        torch.set_rng_state(rng_state)
-        reporter.close()
-        for h in handlers:
-            log.removeHandler(h)
-            h.close()
-        if dist is not None:
-            teardown_distributed(dist)
+    return run_job(
+        config, progress, stop,
+        prepare=lambda c: _prepare_out(c, loss, final),
+        body=lambda c, run_dir, dist, reporter, stopper: _pretrain(c, loss, final, run_dir, dist, reporter, stopper),
+        stopped_error=lambda run_dir, exc: AgeTrainingStopped(run_dir, exc.fold, exc.epoch),
+    )
 
 
 def _pretrain(

@@ -271,16 +271,31 @@ def train_cv(
     :class:`~GloResNetLib.training.trainer.TrainingStopped`. Dataset problems raise ``DatasetError`` (with the
     full report) before anything trains. Under ``torchrun`` each process calls this; rank 0 writes.
     """
+    config = config.validate()
+    return run_job(config, progress, stop, _config_for_job, _train)
+
+
+def run_job(
+    config: TrainConfig,
+    progress: Callable[[dict], None] | None,
+    stop: threading.Event | None,
+    prepare: Callable[[TrainConfig], TrainConfig],
+    body: Callable[[TrainConfig, Path, Dist, Reporter, StopSignal], None],
+    stopped_error: Callable[[Path, TrainingStopped], Exception] | None = None,
+) -> Path:
+    """The frame of a training job shared by ``train`` and ``pretrain-age``: ``prepare`` the configuration
+    (run folder), set up distributed training, threads, the stop signal and ``train.log``, run ``body``, emit
+    ``stopped`` / ``error`` events, and restore the caller's threads and torch RNG. A stop re-raises
+    :class:`TrainingStopped`, or ``stopped_error(run_dir, exc)`` when given. Returns the run directory."""
     import torch
 
-    config = config.validate()
     reporter = Reporter(progress, json_stdout=config.progress_json, bar=config.progress_bar)
     handlers: list[logging.Handler] = []
     dist = None
     threads, rng_state = torch.get_num_threads(), torch.get_rng_state()
     run_dir = Path(config.resume or config.out or ".")
     try:
-        config = _config_for_job(config)
+        config = prepare(config)
         run_dir = Path(config.out)
         dist = setup_distributed(config.device)
         reporter.enabled = dist.main
@@ -289,7 +304,7 @@ def train_cv(
         with StopSignal(stop) as stopper:
             handlers = _setup_logging(run_dir, dist, reporter, config.log_to_stderr)
             try:
-                _train(config, run_dir, dist, reporter, stopper)
+                body(config, run_dir, dist, reporter, stopper)
             except TrainingStopped as exc:
                 reporter.emit(
                     {
@@ -299,8 +314,12 @@ def train_cv(
                         "epoch": None if exc.epoch < 0 else exc.epoch,
                     }
                 )
-                log.warning("%s", exc)
-                raise
+                if stopped_error is None:
+                    log.warning("%s", exc)
+                    raise
+                error = stopped_error(run_dir, exc)
+                log.warning("%s", error)
+                raise error from None
         return run_dir
     except GloResNetError as exc:
         reporter.emit({"event": "error", "message": str(exc)})
