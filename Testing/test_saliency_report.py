@@ -7,7 +7,7 @@ import pytest
 from conftest import example_affine, make_head_volume
 from GloResNetLib import load_bundle, predict
 from GloResNetLib.report import img_tag, overlay_png, write_html
-from GloResNetLib.saliency import dilate_mm, pointing_game, score_saliency
+from GloResNetLib.saliency import dilate_mm, pointing_game, pointing_game_interval, score_saliency
 
 
 def test_pointing_game_uses_millimetres():
@@ -23,6 +23,18 @@ def test_pointing_game_uses_millimetres():
     assert not s.hit and s.peak_distance_mm == pytest.approx(8.0)
     assert pointing_game([score_saliency(cam, mask, affine), s]) == 0.0
     assert dilate_mm(mask, affine, 1.0).sum() > mask.sum()
+
+
+def test_pointing_game_interval_is_wilson():
+    mask = np.zeros((8, 8, 8), np.uint8)
+    mask[2, 2, 2] = 1
+    cam_hit, cam_miss = np.zeros(mask.shape), np.zeros(mask.shape)
+    cam_hit[2, 2, 2] = cam_miss[7, 7, 7] = 1.0
+    hit, miss = score_saliency(cam_hit, mask, np.eye(4)), score_saliency(cam_miss, mask, np.eye(4))
+    low, high = pointing_game_interval([hit] * 15 + [miss] * 10)  # 15/25, worked by hand: 0.407-0.766
+    assert low == pytest.approx(0.4074, abs=1e-3) and high == pytest.approx(0.7660, abs=1e-3)
+    assert pointing_game_interval([hit] * 4)[1] == pytest.approx(1.0) and pointing_game_interval([hit])[0] > 0
+    assert all(np.isnan(pointing_game_interval([])))
 
 
 def test_energy_figures():

@@ -95,6 +95,18 @@ def test_difficulty_scales_lesions():
     assert easy > 2 * hard > 0
 
 
+
+def test_diffuse_component_is_independent_of_the_label():
+    """The diffuse white-matter change (not in the lesion mask) comes with healthy and injured brains alike,
+    so that it is no label cue; the same seed gives the same draw whatever the injuries."""
+    def diffuse(seed, injuries):
+        return synth.synth_volume(seed, 40, injuries, max_dim=12, noise=False, bias=False)[3]["diffuse_injury"]
+
+    healthy = [diffuse(seed, ()) for seed in range(16)]
+    injured = [diffuse(seed, ("pwml",)) for seed in range(16)]
+    assert [h > 0 for h in healthy] == [i > 0 for i in injured]
+    assert 0 < sum(h > 0 for h in healthy) < len(healthy)
+
 @pytest.mark.parametrize("age", [29.0, 41.0])
 def test_neonatal_t2_contrast(age):
     img, _, _, info = synth.synth_volume(6, age, max_dim=72, noise=False, bias=False)

@@ -69,3 +69,13 @@ def score_saliency(cam: np.ndarray, mask: np.ndarray, affine: np.ndarray,
 def pointing_game(scores: list[SaliencyScore]) -> float:
     """Fraction of cases whose CAM maximum hits the (dilated) lesion."""
     return float(np.mean([s.hit for s in scores])) if scores else float("nan")
+
+
+def pointing_game_interval(scores: list[SaliencyScore], confidence: float = 0.95) -> tuple[float, float]:
+    """Wilson confidence interval of the pointing game (few injured cases make it wide); NaNs if no scores."""
+    from scipy.stats import binomtest
+
+    if not scores:
+        return float("nan"), float("nan")
+    ci = binomtest(sum(s.hit for s in scores), len(scores)).proportion_ci(confidence, method="wilson")
+    return float(ci.low), float(ci.high)

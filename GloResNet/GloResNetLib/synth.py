@@ -10,15 +10,20 @@ its NIfTI affine places the anatomy at the same world position whatever the stor
 
 Injuries of preterm infants, optional and mixed: punctate white-matter lesions (``pwml``), germinal-matrix /
 intraventricular haemorrhage (``ivh``), post-haemorrhagic ventricular dilatation (``phvd``) and cystic
-periventricular leukomalacia (``cpvl``). Injured brains also get a weak diffuse component (white-matter
-volume loss with slightly larger ventricles and extra-axial CSF, brighter white matter, a little less folding),
-which is not part of the lesion mask. ``difficulty`` in [0, 1] makes all of it smaller and fainter.
+periventricular leukomalacia (``cpvl``). ``difficulty`` in [0, 1] makes them smaller and fainter.
+
+A diffuse white-matter component (slight volume loss with larger ventricles and extra-axial CSF, brighter
+white matter, a little less folding; like the diffuse excessive high signal intensity often seen in infants
+born preterm) is drawn for a fraction :data:`DIFFUSE_FRACTION` of *all* subjects, injured or not, and is not
+part of the lesion mask. As in dHCP's radiology scores, the label depends on the focal injuries only.
 
 Since generator 1.1.0 the lesions are the main signal (so that Grad-CAM can be checked against the masks):
 lesion radii scale by :data:`LESION_SIZE` (2.2 at difficulty 0 down to 0.6 at 1; was 1.6 to 0.6), PWML are
 darker (:data:`PWML_TARGET`, was 0.18-0.28), cluster around an anchor focus of several millimetres, and the
-diffuse component has weight :data:`DIFFUSE_WEIGHT` = 0.4 (was 1). The default difficulty stays 0.3;
-``gloresnet demo`` uses difficulty 0 (its CPU settings see the brain at 48^3, about 3 mm voxels).
+diffuse component has weight :data:`DIFFUSE_WEIGHT` = 0.4 (was 1). Until 1.2.0 every injured brain and no
+healthy one had the diffuse component: a label cue outside the lesion mask, which classifiers learned and
+which drew their saliency away from the lesions. The default difficulty stays 0.3; ``gloresnet demo`` uses
+difficulty 0.
 
 Randomness: everything about subject ``i`` comes from generators seeded by ``(seed, i, ...)``, so a volume
 never depends on the other subjects and the same seed gives byte-identical arrays.
@@ -40,17 +45,18 @@ from pathlib import Path
 
 import numpy as np
 
-GENERATOR_VERSION = "1.1.0"
+GENERATOR_VERSION = "1.2.0"
 DISCLAIMER = "synthetic data, demonstration only, not for clinical use"
 DEFAULT_DIFFICULTY = 0.3
 DEFAULT_MAX_DIM = 144
 DEFAULT_BI_FRACTION = 0.42
 #: Lesion conspicuity knobs. Lesion size factor at difficulty 0 and 1 (radii in mm are drawn per type and
 #: multiplied by it), PWML intensity (relative to CSF = 1; white matter is about 0.6-0.8), and the weight of
-#: the diffuse component (not in the lesion mask, so it is kept small: the lesions are the main signal).
+#: the diffuse component (not in the lesion mask), and the fraction of subjects (either class) who have it.
 LESION_SIZE = (2.2, 0.6)
 PWML_TARGET = (0.1, 0.2)
 DIFFUSE_WEIGHT = 0.4
+DIFFUSE_FRACTION = 0.35
 DEFAULT_SECOND_SESSION_FRACTION = 0.2
 INJURY_TYPES = ("pwml", "ivh", "phvd", "cpvl")
 INJURY_DESCRIPTIONS = {
@@ -62,9 +68,9 @@ INJURY_DESCRIPTIONS = {
             "white matter",
 }
 LABEL_RULE = (
-    "label 1 (BI) if the synthetic subject was given at least one injury (pwml, ivh, phvd, cpvl; plus the "
-    "diffuse white-matter component every injured brain gets), else 0 (no BI); every session of an injured "
-    "subject is injured. In the dHCP-style layout "
+    "label 1 (BI) if the synthetic subject was given at least one focal injury (pwml, ivh, phvd, cpvl), else 0 "
+    "(no BI); every session of an injured subject is injured. The diffuse white-matter component (about 35% of "
+    "subjects of either class) does not count. In the dHCP-style layout "
     "radiology_score is 1-2 for no BI, 3-5 for BI, and 'Q' for sessions that failed quality control "
     "(motion artefacts; not in manifest.csv)."
 )
@@ -278,7 +284,7 @@ class _Anatomy:
     def __init__(self, traits: _Traits, age: float, dilation: float = 1.0, diffuse: float = 0.0):
         t = traits
         self.age = age = float(age)
-        self.diffuse = diffuse  # diffuse white-matter injury: volume loss, brighter WM, wider CSF spaces
+        self.diffuse = diffuse  # diffuse white-matter change: volume loss, brighter WM, wider CSF spaces
         s = t.size * math.exp(0.025 * (age - 40.0)) * (1.0 - 0.04 * diffuse)
         self.s = s
         self.S = np.array([s / math.sqrt(t.ap), s * t.ap, s])
@@ -857,8 +863,9 @@ def _check_common(age_weeks: float, difficulty: float) -> None:
 def _scan(traits: _Traits, lesion_rng: np.random.Generator, acq_rng: np.random.Generator,
           noise_rng: np.random.Generator, age_weeks: float, injuries: tuple[str, ...], difficulty: float,
           shape, voxel_size, orientation, rotation_deg, max_dim, noise: bool, bias: bool, quality_fail: bool):
+    has_diffuse, diffuse_u = lesion_rng.random() < DIFFUSE_FRACTION, lesion_rng.uniform(0.6, 1.0)
+    diffuse = DIFFUSE_WEIGHT * (1.0 - difficulty) * diffuse_u if has_diffuse else 0.0  # label-independent
     dilation = _dilation(lesion_rng, difficulty) if "phvd" in injuries else 1.0
-    diffuse = DIFFUSE_WEIGHT * (1.0 - difficulty) * lesion_rng.uniform(0.6, 1.0) if injuries else 0.0
     an = _Anatomy(traits, age_weeks, dilation, diffuse)
     lesions = _place_lesions(lesion_rng, an, injuries, difficulty)
     acq = _acquisition(acq_rng, an.head_box(), shape, voxel_size, orientation, rotation_deg, max_dim)
