@@ -69,8 +69,8 @@ INJURY_DESCRIPTIONS = {
 }
 LABEL_RULE = (
     "label 1 (BI) if the synthetic subject was given at least one focal injury (pwml, ivh, phvd, cpvl), else 0 "
-    "(no BI); every session of an injured subject is injured. The diffuse white-matter component (about 35% of "
-    "subjects of either class) does not count. In the dHCP-style layout "
+    "(no BI); every session of an injured subject is injured. The diffuse white-matter component (about "
+    f"{DIFFUSE_FRACTION:.0%} of subjects of either class) does not count. In the dHCP-style layout "
     "radiology_score is 1-2 for no BI, 3-5 for BI, and 'Q' for sessions that failed quality control "
     "(motion artefacts; not in manifest.csv)."
 )
