@@ -19,6 +19,7 @@ def test_demo_quick_end_to_end(tmp_path):
     assert summary["settings"] == "quick" and 0.0 <= summary["cv"]["auc"]["mean"] <= 1.0
     html = (out / "report.html").read_text()
     for needle in ("SYNTHETIC DATA", "not for clinical use", "Cross-validation", "Pointing game",
+                   "Pointing game by the ensemble's call",
                    "data:image/png;base64,"):
         assert needle in html
     meta = json.loads((out / "run" / "bundle" / "metadata.json").read_text())

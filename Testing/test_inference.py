@@ -97,6 +97,37 @@ def test_ensemble_averages_its_models(ensemble_bundle):
     assert r.probability == pytest.approx(np.mean(r.model_probabilities), abs=1e-6)
 
 
+def test_ensemble_gradcam_is_the_mean_of_the_members_raw_maps(tmp_path):
+    """The ensemble's Grad-CAM is that of the members' mean BI logit: a member with ten times the evidence
+    (BI weights x10) dominates it, where scaling each member's map to max 1 first would weigh them equally."""
+    from conftest import SMALL_SIZE, SMALL_WIDTHS, make_small_model
+    from GloResNetLib.bundle import default_metadata, save_bundle
+    from GloResNetLib.preprocessing import PreprocessConfig
+    from monai.visualize import GradCAM
+
+    weak, strong = make_small_model(21), make_small_model(22)
+    with torch.no_grad():
+        strong.fc.weight[1] *= 10.0
+    meta = default_metadata("two", arch="resnet10", arch_params={"widths": list(SMALL_WIDTHS)},
+                            preprocess=PreprocessConfig(size=SMALL_SIZE),
+                            training_data={"description": "test fixture", "synthetic": True, "trained": True},
+                            provenance="pytest fixture")
+    b = load_bundle(save_bundle(tmp_path / "b", [weak.state_dict(), strong.state_dict()], meta))
+    r = predict(b, make_head_volume(seed=4), example_affine(), tta=False)
+    x = torch.from_numpy(r.resampled)[None, None]
+    raw = [GradCAM(nn_module=m, target_layers="layer4", postprocessing=lambda m: m)(x, class_idx=1)[0, 0]
+           .detach().numpy() for m in b.models]
+    assert raw[1].max() > 5 * raw[0].max()
+
+    def corr(a, b):
+        return np.corrcoef(a.ravel(), b.ravel())[0, 1]
+
+    assert corr(r.cam_network, raw[0] + raw[1]) >= 0.99
+    equal_weights = raw[0] / raw[0].max() + raw[1] / raw[1].max()
+    assert corr(r.cam_network, equal_weights) < corr(r.cam_network, raw[0] + raw[1]) - 0.02
+    assert r.cam_network.max() == pytest.approx(1.0)
+
+
 @pytest.mark.parametrize("layer", ["layer1", "layer2", "layer3"])
 def test_cam_layer_moves_gradcam_to_an_earlier_stage_without_changing_the_output(tmp_path, layer):
     from conftest import SMALL_SIZE, SMALL_WIDTHS, make_small_model

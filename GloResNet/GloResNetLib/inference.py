@@ -160,12 +160,6 @@ def _host_array(t: torch.Tensor) -> np.ndarray:
     return t.cpu().numpy()
 
 
-def normalize_cam(cam: torch.Tensor) -> torch.Tensor:
-    """Scale a non-negative map to [0, 1] by its maximum (an all-zero map stays zero)."""
-    peak = cam.max()
-    return cam / peak if float(peak) > 0 else cam
-
-
 @dataclass
 class PredictionResult:
     """Outcome of :func:`predict` for one volume. Arrays are numpy; ``cam`` is on the input's own grid."""
@@ -240,7 +234,10 @@ def predict(bundle: Bundle, array: np.ndarray, affine: np.ndarray, tta: bool = T
 
     TTA averages the softmax of the identity and flipped views (the bundle's ``tta_axes``, default the
     left-right axis; ``tta_axes=[0, 1, 2]`` gives all 8 views) over every model of the bundle. The Grad-CAM
-    (class ``cam_class``, default brain injury) of the identity view is averaged over models.
+    (class ``cam_class``, default brain injury) is the ensemble's: the mean of the models' raw Grad-CAMs of
+    the identity view, which is the Grad-CAM of the models' mean logit on their stacked CAM-layer features.
+    A model that sees little evidence adds a faint map, so the ensemble's map follows the models that see the
+    injury (scaling each map to max 1 before averaging would not). The result is scaled to max 1.
     """
     dev = resolve_device(device) if device is not None else bundle.device
     models = [m.to(dev) for m in bundle.models] if dev != bundle.device else bundle.models
@@ -258,7 +255,7 @@ def predict(bundle: Bundle, array: np.ndarray, affine: np.ndarray, tta: bool = T
         probs, cam_map = network_pass(model, batch, cam_class if cam else None)
         per_model.append(probs[:, 1])
         if cam_map is not None:
-            cams.append(normalize_cam(cam_map[0]))
+            cams.append(cam_map[0])
     view_probs = torch.stack(per_model).mean(0).cpu().numpy()  # (V,)
     model_probs = torch.stack(per_model).mean(1).cpu().numpy()  # (M,)
     _sync(dev)
