@@ -100,19 +100,13 @@ def test_ensemble_averages_its_models(ensemble_bundle):
 def test_ensemble_gradcam_is_the_mean_of_the_members_raw_maps(tmp_path):
     """The ensemble's Grad-CAM is that of the members' mean BI logit: a member with ten times the evidence
     (BI weights x10) dominates it, where scaling each member's map to max 1 first would weigh them equally."""
-    from conftest import SMALL_SIZE, SMALL_WIDTHS, make_small_model
-    from GloResNetLib.bundle import default_metadata, save_bundle
-    from GloResNetLib.preprocessing import PreprocessConfig
+    from conftest import make_bundle, make_small_model
     from monai.visualize import GradCAM
 
     weak, strong = make_small_model(21), make_small_model(22)
     with torch.no_grad():
         strong.fc.weight[1] *= 10.0
-    meta = default_metadata("two", arch="resnet10", arch_params={"widths": list(SMALL_WIDTHS)},
-                            preprocess=PreprocessConfig(size=SMALL_SIZE),
-                            training_data={"description": "test fixture", "synthetic": True, "trained": True},
-                            provenance="pytest fixture")
-    b = load_bundle(save_bundle(tmp_path / "b", [weak.state_dict(), strong.state_dict()], meta))
+    b = load_bundle(make_bundle(tmp_path / "b", models=[weak, strong]))
     r = predict(b, make_head_volume(seed=4), example_affine(), tta=False)
     x = torch.from_numpy(r.resampled)[None, None]
     raw = [GradCAM(nn_module=m, target_layers="layer4", postprocessing=lambda m: m)(x, class_idx=1)[0, 0]
@@ -130,9 +124,7 @@ def test_ensemble_gradcam_is_the_mean_of_the_members_raw_maps(tmp_path):
 
 @pytest.mark.parametrize("layer", ["layer1", "layer2", "layer3"])
 def test_cam_layer_moves_gradcam_to_an_earlier_stage_without_changing_the_output(tmp_path, layer):
-    from conftest import SMALL_SIZE, SMALL_WIDTHS, make_small_model
-    from GloResNetLib.bundle import default_metadata, save_bundle
-    from GloResNetLib.preprocessing import PreprocessConfig
+    from conftest import SMALL_SIZE, SMALL_WIDTHS, make_bundle, make_small_model
     from monai.visualize import GradCAM
 
     plain = make_small_model(4)
@@ -144,12 +136,7 @@ def test_cam_layer_moves_gradcam_to_an_earlier_stage_without_changing_the_output
     with torch.no_grad():
         torch.testing.assert_close(model(x), plain(x))
         assert model.features(x).shape == seen["shape"]
-    meta = default_metadata("cam_layer", arch="resnet10",
-                            arch_params={"widths": list(SMALL_WIDTHS), "cam_layer": layer},
-                            preprocess=PreprocessConfig(size=SMALL_SIZE),
-                            training_data={"description": "test fixture", "synthetic": True, "trained": True},
-                            provenance="pytest fixture")
-    b = load_bundle(save_bundle(tmp_path / "b", [plain.state_dict()], meta))
+    b = load_bundle(make_bundle(tmp_path / "b", models=[plain], arch_params={"cam_layer": layer}))
     vol, aff = make_head_volume(seed=3), example_affine()
     r = predict(b, vol, aff, tta=False)  # through the fast inference copy
     assert r.cam_network.shape == tuple(SMALL_SIZE)
