@@ -1,0 +1,54 @@
+"""Constants and argument checks shared by the synthetic-cohort modules."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+GENERATOR_VERSION = "2.0.0"
+DISCLAIMER = "synthetic data, demonstration only, not for clinical use"
+DEFAULT_DIFFICULTY = 0.3
+
+
+def input_error(message: str) -> Exception:
+    """The library's user-error exception (exit 2 on the command line)."""
+    from ..errors import InputError
+
+    return InputError(message)
+
+
+def as_rng(rng_or_seed) -> np.random.Generator:
+    """A numpy Generator from a Generator or a non-negative integer seed."""
+    if isinstance(rng_or_seed, np.random.Generator):
+        return rng_or_seed
+    try:
+        seed = int(rng_or_seed)
+    except (TypeError, ValueError):
+        raise input_error(f"seed {rng_or_seed!r} is not an integer or numpy Generator") from None
+    if seed < 0:
+        raise input_error(f"seed must be >= 0 (got {seed})")
+    return np.random.default_rng(seed)
+
+
+def check_common(age_weeks: float, difficulty: float) -> None:
+    """Refuse ages outside 20-50 weeks and difficulties outside [0, 1]."""
+    if not (20.0 <= float(age_weeks) <= 50.0):
+        raise input_error(f"age {age_weeks} weeks is outside 20-50 weeks post-menstrual age")
+    if not (0.0 <= float(difficulty) <= 1.0):
+        raise input_error(f"difficulty must be in [0, 1] (got {difficulty})")
+
+
+def check_injuries(injuries: Sequence[str] | str | None) -> tuple[str, ...]:
+    """Normalise injury names (``"pwml+ivh"`` or a list) to the canonical order; refuse unknown ones."""
+    from .lesions import INJURY_TYPES
+
+    if injuries is None:
+        return ()
+    if isinstance(injuries, str):
+        injuries = [s for s in injuries.replace("+", ",").split(",") if s.strip()]
+    out = {str(s).strip().lower() for s in injuries}
+    bad = sorted(s for s in out if s not in INJURY_TYPES)
+    if bad:
+        raise input_error(f"unknown injury type(s) {bad}; expected some of {list(INJURY_TYPES)}")
+    return tuple(s for s in INJURY_TYPES if s in out)
