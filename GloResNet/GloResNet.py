@@ -5,13 +5,13 @@ Research use only; not a medical device; not for clinical decisions.
 Layout of Slicer's Extension Wizard: module description, parameter node, widget (wires the GUI made in Qt
 Designer, ``Resources/UI/GloResNet.ui``), logic (thin: MRML conversion and result nodes live in
 ``GloResNetLib.mrml``, the background ``gloresnet predict`` process in ``GloResNetLib.process``; both are
-tested outside Slicer with slicer-core), and a self-test. Nothing is installed at import time: PyTorch and the
-Python requirements are installed on the first Predict, after the user agrees.
+tested outside Slicer with slicer-core), and a self-test. What both modules share (version check, device probe,
+status and log, developer reload, dependency installer) is in ``GloResNetLib.slicer_side``. Nothing is installed
+at import time: PyTorch and the Python requirements are installed on the first Predict, after the user agrees.
+Needs Slicer 5.10 or later; this file still imports on Slicer 5.8 (Python 3.9) to say so.
 """
 
-import inspect
 import logging
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -22,6 +22,7 @@ import slicer
 import vtk
 from GloResNetLib import mrml, process
 from GloResNetLib.errors import GloResNetError, InputError
+from GloResNetLib.slicer_side import common, dependencies
 from slicer import vtkMRMLScalarVolumeNode, vtkMRMLTableNode
 from slicer.i18n import tr as _
 from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
@@ -35,8 +36,7 @@ from slicer.util import VTKObservationMixin
 
 MODULE_DIR = Path(__file__).resolve().parent
 RESOURCES = MODULE_DIR / "Resources"
-REQUIREMENTS_FILE = RESOURCES / "requirements.txt"
-TORCH_REQUIREMENT = ">=2.8"
+REQUIREMENTS_FILE = RESOURCES / "GloResNet-requirements.txt"  # unique: both modules' Resources share one folder
 RESEARCH_NOTICE = "Research use only. Not a medical device; not for clinical decisions."
 
 
@@ -50,7 +50,7 @@ class GloResNet(ScriptedLoadableModule):
     def __init__(self, parent):
         ScriptedLoadableModule.__init__(self, parent)
         self.parent.title = _("GloResNet")
-        self.parent.categories = [_("Machine Learning")]
+        self.parent.categories = [_("Neuroimaging")]
         self.parent.dependencies = []  # PyTorchUtils (PyTorch extension) is used on demand, not at load time
         self.parent.contributors = ["GloResNet contributors"]
         self.parent.helpText = _(
@@ -101,8 +101,9 @@ class GloResNetParameterNode:
 # GloResNetWidget
 #
 
-class GloResNetWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
-    """GUI wiring only: every computation is in GloResNetLogic / GloResNetLib."""
+class GloResNetWidget(common.ModuleWidgetHelpers, ScriptedLoadableModuleWidget, VTKObservationMixin):
+    """GUI wiring only: every computation is in GloResNetLogic / GloResNetLib (status, log, device probe and
+    reload: common.ModuleWidgetHelpers)."""
 
     def __init__(self, parent=None) -> None:
         ScriptedLoadableModuleWidget.__init__(self, parent)
@@ -112,12 +113,13 @@ class GloResNetWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNodeGuiTag = None
         self._job = None
         self._probe = None
-        self._deviceInfo = None
         self._timer = None
         self._display = None
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
+        if self.refuseOldSlicer():
+            return
         uiWidget = slicer.util.loadUI(self.resourcePath("UI/GloResNet.ui"))
         self.layout.addWidget(uiWidget)
         self.ui = slicer.util.childWidgetVariables(uiWidget)
@@ -151,9 +153,12 @@ class GloResNetWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.removeObservers()
         if self._timer is not None:
             self._timer.stop()
-        self.logic.cancel()
+        if self.logic is not None:
+            self.logic.cancel()
 
     def enter(self) -> None:
+        if self.logic is None:  # Slicer too old: no GUI
+            return
         self.initializeParameterNode()
         self.refreshModels()  # a bundle just trained by GloResNetTraining shows up at once
 
@@ -261,28 +266,6 @@ class GloResNetWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNode.modelPath = str(path)
         self.refreshModels()
 
-    def startDeviceProbe(self) -> None:
-        try:
-            self._probe = process.BackgroundProcess(process.device_probe_command(), env=process.child_env(),
-                                                    name="device probe").start()
-        except OSError as exc:
-            self.ui.deviceInfoLabel.text = _("cannot run Slicer's Python: {error}").format(error=exc)
-            return
-        self.ui.deviceInfoLabel.text = process.describe_devices(None)
-        self._timer.start()
-
-    def _pollProbe(self) -> None:
-        for event in self._probe.poll():
-            if event.get("event") == process.RESULT:
-                self._deviceInfo = event["record"]
-                self.ui.deviceInfoLabel.text = process.describe_devices(self._deviceInfo)
-            elif event.get("event") == process.PROCESS_EXIT:
-                if self._deviceInfo is None:
-                    self.ui.deviceInfoLabel.text = _("could not detect devices")
-                    self.appendLog(self._probe.log_text(10))
-                self._probe = None
-                return
-
     # -- prediction ---------------------------------------------------------------------------------------
     def onPredict(self) -> None:
         if self.logic.running:  # a second click while running does nothing
@@ -322,8 +305,7 @@ class GloResNetWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onTimer(self) -> None:
         try:
-            if self._probe is not None:
-                self._pollProbe()
+            self.pollDeviceProbe()
             job = self._job
             if job is not None:
                 for event in job.poll():
@@ -389,19 +371,6 @@ class GloResNetWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             slicer.app.applicationLogic().GetSelectionNode().SetActiveTableID(table.GetID())
             slicer.app.applicationLogic().PropagateTableSelection()
 
-    def setStatus(self, text: str) -> None:
-        self.ui.statusLabel.text = text
-
-    def appendLog(self, text: str) -> None:
-        if text:
-            self.ui.logTextEdit.appendPlainText(text)
-
-    def onReload(self) -> None:
-        """Developer reload: also reload GloResNetLib (no ``imp``)."""
-        for name in [n for n in sys.modules if n == "GloResNetLib" or n.startswith("GloResNetLib.")]:
-            del sys.modules[name]
-        ScriptedLoadableModuleWidget.onReload(self)
-
 
 #
 # GloResNetLogic
@@ -422,8 +391,7 @@ class GloResNetLogic(ScriptedLoadableModuleLogic):
     @staticmethod
     def modelsFolder() -> Path:
         """Where bundles are listed from (setting 'GloResNet/ModelsFolder', shared with GloResNetTraining)."""
-        default = process.default_models_folder(Path(slicer.app.slicerUserSettingsFilePath).parent)
-        return Path(slicer.util.settingsValue(process.MODELS_FOLDER_SETTING, str(default)))
+        return common.models_folder()
 
     def availableBundles(self, extra=()) -> list:
         return process.find_bundles(self.modelsFolder(), *extra)
@@ -443,70 +411,11 @@ class GloResNetLogic(ScriptedLoadableModuleLogic):
         return volumes[0] if volumes else None
 
     # -- dependencies -------------------------------------------------------------------------------------
-    def ensureDependencies(self, confirm: bool = True) -> bool:
-        """Install PyTorch (through PyTorchUtils, which picks the CUDA build) and then the requirements
-        (pip, after confirmation; the installed torch is pinned so nothing replaces it). False if missing."""
-        try:
-            if not process.has_module("torch") and not self._installTorch(confirm):
-                return False
-            if not process.missing_requirements(process.read_requirements(REQUIREMENTS_FILE)):
-                return True
-            self._installRequirements(confirm)
-            missing = process.missing_requirements(process.read_requirements(REQUIREMENTS_FILE))
-            if missing:
-                raise RuntimeError(f"still missing: {', '.join(missing)}")
-            return True
-        except Exception as exc:
-            if "declined" in str(exc).lower():
-                return False
-            logging.exception("GloResNet: dependency installation failed")
-            message = _("Could not install GloResNet's Python packages ({error}).").format(error=exc)
-            slicer.util.errorDisplay(message + "\n\n" + self.manualInstallHelp())
-            return False
-
-    def _installTorch(self, confirm: bool) -> bool:
-        try:
-            import PyTorchUtils
-        except ImportError:
-            message = _("GloResNet needs PyTorch. Install the 'PyTorch' extension from the Extensions "
-                        "Manager (it installs the build that suits your GPU), restart Slicer and click "
-                        "Predict again.")
-            slicer.util.errorDisplay(message + "\n\n" + self.manualInstallHelp())
-            return False
-        torchLogic = PyTorchUtils.PyTorchUtilsLogic()
-        if torchLogic.torchInstalled():
-            return True
-        torch = torchLogic.installTorch(askConfirmation=confirm, torchVersionRequirement=TORCH_REQUIREMENT)
-        return torch is not None
-
-    def _installRequirements(self, confirm: bool) -> None:
-        constraintsFile = Path(tempfile.gettempdir()) / "GloResNet-constraints.txt"
-        constraints = process.pin_installed(["torch"], constraintsFile)
-        try:
-            import slicer.packaging as packaging
-        except ImportError:
-            packaging = None
-        if packaging is not None and hasattr(packaging, "pip_ensure"):
-            supported = inspect.signature(packaging.pip_ensure).parameters
-            kwargs = {"constraints": str(constraints) if constraints else None, "skip_packages": ["torch"],
-                      "requester": "GloResNet", "prompt_install": confirm}
-            packaging.pip_ensure(packaging.load_requirements(str(REQUIREMENTS_FILE)),
-                                 **{k: v for k, v in kwargs.items() if k in supported})
-            return
-        missing = process.missing_requirements(process.read_requirements(REQUIREMENTS_FILE))
-        if confirm and not slicer.util.confirmOkCancelDisplay(
-                _("GloResNet needs these Python packages:\n{packages}\n\nInstall them now?").format(
-                    packages="\n".join(missing))):
-            raise RuntimeError("user declined package installation")
-        slicer.util.pip_install(missing + (["-c", str(constraints)] if constraints else []))
-
     @staticmethod
-    def manualInstallHelp() -> str:
-        python = process.python_executable()
-        return _("Offline or behind a proxy? On a computer with internet access download the wheels, then "
-                 "install them with Slicer's Python:\n  \"{python}\" -m pip install <torch wheel>\n"
-                 "  \"{python}\" -m pip install -r \"{requirements}\"\nThen restart Slicer.").format(
-                     python=python, requirements=REQUIREMENTS_FILE)
+    def ensureDependencies(confirm: bool = True) -> bool:
+        """PyTorch (through PyTorchUtils, which picks the CUDA build) and the requirements (after confirmation,
+        the installed torch pinned): the installer both modules share. False if something is missing."""
+        return dependencies.ensure_dependencies(REQUIREMENTS_FILE, "GloResNet", confirm)
 
     # -- prediction ---------------------------------------------------------------------------------------
     @property
@@ -579,6 +488,9 @@ class GloResNetTest(ScriptedLoadableModuleTest):
     def test_PredictFlow(self) -> None:
         import numpy as np
 
+        widget = slicer.modules.gloresnet.widgetRepresentation().self()
+        widget.initializeParameterNode()  # setUp's Clear() dropped it and the module may not be entered
+
         if not process.has_module("torch") or process.missing_requirements(
                 process.read_requirements(REQUIREMENTS_FILE)):
             self.delayDisplay("PyTorch or the requirements are not installed in this Slicer: test skipped")
@@ -588,7 +500,6 @@ class GloResNetTest(ScriptedLoadableModuleTest):
         bundlePath = self._tinyBundle(Path(tempfile.mkdtemp(prefix="GloResNetTest-")))
 
         self.delayDisplay("Predicting in a background process (GUI flow)")
-        widget = slicer.modules.gloresnet.widgetRepresentation().self()
         widget._parameterNode.inputVolume = volume
         widget._parameterNode.modelPath = str(bundlePath)
         widget._parameterNode.device = "cpu"

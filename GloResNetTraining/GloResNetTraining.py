@@ -4,11 +4,14 @@ Research use only; not a medical device; not for clinical decisions. Extension W
 parameter node, widget (GUI from ``Resources/UI/GloResNetTraining.ui``), logic and self-test. The logic is
 thin: parameters, dataset export, the background ``gloresnet train --progress-json`` process (with the
 GloResNet module's process helper), live nodes and bundle registration are in
-``GloResNetLib.training_session``, tested with slicer-core. Nothing is installed at import time.
+``GloResNetLib.training_session``; what both modules share (version check, device probe, status and log,
+developer reload, dependency installer, results layout, path fields) is in ``GloResNetLib.slicer_side``; both
+are tested with slicer-core. Nothing is installed at import time. GloResNetLib is importable because Slicer puts
+every scripted module's folder on ``sys.path`` (qSlicerScriptedLoadableModuleFactory), the GloResNet module's
+folder included. Needs Slicer 5.10 or later; this file still imports on Slicer 5.8 (Python 3.9) to say so.
 """
 
 import logging
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -18,6 +21,10 @@ import ctk
 import qt
 import slicer
 import vtk
+from GloResNetLib import process
+from GloResNetLib import training_session as ts
+from GloResNetLib.errors import GloResNetError, InputError
+from GloResNetLib.slicer_side import common, dependencies, paths, views
 from slicer import vtkMRMLPlotChartNode, vtkMRMLTableNode
 from slicer.i18n import tr as _
 from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
@@ -29,38 +36,11 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 
-
-def _libraryFolder() -> str:
-    """The folder holding GloResNetLib, put on sys.path: beside this file in a built extension (every module's
-    scripts share one folder), the GloResNet module's folder in the source tree."""
-    here = Path(__file__).resolve().parent
-    for folder in (here, here.parent / "GloResNet"):
-        if (folder / "GloResNetLib" / "__init__.py").is_file():
-            if str(folder) not in sys.path:
-                sys.path.insert(0, str(folder))
-            return str(folder)
-    return ""
-
-
-LIB_FOLDER = _libraryFolder()
-
-from GloResNetLib import process  # noqa: E402
-from GloResNetLib import training_session as ts  # noqa: E402
-from GloResNetLib.errors import GloResNetError, InputError  # noqa: E402
-
 MODULE_DIR = Path(__file__).resolve().parent
-REQUIREMENTS_FILE = MODULE_DIR / "Resources" / "requirements.txt"
+REQUIREMENTS_FILE = MODULE_DIR / "Resources" / "GloResNetTraining-requirements.txt"  # unique name: shared folder
 RESEARCH_NOTICE = "Research use only. Not a medical device; not for clinical decisions."
 DEFAULTS = ts.TrainingParameters()
 SOURCE_NAMES = {v: k for k, v in ts.SOURCE_LABELS.items()}
-#: Custom layout: loss and validation-metric charts side by side over the metrics table.
-RESULTS_LAYOUT_ID = 48601
-RESULTS_LAYOUT = (
-    '<layout type="vertical" split="true"><item splitSize="500"><layout type="horizontal" split="true">'
-    '<item><view class="vtkMRMLPlotViewNode" singletontag="GloResNetTrainingLoss"/></item>'
-    '<item><view class="vtkMRMLPlotViewNode" singletontag="GloResNetTrainingMetrics"/></item></layout></item>'
-    '<item splitSize="300"><view class="vtkMRMLTableViewNode" singletontag="GloResNetTrainingTable"/></item>'
-    '</layout>')
 
 
 #
@@ -73,8 +53,8 @@ class GloResNetTraining(ScriptedLoadableModule):
     def __init__(self, parent):
         ScriptedLoadableModule.__init__(self, parent)
         self.parent.title = _("GloResNet Training")
-        self.parent.categories = [_("Machine Learning")]
-        self.parent.dependencies = ["GloResNet"]  # models folder, dependency installer, "Open in GloResNet"
+        self.parent.categories = [_("Neuroimaging")]
+        self.parent.dependencies = ["GloResNet"]  # its logic ("Open in GloResNet") and its folder (GloResNetLib)
         self.parent.contributors = ["GloResNet contributors"]
         self.parent.helpText = _(
             "Trains GloResNet brain-injury classifiers with subject-grouped k-fold cross-validation (the "
@@ -129,11 +109,11 @@ class GloResNetTrainingParameterNode:
 # GloResNetTrainingWidget
 #
 
-class GloResNetTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
-    """GUI wiring only: every computation is in GloResNetTrainingLogic / GloResNetLib.training_session."""
+class GloResNetTrainingWidget(common.ModuleWidgetHelpers, ScriptedLoadableModuleWidget, VTKObservationMixin):
+    """GUI wiring only: every computation is in GloResNetTrainingLogic / GloResNetLib.training_session (status,
+    log, device probe and reload: common.ModuleWidgetHelpers)."""
 
-    PATH_FIELDS = (("manifestPathLineEdit", "manifestPath"), ("dhcpPathLineEdit", "dhcpFolder"),
-                   ("outputFolderPathLineEdit", "outputFolder"), ("pretrainedPathLineEdit", "pretrainedPath"))
+    PATH_FIELDS = tuple((f.widget, f.field) for f in paths.TRAINING_PATH_FIELDS)
 
     def __init__(self, parent=None) -> None:
         ScriptedLoadableModuleWidget.__init__(self, parent)
@@ -148,6 +128,8 @@ class GloResNetTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
+        if self.refuseOldSlicer():
+            return
         uiWidget = slicer.util.loadUI(self.resourcePath("UI/GloResNetTraining.ui"))
         self.layout.addWidget(uiWidget)
         self.ui = slicer.util.childWidgetVariables(uiWidget)
@@ -169,8 +151,12 @@ class GloResNetTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         self.ui.dhcpPathLineEdit.filters = ctk.ctkPathLineEdit.Dirs
         self.ui.outputFolderPathLineEdit.filters = ctk.ctkPathLineEdit.Dirs | ctk.ctkPathLineEdit.Writable
         for widgetName, field in self.PATH_FIELDS:
-            getattr(self.ui, widgetName).connect(
-                "currentPathChanged(QString)", lambda path, field=field: self.onPathChanged(field, path))
+            # currentPathChanged skips what the validator refuses (an empty field, other extensions): follow
+            # the text of the line edit inside instead; the logic validates the paths.
+            pathLineEdit = getattr(self.ui, widgetName)
+            combo = pathLineEdit.comboBox()
+            lineEdit = combo.lineEdit() if combo else slicer.util.findChildren(pathLineEdit, className="QLineEdit")[0]
+            lineEdit.connect("textChanged(QString)", lambda text, field=field: self.onPathChanged(field, text))
 
         self.ui.addSceneVolumesButton.connect("clicked(bool)", self.onAddSceneVolumes)
         self.ui.checkDatasetButton.connect("clicked()", lambda: self.onCheckDataset(startAfter=False))
@@ -178,7 +164,7 @@ class GloResNetTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         self.ui.cpuDemoButton.connect("clicked()", lambda: self.applyPreset("cpu"))
         self.ui.startButton.connect("clicked(bool)", self.onStart)
         self.ui.stopButton.connect("clicked(bool)", self.onStop)
-        self.ui.resumeButton.connect("clicked(bool)", self.onResume)
+        self.ui.resumeButton.connect("clicked(bool)", lambda: self.onResume())  # not clicked's bool as device
         self.ui.cancelButton.connect("clicked(bool)", self.onCancel)
         self.ui.showResultsButton.connect("clicked(bool)", self.onShowResults)
         self.ui.openInGloResNetButton.connect("clicked(bool)", self.onOpenInGloResNet)
@@ -192,9 +178,12 @@ class GloResNetTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         self.removeObservers()
         if self._timer is not None:
             self._timer.stop()
-        self.logic.shutdown()
+        if self.logic is not None:
+            self.logic.shutdown()
 
     def enter(self) -> None:
+        if self.logic is None:  # Slicer too old: no GUI
+            return
         self.initializeParameterNode()
 
     def exit(self) -> None:
@@ -229,9 +218,9 @@ class GloResNetTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
             self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGUI)
             self.updateGUI()
 
-    def onPathChanged(self, field: str, path: str) -> None:
-        if self._parameterNode and getattr(self._parameterNode, field) != path:
-            setattr(self._parameterNode, field, path)
+    def onPathChanged(self, field: str, text: str) -> None:
+        if self._parameterNode:
+            paths.sync_field(self._parameterNode, field, text)
 
     def updateGUI(self, caller=None, event=None) -> None:
         p = self._parameterNode
@@ -271,15 +260,6 @@ class GloResNetTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         params = self.logic.parametersFrom(p)
         params = params.apply_cpu_demo() if name == "cpu" else params.apply_paper_defaults()
         self.logic.setParameters(p, params)
-
-    def startDeviceProbe(self) -> None:
-        try:
-            self._probe = process.BackgroundProcess(process.device_probe_command(), env=process.child_env(),
-                                                    name="device probe").start()
-        except OSError as exc:
-            self.ui.deviceInfoLabel.text = _("cannot run Slicer's Python: {error}").format(error=exc)
-            return
-        self._timer.start()
 
     # -- dataset ------------------------------------------------------------------------------------------
     def onAddSceneVolumes(self) -> None:
@@ -390,13 +370,7 @@ class GloResNetTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
 
     def onTimer(self) -> None:
         try:
-            if self._probe is not None:
-                for event in self._probe.poll():
-                    if event.get("event") == process.RESULT:
-                        self.ui.deviceInfoLabel.text = process.describe_devices(event["record"])
-                    elif event.get("event") == process.PROCESS_EXIT:
-                        self._probe = None
-                        break
+            self.pollDeviceProbe()
             check = self.logic.check
             if check is not None:
                 for event in check.poll():
@@ -484,18 +458,6 @@ class GloResNetTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
     def onOpenRunFolder(self) -> None:
         qt.QDesktopServices.openUrl(qt.QUrl.fromLocalFile(self._parameterNode.runDir))
 
-    def setStatus(self, text: str) -> None:
-        self.ui.statusLabel.text = text
-
-    def appendLog(self, text: str) -> None:
-        if text:
-            self.ui.logTextEdit.appendPlainText(text)
-
-    def onReload(self) -> None:
-        """Developer reload: also reload GloResNetLib (no ``imp``)."""
-        for name in [n for n in sys.modules if n == "GloResNetLib" or n.startswith("GloResNetLib.")]:
-            del sys.modules[name]
-        ScriptedLoadableModuleWidget.onReload(self)
 
 
 #
@@ -523,9 +485,7 @@ class GloResNetTrainingLogic(ScriptedLoadableModuleLogic):
     @staticmethod
     def modelsFolder() -> Path:
         """The GloResNet module's models folder (setting 'GloResNet/ModelsFolder'), where it lists models."""
-        import GloResNet
-
-        return GloResNet.GloResNetLogic.modelsFolder()
+        return common.models_folder()
 
     # -- parameters ---------------------------------------------------------------------------------------
     @staticmethod
@@ -547,8 +507,10 @@ class GloResNetTrainingLogic(ScriptedLoadableModuleLogic):
         return next((run for run in (p.runDir, named) if ts.can_resume(run)), "")
 
     @staticmethod
-    def exportSceneDataset(params, labelsTable) -> Path | None:
-        """For the scene source: write the labelled volumes and their manifest beside the run folder."""
+    def exportSceneDataset(params, labelsTable):
+        """For the scene source: write the labelled volumes and their manifest beside the run folder; returns the
+        manifest's Path (None for the other sources). No ``Path | None`` annotation: evaluated at import, it
+        would fail on Python 3.9 before the module could say which Slicer it needs."""
         if params.source != "scene":
             return None
         if labelsTable is None:
@@ -556,30 +518,11 @@ class GloResNetTrainingLogic(ScriptedLoadableModuleLogic):
         return ts.export_scene_dataset(ts.scene_cases(labelsTable), params.scene_data_dir, params.synthetic)
 
     # -- dependencies -------------------------------------------------------------------------------------
-    def ensureDependencies(self, confirm: bool = True) -> bool:
-        """PyTorch and the predict module's requirements through the GloResNet module (PyTorchUtils picks the
-        CUDA build), then what training needs besides (pip, after confirmation, torch pinned)."""
-        import GloResNet  # a declared dependency of this module
-
-        if not GloResNet.GloResNetLogic().ensureDependencies(confirm):
-            return False
-        missing = process.missing_requirements(ts.read_requirements(REQUIREMENTS_FILE))
-        if not missing:
-            return True
-        if confirm and not slicer.util.confirmOkCancelDisplay(
-                _("Training needs these Python packages:\n{packages}\n\nInstall them now?").format(
-                    packages="\n".join(missing))):
-            return False
-        try:
-            pins = Path(tempfile.gettempdir()) / "GloResNet-constraints.txt"
-            constraints = process.pin_installed(["torch"], pins)
-            slicer.util.pip_install(missing + (["-c", str(constraints)] if constraints else []))
-        except Exception as exc:
-            logging.exception("GloResNetTraining: installing requirements failed")
-            slicer.util.errorDisplay(_("Could not install {packages}: {error}").format(
-                packages=", ".join(missing), error=exc))
-            return False
-        return not process.missing_requirements(ts.read_requirements(REQUIREMENTS_FILE))
+    @staticmethod
+    def ensureDependencies(confirm: bool = True) -> bool:
+        """PyTorch (PyTorchUtils picks the CUDA build) and training's requirements (the predict module's and
+        scikit-learn, matplotlib), torch pinned: the installer both modules share."""
+        return dependencies.ensure_dependencies(REQUIREMENTS_FILE, "GloResNetTraining", confirm)
 
     # -- running ------------------------------------------------------------------------------------------
     @property
@@ -664,28 +607,19 @@ class GloResNetTrainingLogic(ScriptedLoadableModuleLogic):
 
     # -- results ------------------------------------------------------------------------------------------
     def showResults(self, p) -> None:
-        """Loss and metric charts side by side over the metrics table (a layout of their own)."""
-        layoutManager = slicer.app.layoutManager()
-        layoutNode = layoutManager.layoutLogic().GetLayoutNode()
-        if not layoutNode.IsLayoutDescription(RESULTS_LAYOUT_ID):
-            layoutNode.AddLayoutDescription(RESULTS_LAYOUT_ID, RESULTS_LAYOUT)
-        layoutManager.setLayout(RESULTS_LAYOUT_ID)
+        """Loss and metric charts side by side over the metrics table (a layout of their own), each in the view
+        node its layout names (views.show_training_results), not the layout manager's n-th view."""
         nodes = self.monitor.nodes()
-        charts = [nodes["loss_chart"] or p.lossChart, nodes["metric_chart"] or p.metricChart]
-        for index, chart in enumerate(charts):
-            if chart is not None and index < layoutManager.plotViewCount:
-                layoutManager.plotWidget(index).mrmlPlotViewNode().SetPlotChartNodeID(chart.GetID())
-        table = nodes["metrics_table"] or p.metricsTable
-        if table is not None and layoutManager.tableViewCount:
-            layoutManager.tableWidget(0).mrmlTableViewNode().SetTableNodeID(table.GetID())
+        views.show_training_results(slicer.app.layoutManager().layoutLogic().GetLayoutNode(),
+                                    loss_chart=nodes["loss_chart"] or p.lossChart,
+                                    metric_chart=nodes["metric_chart"] or p.metricChart,
+                                    metrics_table=nodes["metrics_table"] or p.metricsTable)
 
     @staticmethod
     def openInGloResNet(bundlePath, casePath=None):
         """Select the model (and load the held-out case) in the GloResNet module and switch to it."""
-        import GloResNet
-
         volume = slicer.util.loadVolume(str(casePath)) if casePath else None
-        predict = GloResNet.GloResNetLogic().getParameterNode()
+        predict = common.predict_logic().getParameterNode()
         predict.modelPath = str(bundlePath)
         if volume is not None:
             predict.inputVolume = volume
@@ -725,6 +659,7 @@ class GloResNetTrainingTest(ScriptedLoadableModuleTest):
             rng = np.random.default_rng(0)
             volumes = [self._syntheticVolume(np, rng, k % 2, f"selftest {k:02d}") for k in range(12)]
             widget = slicer.modules.gloresnettraining.widgetRepresentation().self()
+            widget.initializeParameterNode()  # setUp's Clear() dropped it and the module may not be entered
             p = widget._parameterNode
             logic.setParameters(p, ts.TrainingParameters(
                 source="scene", output_folder=str(work), run_name="selftest", size=16,
@@ -751,13 +686,10 @@ class GloResNetTrainingTest(ScriptedLoadableModuleTest):
             widget.onShowResults()
 
             self.delayDisplay("Open in GloResNet with a held-out case, predict")
-            import GloResNet
-
             volume = logic.openInGloResNet(p.bundlePath, p.heldOutCase)
-            predictParameters = GloResNet.GloResNetLogic().getParameterNode()
-            self.assertEqual(predictParameters.modelPath, p.bundlePath)
-            (result,) = GloResNet.GloResNetLogic().predict([volume], p.bundlePath, device="cpu",
-                                                           inProcess=True)
+            predictLogic = common.predict_logic()
+            self.assertEqual(predictLogic.getParameterNode().modelPath, p.bundlePath)
+            (result,) = predictLogic.predict([volume], p.bundlePath, device="cpu", inProcess=True)
             self.assertTrue(0.0 <= result.probability <= 1.0)
             self.delayDisplay("Test passed")
         finally:

@@ -271,7 +271,7 @@ def test_requirements_and_torch_pinning(tmp_path):
     lines = process.read_requirements(reqs)
     assert lines[0] == "numpy>=1.0" and len(lines) == 4
     assert process.missing_requirements(lines) == ["numpy>=999", "definitely-not-installed-gloresnet-xyz>=1"]
-    shipped = process.LIB_PARENT / "Resources" / "requirements.txt"
+    shipped = process.LIB_PARENT / "Resources" / "GloResNet-requirements.txt"
     assert not any(r.lower().startswith("torch") for r in process.read_requirements(shipped))
     pinned = process.pin_installed(["torch", "definitely-not-installed-gloresnet-xyz"], tmp_path / "c.txt")
     import torch

@@ -1,8 +1,12 @@
 """The extension tree as Slicer's extension build and the Extensions Index expect it, checked without Slicer.
 
-- CMake: top-level EXTENSION_* description, one add_subdirectory per module; each module lists every Python
-  script on disk (GloResNetLib included) and every resource, WITH_GENERIC_TESTS, the self-test registered.
-- Catalog entry GloResNet.json, LICENSE, icons, screenshots folder, per-module requirements.txt.
+- CMake: top-level EXTENSION_* description, the minimum Slicer version, one add_subdirectory per module; each
+  module lists every Python script on disk (GloResNetLib included) and every resource, WITH_GENERIC_TESTS, the
+  self-test registered; no file is built by both modules (they share one qt-scripted-modules folder).
+- Catalog entry GloResNet.json with a category the Extensions Index accepts, LICENSE, icons, screenshots folder,
+  per-module requirements file.
+- The module files (and the GloResNetLib modules they import) import on Python 3.9 (Slicer 5.8), so that they
+  can refuse that Slicer with a message: 3.9 syntax, no ``X | Y`` annotation evaluated at import.
 - The module file (parsed with ``ast``, never imported: it imports Qt) against its Qt Designer ``.ui`` file:
   every ``self.ui.X`` exists with the expected class, every SlicerParameterName names a parameter-node field
   whose type the widget can represent.
@@ -20,6 +24,19 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+#: ExtensionsIndex scripts/check_description_files.py, ACCEPTED_EXTENSION_CATEGORIES (read 2026-11, listed in
+#: the project's REFERENCES.md); the index's CI rejects an entry with any other category.
+ACCEPTED_EXTENSION_CATEGORIES = {
+    "Active Learning", "Analysis", "Auto3dgm", "BigImage", "Cardiac", "Chest Imaging Platform", "Conda",
+    "Converters", "DICOM", "DSCI", "Developer Tools", "Diffusion", "Examples", "Exporter", "FTV Segmentation",
+    "Filtering", "Filtering.Morphology", "Filtering.Vesselness", "Holographic Display", "Image Synthesis", "IGT",
+    "Informatics", "Netstim", "Neuroimaging", "Nuclear Medicine", "Orthodontics", "Osteotomy Planning",
+    "Otolaryngology", "Photogrammetry", "Pipelines", "Planning", "Printing", "Quantification", "Radiotherapy",
+    "Registration", "Remote", "Rendering", "SPHARM", "Segmentation", "Sequences", "Shape Analysis",
+    "Shape Regression", "Shape Visualization", "Simulation", "SlicerCMF", "SlicerMorph", "Spectral Imaging",
+    "Supervisely", "Surface Models", "SurfaceLearner", "Tomographic Reconstruction", "Tracking", "Tractography",
+    "Training", "Ultrasound", "Utilities", "Vascular Modeling Toolkit", "Virtual Reality", "VisSimTools",
+    "Web System Tools", "Wizards"}
 SCHEMA_KEYS = {"$schema", "build_dependencies", "build_subdirectory", "category", "enabled", "scm_revision",
                "scm_type", "scm_url", "tier", "dicom_support_rule"}
 
@@ -61,7 +78,12 @@ def test_top_level_cmake_describes_the_extension():
         assert cmake_string(text, key).strip(), key
     assert cmake_string(text, "EXTENSION_DEPENDS") == "PyTorch"
     assert cmake_string(text, "EXTENSION_ICONURL").endswith("Resources/Icons/GloResNet.png")
-    assert ["Slicer", "REQUIRED"] in cmake_calls(text, "find_package")
+    from GloResNetLib.slicer_side.common import MINIMUM_SLICER_VERSION
+
+    minimum = ".".join(map(str, MINIMUM_SLICER_VERSION))
+    assert ["Slicer", minimum, "REQUIRED"] in cmake_calls(text, "find_package")  # checked by CMake
+    assert f"Slicer {minimum} or later" in cmake_string(text, "EXTENSION_DESCRIPTION")
+    assert f"Slicer {minimum} or later" in (REPO / "README.md").read_text()
     assert ["${Slicer_USE_FILE}"] in cmake_calls(text, "include")
     assert ["${Slicer_EXTENSION_GENERATE_CONFIG}"] in cmake_calls(text, "include")
     assert ["${Slicer_EXTENSION_CPACK}"] in cmake_calls(text, "include")
@@ -94,7 +116,7 @@ def test_module_cmake_lists_every_script_and_resource(module: Path):
     for resource in resources:
         assert (module / resource).is_file(), f"resource {resource} missing"
     for required in (f"Resources/Icons/{module.name}.png", f"Resources/UI/{module.name}.ui",
-                     "Resources/requirements.txt"):
+                     f"Resources/{module.name}-requirements.txt"):
         assert required in resources
     (macro,) = cmake_calls(text, "slicerMacroBuildScriptedModule")
     assert macro[:2] == ["NAME", "${MODULE_NAME}"]
@@ -103,6 +125,27 @@ def test_module_cmake_lists_every_script_and_resource(module: Path):
     testing = re.search(r"if\s*\(\s*BUILD_TESTING\s*\)(.*?)endif", text, re.S | re.I)
     assert testing and cmake_calls(testing.group(1), "slicer_add_python_unittest") == [
         ["SCRIPT", "${MODULE_NAME}.py"]]
+
+
+def built_files(module: Path) -> set[str]:
+    """What slicerMacroBuildScriptedModule makes of a module's lists, relative to the shared
+    ``lib/Slicer-X.Y/qt-scripted-modules`` folder: each script, its compiled ``.pyc`` and each resource, at its
+    path relative to the module folder (ctkMacroCompilePythonScript: one copy rule per file; no WITH_SUBDIR)."""
+    text = (module / "CMakeLists.txt").read_text()
+    assert "WITH_SUBDIR" not in text
+    scripts = [s.replace("${MODULE_NAME}", module.name) for s in cmake_set(text, "MODULE_PYTHON_SCRIPTS")]
+    resources = [s.replace("${MODULE_NAME}", module.name) for s in cmake_set(text, "MODULE_PYTHON_RESOURCES")]
+    return set(scripts) | {s[:-3] + ".pyc" for s in scripts} | set(resources)
+
+
+def test_no_file_is_built_by_two_modules():
+    """Two rules for one output: Ninja refuses to configure, Makefiles silently drop one of the copies."""
+    seen: dict[str, str] = {}
+    for module in modules():
+        for path in sorted(built_files(module)):
+            assert path not in seen, f"{path} is built by both {seen[path]} and {module.name}: rename one"
+            seen[path] = module.name
+    assert len({m for m in seen.values()}) == 2
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -119,6 +162,9 @@ def test_catalog_entry():
     assert re.fullmatch(r"https://raw\.githubusercontent\.com/Slicer/Slicer/main/Schemas/"
                         r"slicer-extension-catalog-entry-schema-v1\.0\.\d\.json#", meta["$schema"])
     assert meta["category"] == cmake_string(cmake, "EXTENSION_CATEGORY")
+    assert meta["category"] in ACCEPTED_EXTENSION_CATEGORIES, "the Extensions Index CI would reject it"
+    for module in modules():  # the modules sit in the same category of Slicer's module menu
+        assert f'categories = [_("{meta["category"]}")]' in module_file(module).read_text()
     assert meta["scm_url"].startswith("https://") and meta["scm_revision"]
     assert meta["build_dependencies"] == ["PyTorch"] == cmake_string(cmake, "EXTENSION_DEPENDS").split(";")
     assert isinstance(meta["tier"], int) and 1 <= meta["tier"] <= 5
@@ -146,7 +192,8 @@ def test_licence_icons_screenshots():
 
 def test_requirements_never_pull_torch():
     for module in modules():
-        lines = [ln.strip() for ln in (module / "Resources" / "requirements.txt").read_text().splitlines()]
+        text = (module / "Resources" / f"{module.name}-requirements.txt").read_text()
+        lines = [ln.strip() for ln in text.splitlines()]
         reqs = [ln for ln in lines if ln and not ln.startswith("#")]
         assert reqs and not any(re.match(r"(torch|monai|torchvision)\b", r, re.I) for r in reqs)
 
@@ -166,7 +213,7 @@ EXPECTED = {
                     "logTextEdit"},
         "bindings": {"inputVolume", "device", "useTTA", "camOpacity", "camThreshold", "showResampled"},
         "max_lines": 700,
-        "source": ("pip_install", "PyTorchUtils"),  # installed on demand, on first Predict
+        "source": ("dependencies.ensure_dependencies",),  # installed on demand, on first Predict
     },
     "GloResNetTraining": {
         "widgets": {"sourceComboBox", "manifestPathLineEdit", "dhcpPathLineEdit", "labelsTableView",
@@ -182,8 +229,8 @@ EXPECTED = {
         "bindings": {"source", "syntheticData", "runName", "arch", "width", "folds", "epochs", "batchSize",
                      "learningRate", "mixupAlpha", "classWeights", "inputSize", "device", "seed"},
         "max_lines": 800,  # a larger GUI (dataset, settings, run, results); the logic is in training_session
-        "source": ("pip_install", "ensureDependencies", "training_session", "BackgroundProcess",
-                   "cancel_all", "shutdown"),
+        "source": ("dependencies.ensure_dependencies", "ensureDependencies", "training_session", "cancel_all",
+                   "shutdown", "views.show_training_results", "paths.sync_field"),
     },
 }
 #: Naming convention of the widgets -> Qt class (the longest matching suffix wins).
@@ -232,6 +279,10 @@ def path_fields(tree: ast.Module) -> list[tuple[str, str]]:
     fields of the parameter node (the wrapper binds ctkPathLineEdit to pathlib.Path only)."""
     for node in ast.walk(tree):
         if isinstance(node, ast.Assign) and any(getattr(t, "id", "") == "PATH_FIELDS" for t in node.targets):
+            if "paths.TRAINING_PATH_FIELDS" in ast.unparse(node.value):
+                from GloResNetLib.slicer_side.paths import TRAINING_PATH_FIELDS
+
+                return [(f.widget, f.field) for f in TRAINING_PATH_FIELDS]
             return [tuple(pair) for pair in ast.literal_eval(node.value)]
     return []
 
@@ -344,7 +395,8 @@ def test_module_file_follows_the_wizard_layout_and_stays_thin(module: Path):
     tree = module_tree(module)
     classes = {n.name: [ast.unparse(b) for b in n.bases] for n in tree.body if isinstance(n, ast.ClassDef)}
     assert classes[name] == ["ScriptedLoadableModule"]
-    assert classes[f"{name}Widget"] == ["ScriptedLoadableModuleWidget", "VTKObservationMixin"]
+    assert classes[f"{name}Widget"] == ["common.ModuleWidgetHelpers", "ScriptedLoadableModuleWidget",
+                                        "VTKObservationMixin"]
     assert classes[f"{name}Logic"] == ["ScriptedLoadableModuleLogic"]
     assert classes[f"{name}Test"] == ["ScriptedLoadableModuleTest"]
     assert f"{name}ParameterNode" in classes

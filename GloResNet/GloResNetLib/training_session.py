@@ -41,6 +41,7 @@ from typing import Any
 
 from . import process
 from .errors import InputError
+from .slicer_side.paths import check_training_paths
 from .training.config import TrainConfig
 from .training.metrics import SUMMARY_METRICS, summarize
 
@@ -69,7 +70,7 @@ GUI_FIELDS = {"source": "source", "manifestPath": "manifest", "dhcpFolder": "dhc
               "pretrainedPath": "pretrained", "device": "device", "seed": "seed",
               "syntheticData": "synthetic"}
 #: Python packages training needs in Slicer's Python besides the predict module's requirements and PyTorch
-#: (kept here too because every module's ``Resources/requirements.txt`` lands in one shared folder).
+#: (also in ``GloResNetTraining/Resources/GloResNetTraining-requirements.txt``; added if a file lacks them).
 TRAINING_REQUIREMENTS = ("scikit-learn>=1.3", "matplotlib>=3.7")
 #: Exit code of ``gloresnet train`` stopped by Ctrl-C / SIGINT after saving a checkpoint.
 STOPPED_EXIT_CODE = 130
@@ -162,8 +163,9 @@ class TrainingParameters:
             kw["source"] = SOURCE_LABELS.get(kw["source"], kw["source"])
         if "widths" in kw:
             kw["widths"] = WIDTH_PRESETS[kw["widths"]] if isinstance(kw["widths"], str) else kw["widths"]
-        if "run_name" in kw:
-            kw["run_name"] = str(kw["run_name"]).strip()
+        for name in ("run_name", "manifest", "dhcp", "output_folder", "pretrained"):  # path fields hold the text
+            if name in kw:
+                kw[name] = str(kw[name]).strip()
         return cls(**kw)
 
     def to_gui(self) -> dict[str, Any]:
@@ -246,6 +248,7 @@ class TrainingParameters:
                 raise InputError(f"{data}: dHCP folder not found")
             if self.pretrained and not Path(self.pretrained).expanduser().is_file():
                 raise InputError(f"{self.pretrained}: pretrained weights file not found")
+            check_training_paths({name: getattr(self, f) for name, f in GUI_FIELDS.items()}, self.source)
             run_dir = self.run_dir
             if run_dir.exists() and any(p.name != "train.log" for p in run_dir.iterdir()):
                 raise InputError(f"{run_dir} already exists and is not empty: choose another run name "
