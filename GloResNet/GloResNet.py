@@ -366,6 +366,7 @@ class GloResNetWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def showResult(self, nodes) -> None:
         texts = nodes.texts()
+        self.ui.probabilityLabel.text = texts["caption"]  # "P(brain injury):" or, for a brain-age model, the age
         self.ui.probabilityValueLabel.text = texts["probability"]
         self.ui.labelValueLabel.text = texts["label"]
         self.ui.spreadValueLabel.text = texts["spread"]
