@@ -47,7 +47,11 @@ SALIENCY = ("Grad-CAM of the predicted age: where the features raise the age est
 
 @dataclass
 class AgePrediction:
-    """Outcome of :func:`predict_age` for one volume; arrays as in :class:`~.inference.PredictionResult`."""
+    """Outcome of :func:`predict_age` for one volume; arrays as in :class:`~.inference.PredictionResult`.
+
+    The fields from ``resampled`` on have the names and meaning of PredictionResult's, so the writers of
+    ``gloresnet predict`` and of the Slicer module take either result (a shared base class would mean
+    restructuring PredictionResult; left for when inference.py is not being edited in parallel)."""
 
     age_weeks: float
     view_age_weeks: dict[str, float]
