@@ -14,7 +14,7 @@ import itertools
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -24,6 +24,9 @@ from . import fastnet
 from .bundle import Bundle, resolve_device
 from .io import read_volume
 from .preprocessing import Preprocessed, preprocess
+
+if TYPE_CHECKING:
+    from .age_inference import AgePrediction
 
 DISCLAIMER = "Research use only. Not a medical device; not for clinical decisions."
 AXIS_NAMES = "xyz"
@@ -229,7 +232,7 @@ def _sync(device: torch.device) -> None:
 
 def predict(bundle: Bundle, array: np.ndarray, affine: np.ndarray, tta: bool = True, cam: bool = True,
             device: str | torch.device | None = None, tta_axes: list[int] | None = None,
-            cam_class: int = 1) -> PredictionResult | Any:
+            cam_class: int = 1) -> PredictionResult | AgePrediction:
     """Predict brain injury for one volume (array indexed as stored, 4x4 voxel-to-RAS affine).
 
     TTA averages the softmax of the identity and flipped views (the bundle's ``tta_axes``, default the
