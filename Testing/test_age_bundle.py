@@ -217,3 +217,46 @@ def test_slicer_adapter_records_the_age(age_run):
         assert info.task == AGE_REGRESSION and "brain age" in info.label and "mae_weeks" in info.description
     finally:
         slicer.mrmlScene = previous
+
+
+def test_age_saliency_is_the_gradcam_of_the_ensembles_age(tmp_path):
+    """With a 48^3 input (2^3 feature grid) the map is the Grad-CAM of the mean age in weeks: the members'
+    MONAI Grad-CAMs of their one output weighted by their target scale (x1 and x5 here), scaled to max 1."""
+    from conftest import example_affine, make_head_volume
+    from GloResNetLib.age_target import age_target
+    from GloResNetLib.bundle import default_metadata, save_bundle
+    from monai.visualize import GradCAM
+
+    size, models = (48, 48, 48), []
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        model = build_model("resnet10", 1, widths=TINY_WIDTHS).train()
+        with torch.no_grad():
+            model(torch.randn(2, 1, *size))  # non-trivial BatchNorm statistics
+            model.fc.weight.abs_()  # the age rises with the (non-negative) features: a non-zero map
+        models.append(model.eval())
+    meta = default_metadata("age48", arch_params={"widths": TINY_WIDTHS}, preprocess=PreprocessConfig(size=size),
+                            training_data={"description": "pytest random weights", "synthetic": True},
+                            extra={"task": AGE_REGRESSION, "num_classes": 1,
+                                   "target": age_target([36.0, 38.0], [1.0, 5.0])})
+    for key in ("class_names", "threshold"):
+        meta.pop(key)
+    with pytest.raises(BundleError, match="target.offset lists 2 values for 3"):
+        save_bundle(tmp_path / "bad", [m.state_dict() for m in models * 2][:3], meta)
+    assert not (tmp_path / "bad").exists()
+    bundle = load_bundle(save_bundle(tmp_path / "age48", [m.state_dict() for m in models], meta))
+    r = predict(bundle, make_head_volume(seed=4), example_affine(), tta=False)
+    x = torch.from_numpy(r.resampled)[None, None]
+    raw = [GradCAM(nn_module=m, target_layers="layer4", postprocessing=lambda m: m)(x, class_idx=0)[0, 0]
+           .detach().numpy() for m in bundle.models]
+    with torch.no_grad():
+        outputs = [float(m(x)[0, 0]) for m in bundle.models]
+    assert r.model_age_weeks == pytest.approx([36.0 + outputs[0], 38.0 + 5.0 * outputs[1]], abs=1e-3)
+
+    def corr(a, b):
+        return np.corrcoef(a.ravel(), b.ravel())[0, 1]
+
+    weighted = raw[0] + 5.0 * raw[1]
+    assert np.ptp(weighted) > 0 and r.cam_network.max() == pytest.approx(1.0)
+    assert corr(r.cam_network, weighted) >= 0.99
+    assert corr(r.cam_network, weighted) > corr(r.cam_network, 5.0 * raw[0] + raw[1]) + 0.01
