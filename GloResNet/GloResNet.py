@@ -348,6 +348,7 @@ class GloResNetWidget(common.ModuleWidgetHelpers, ScriptedLoadableModuleWidget, 
 
     def showResult(self, nodes) -> None:
         texts = nodes.texts()
+        self.ui.probabilityLabel.text = texts["caption"]  # "P(brain injury):" or, for a brain-age model, the age
         self.ui.probabilityValueLabel.text = texts["probability"]
         self.ui.labelValueLabel.text = texts["label"]
         self.ui.spreadValueLabel.text = texts["spread"]

@@ -2,7 +2,9 @@
 
 The metadata names the architecture, the preprocessing the model was trained with, class names, decision
 threshold, the training data (synthetic or not), CV metrics and the SHA-256 of every weights file. Loading
-verifies checksums and metadata before any tensor reaches a model.
+verifies checksums and metadata before any tensor reaches a model. An optional ``task`` says what the models
+predict: ``classification`` (brain injury, the default) or ``age_regression`` (brain age in weeks, with a
+``target`` object instead of class names and threshold; see :mod:`.age_target`).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import torch
 from torch import nn
 
 from . import __version__
+from .age_target import CLASSIFICATION, check_age_metadata, required_keys, task_of
 from .errors import BundleError, GloResNetError
 from .io import atomic_path, write_text_atomic
 from .models import build_model
@@ -81,9 +84,10 @@ def save_bundle(out_dir: str | os.PathLike, state_dicts: list[dict[str, torch.Te
         raise BundleError(f"{out_dir}: folder exists and is not empty (choose another --out)")
     if not state_dicts:
         raise BundleError("a bundle needs at least one model")
-    missing = [k for k in REQUIRED_KEYS if k not in metadata and k != "weights"]
+    missing = [k for k in required_keys(metadata) if k not in metadata and k != "weights"]
     if missing:
         raise BundleError(f"bundle metadata lacks {missing}")
+    check_age_metadata(metadata, "bundle metadata", len(state_dicts))
     build_model(metadata["arch"], metadata["num_classes"], **metadata.get("arch_params", {}))
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = out_dir.parent / f".{out_dir.name}.partial"
@@ -120,7 +124,14 @@ class Bundle:
         return str(self.metadata["name"])
 
     @property
+    def task(self) -> str:
+        """'classification' (brain injury; metadata without 'task') or 'age_regression' (brain age, weeks)."""
+        return str(self.metadata.get("task", CLASSIFICATION))
+
+    @property
     def threshold(self) -> float:
+        if self.task != CLASSIFICATION:
+            raise BundleError(f"{self.path}: a {self.task} bundle has no decision threshold (not a classifier)")
         return float(self.metadata["threshold"])
 
     @property
@@ -155,7 +166,8 @@ class Bundle:
         flag = " [SYNTHETIC DATA - demonstration only]" if self.is_synthetic else ""
         if not self.is_trained:
             flag = " [UNTRAINED classifier - predictions are meaningless]"
-        return (f"{self.name} ({self.metadata['arch']}, {len(self.models)} model(s)); trained on: "
+        task = "" if self.task == CLASSIFICATION else "; brain age in weeks"
+        return (f"{self.name} ({self.metadata['arch']}, {len(self.models)} model(s){task}); trained on: "
                 f"{td.get('description', 'unknown')}{flag}")
 
 
@@ -173,18 +185,20 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
         raise BundleError(f"{meta_path}: invalid JSON ({exc})") from None
     if not isinstance(meta, dict):
         raise BundleError(f"{meta_path}: metadata must be a JSON object")
-    missing = [k for k in REQUIRED_KEYS if k not in meta]
+    task = task_of(meta, str(meta_path))
+    missing = [k for k in required_keys(meta) if k not in meta]
     if missing:
         raise BundleError(f"{meta_path}: metadata lacks {', '.join(missing)}")
     if int(meta["format_version"]) > FORMAT_VERSION:
         raise BundleError(f"{path}: bundle format {meta['format_version']} is newer than this library "
                           f"supports ({FORMAT_VERSION}); update gloresnet")
-    if int(meta["num_classes"]) != len(meta["class_names"]):
+    if task == CLASSIFICATION and int(meta["num_classes"]) != len(meta["class_names"]):
         raise BundleError(f"{meta_path}: num_classes does not match class_names")
-    if not 0.0 < float(meta["threshold"]) < 1.0:
+    if task == CLASSIFICATION and not 0.0 < float(meta["threshold"]) < 1.0:
         raise BundleError(f"{meta_path}: threshold must lie strictly between 0 and 1")
     if not isinstance(meta["weights"], list) or not meta["weights"]:
         raise BundleError(f"{meta_path}: no weights listed")
+    check_age_metadata(meta, str(meta_path), len(meta["weights"]))
     try:
         PreprocessConfig.from_dict(meta["preprocess"])
     except GloResNetError as exc:

@@ -97,6 +97,11 @@ def run_predict(args: argparse.Namespace) -> int:
 
 
 def _print_table(rows: list[dict], bundle) -> None:
+    if bundle.task != "classification":  # brain age: estimated weeks, no probability or label
+        from .age_inference import age_table
+
+        print("\n".join([*age_table(rows, bundle), EPILOG]))
+        return
     width = max(12, *(len(Path(r["input"]).name) for r in rows))
     print(f"{'input':<{width}}  {'P(BI)':>6}  {'label':<6}  {'spread':>6}  {'time s':>6}")
     for r in rows:
@@ -156,9 +161,11 @@ def run_bundle_info(args: argparse.Namespace) -> int:
         return 0
     meta = bundle.metadata
     print(bundle.describe())
-    for key in ("arch", "arch_params", "preprocess", "threshold", "tta_axes", "class_names", "provenance",
-                "library_version", "created"):
-        print(f"  {key}: {meta.get(key)}")
+    print(f"  task: {bundle.task}")
+    for key in ("arch", "arch_params", "preprocess", "threshold", "tta_axes", "class_names", "target",
+                "provenance", "library_version", "created"):
+        if key in meta:
+            print(f"  {key}: {meta.get(key)}")
     if meta.get("cv_metrics"):
         print(f"  cv_metrics: {json.dumps(meta['cv_metrics'])}")
     print(f"  weights: {len(meta['weights'])} file(s), SHA-256 verified")
@@ -175,9 +182,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"gloresnet {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    p = sub.add_parser("predict", help="predict brain injury for one or more volumes", epilog=EPILOG,
+    p = sub.add_parser("predict", help="predict brain injury (or brain age) for one or more volumes", epilog=EPILOG,
                        description="Writes NAME_cam.nii.gz (Grad-CAM on the input grid), "
-                                   "NAME_resampled.nii.gz (128^3 network input) and NAME.json per input.")
+                                   "NAME_resampled.nii.gz (128^3 network input) and NAME.json per input. "
+                                   "A brain-age bundle (pretrain-age's OUT/bundle) reports age_weeks, the "
+                                   "estimated post-menstrual age at scan, instead of P(BI) and a label; its "
+                                   "saliency is the Grad-CAM of the predicted age.")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="T2w volume(s): .nii, .nii.gz, .nrrd, .nhdr")
     p.add_argument("--model", required=True, metavar="BUNDLE", help="model bundle folder")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (created if needed)")

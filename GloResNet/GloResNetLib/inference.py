@@ -14,7 +14,7 @@ import itertools
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -24,6 +24,9 @@ from . import fastnet
 from .bundle import Bundle, resolve_device
 from .io import read_volume
 from .preprocessing import Preprocessed, preprocess
+
+if TYPE_CHECKING:
+    from .age_inference import AgePrediction
 
 DISCLAIMER = "Research use only. Not a medical device; not for clinical decisions."
 AXIS_NAMES = "xyz"
@@ -229,7 +232,7 @@ def _sync(device: torch.device) -> None:
 
 def predict(bundle: Bundle, array: np.ndarray, affine: np.ndarray, tta: bool = True, cam: bool = True,
             device: str | torch.device | None = None, tta_axes: list[int] | None = None,
-            cam_class: int = 1) -> PredictionResult:
+            cam_class: int = 1) -> PredictionResult | AgePrediction:
     """Predict brain injury for one volume (array indexed as stored, 4x4 voxel-to-RAS affine).
 
     TTA averages the softmax of the identity and flipped views (the bundle's ``tta_axes``, default the
@@ -238,7 +241,14 @@ def predict(bundle: Bundle, array: np.ndarray, affine: np.ndarray, tta: bool = T
     the identity view, which is the Grad-CAM of the models' mean logit on their stacked CAM-layer features.
     A model that sees little evidence adds a faint map, so the ensemble's map follows the models that see the
     injury (scaling each map to max 1 before averaging would not). The result is scaled to max 1.
+
+    A brain-age bundle (``task: age_regression``) is handed to :func:`.age_inference.predict_age`, which
+    returns an :class:`~.age_inference.AgePrediction` (``age_weeks``; no probability or label).
     """
+    if bundle.task != "classification":
+        from .age_inference import predict_age
+
+        return predict_age(bundle, array, affine, tta=tta, cam=cam, device=device, tta_axes=tta_axes)
     dev = resolve_device(device) if device is not None else bundle.device
     models = [m.to(dev) for m in bundle.models] if dev != bundle.device else bundle.models
     timings: dict[str, float] = {}

@@ -43,10 +43,13 @@ COLOR_ROLE = "GloResNetHeatColors"
 PLOT_ROLE = "GloResNetPlot"
 
 RESULTS_TABLE_NAME = "GloResNet results"
-#: Columns of the results table (one row per prediction) and their types.
+#: Columns of the results table (one row per prediction) and their types. A brain-age bundle's row has the
+#: estimated age and its spread (weeks) and leaves P(BI), label, threshold and TTA spread empty; a classifier's
+#: row leaves the age columns empty.
 RESULT_COLUMNS: dict[str, str] = {
     "Volume": "string", "Model": "string", "Training data": "string", "P(BI)": "double", "Label": "string",
-    "Threshold": "double", "TTA spread": "double", "Device": "string", "Time (s)": "double", "Date": "string",
+    "Threshold": "double", "TTA spread": "double", "Age (weeks)": "double", "Age spread (weeks)": "double",
+    "Device": "string", "Time (s)": "double", "Date": "string",
 }
 
 #: Folder of the colour table shipped with the module (``Resources/ColorTables`` next to ``GloResNetLib``).
@@ -529,38 +532,61 @@ def total_time_s(summary: Mapping[str, Any]) -> float:
 
 
 def result_texts(summary: Mapping[str, Any]) -> dict[str, str]:
-    """The texts the module shows for one result: probability, label, spread, model, training data,
-    device, time."""
+    """The texts the module shows for one result: caption and value of the first row ("probability"), label,
+    spread, model, training data, device, time. For a brain-age result (``age_weeks``) the first row is the
+    estimated age in weeks and the label says that there is none."""
     training = summary.get("training_data") or {}
-    views = summary.get("view_probabilities") or {}
-    spread = float(summary.get("spread", 0.0))
-    return {
-        "probability": f"{float(summary['probability']):.3f}",
-        "label": f"{summary.get('label_name', summary.get('label'))} "
-                 f"(threshold {float(summary.get('threshold', 0.5)):g})",
-        "spread": f"{spread:.3f} over {len(views)} views" if len(views) > 1 else "n/a (no TTA)",
+    texts = {
         "model": model_label(summary),
         "training_data": str(training.get("description", "unknown")),
         "device": str(summary.get("device", "?")),
         "time": f"{total_time_s(summary):.2f} s",
     }
+    if "age_weeks" in summary:
+        mae = summary.get("cv_mae_weeks")
+        n = len(summary.get("view_age_weeks") or {}) * len(summary.get("model_age_weeks") or [])
+        return {
+            "caption": "Estimated age (PMA):",
+            "probability": f"{float(summary['age_weeks']):.1f} weeks"
+                           + (f" (CV MAE {float(mae):.2f} weeks)" if mae is not None else ""),
+            "label": "n/a (brain-age model: no injury label)",
+            "spread": f"{float(summary.get('spread_weeks', 0.0)):.2f} weeks over {n} estimates" if n > 1
+                      else "n/a (one estimate)",
+            **texts,
+        }
+    views = summary.get("view_probabilities") or {}
+    spread = float(summary.get("spread", 0.0))
+    return {
+        "caption": "P(brain injury):",
+        "probability": f"{float(summary['probability']):.3f}",
+        "label": f"{summary.get('label_name', summary.get('label'))} "
+                 f"(threshold {float(summary.get('threshold', 0.5)):g})",
+        "spread": f"{spread:.3f} over {len(views)} views" if len(views) > 1 else "n/a (no TTA)",
+        **texts,
+    }
 
 
 def append_result_row(table, summary: Mapping[str, Any], volume_name: str) -> int:
-    """Append one prediction to the results table; returns the row index."""
+    """Append one prediction to the results table; returns the row index. A brain-age result fills the age
+    columns and leaves P(BI), label, threshold and TTA spread empty (NaN / "")."""
     training = summary.get("training_data") or {}
-    return append_table_row(table, {
+    row = {
         "Volume": volume_name,
         "Model": model_label(summary),
         "Training data": str(training.get("description", "unknown")),
-        "P(BI)": float(summary["probability"]),
-        "Label": str(summary.get("label_name", summary.get("label"))),
-        "Threshold": float(summary.get("threshold", 0.5)),
-        "TTA spread": float(summary.get("spread", 0.0)),
         "Device": str(summary.get("device", "")),
         "Time (s)": round(total_time_s(summary), 3),
         "Date": _dt.datetime.now().isoformat(timespec="seconds"),
-    })
+    }
+    if "age_weeks" in summary:
+        row.update({"Age (weeks)": float(summary["age_weeks"]),
+                    "Age spread (weeks)": float(summary.get("spread_weeks", 0.0))})
+    else:
+        row.update({"P(BI)": float(summary["probability"]),
+                    "Label": str(summary.get("label_name", summary.get("label"))),
+                    "Threshold": float(summary.get("threshold", 0.5)),
+                    "TTA spread": float(summary.get("spread", 0.0))})
+    return append_table_row(table, row)
 
 
 @dataclass
@@ -576,7 +602,15 @@ class PredictionNodes:
 
     @property
     def probability(self) -> float:
+        if "probability" not in self.summary:
+            raise InputError(f"{self.input.GetName()}: a brain-age result has no P(BI) (see age_weeks)")
         return float(self.summary["probability"])
+
+    @property
+    def age_weeks(self) -> float | None:
+        """Estimated post-menstrual age at scan (weeks) of a brain-age bundle's result, else None."""
+        value = self.summary.get("age_weeks")
+        return None if value is None else float(value)
 
     def peak_ras(self) -> list[float] | None:
         """World RAS position of the saliency peak."""

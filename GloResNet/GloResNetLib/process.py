@@ -538,6 +538,7 @@ class BundleInfo:
     provenance: str = ""
     threshold: float = 0.5
     cv_metrics: dict[str, Any] | None = None
+    task: str = "classification"  # or "age_regression" (brain age in weeks, from pretrain-age)
     error: str | None = None
 
     @property
@@ -562,7 +563,8 @@ class BundleInfo:
         if self.error:
             return f"{self.path.name} (unusable: {self.error})"
         flag = f" [{self.flag}]" if self.flag else ""
-        return f"{self.name} ({self.arch}, {self.n_models} model{'s' if self.n_models != 1 else ''}){flag}"
+        kind = "brain age, " if self.task == "age_regression" else ""
+        return f"{self.name} ({kind}{self.arch}, {self.n_models} model{'s' if self.n_models != 1 else ''}){flag}"
 
     @property
     def description(self) -> str:
@@ -570,6 +572,8 @@ class BundleInfo:
         if self.error:
             return f"{self.path}: {self.error}"
         lines = [f"Trained on: {self.training_data.get('description', 'unknown')}"]
+        if self.task == "age_regression":
+            lines.insert(0, "Brain-age model: estimates post-menstrual age at scan (weeks); no injury probability.")
         if self.flag:
             lines.append(f"WARNING: {self.flag}.")
         if self.provenance:
@@ -603,6 +607,7 @@ def bundle_info(path: str | os.PathLike) -> BundleInfo:
         info.provenance = str(meta.get("provenance", ""))
         info.threshold = float(meta.get("threshold", 0.5))
         info.cv_metrics = meta.get("cv_metrics") or None
+        info.task = str(meta.get("task", "classification"))
         if not info.n_models:
             info.error = "no weights listed"
     except FileNotFoundError:

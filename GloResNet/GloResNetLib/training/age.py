@@ -33,6 +33,8 @@ Folder ``OUT``::
     metrics.json         per fold, mean +/- sd, pooled; baseline likewise
     age_backbone.safetensors   backbone tensors (architecture's own names, no head) + metadata
     age_backbone.json          the same metadata, readable
+    bundle/              the fold models as a brain-age model bundle (task age_regression) for
+                         ``gloresnet predict`` (:mod:`.age_bundle`)
     train.log
 """
 
@@ -57,6 +59,7 @@ from ..errors import DatasetError, InputError
 from ..io import atomic_path, write_text_atomic
 from ..models import PRETRAINED_FORMAT, build_model
 from ..models.weights import HEAD_PREFIXES
+from .age_bundle import BUNDLE_DIR, write_age_bundle
 from .cache import VolumeStore
 from .config import TrainConfig
 from .datasets import DatasetReport, load_dataset
@@ -565,6 +568,7 @@ def _pretrain(
                 "task": "age",
                 "run_dir": str(run_dir),
                 "weights": str(run_dir / WEIGHTS_FILE),
+                "bundle": str(run_dir / BUNDLE_DIR),
                 "metrics": {
                     "mae_weeks": {k: summary["mae_weeks"][k] for k in ("mean", "sd")},
                     "baseline_mae_weeks": {k: summary["baseline_mae_weeks"][k] for k in ("mean", "sd")},
@@ -573,6 +577,7 @@ def _pretrain(
         )
         log.info("\n%s", format_age_table(summary))
         log.info("weights: %s", run_dir / WEIGHTS_FILE)
+        log.info("brain-age bundle (gloresnet predict --model): %s", run_dir / BUNDLE_DIR)
     dist.barrier()
 
 
@@ -591,7 +596,8 @@ def head_keys(arch: str, arch_params: dict[str, Any]) -> set[str]:
 def finalize_age_run(
     run_dir: Path, report: DatasetReport, ages: np.ndarray, cfg: TrainConfig, loss: str, final: str
 ) -> dict[str, Any]:
-    """Merge the folds (``oof.csv``, ``metrics.json``) and export the backbone weights with their metadata."""
+    """Merge the folds (``oof.csv``, ``metrics.json``), export the backbone weights with their metadata and
+    write the fold models' brain-age bundle (``bundle/``)."""
     from safetensors.torch import load_file, save_file
 
     results = [_read_json(run_dir / f"fold_{k}" / "result.json") for k in range(cfg.folds)]
@@ -714,6 +720,7 @@ def finalize_age_run(
     with atomic_path(weights) as tmp:
         save_file(backbone, str(tmp), metadata={"format": PRETRAINED_FORMAT, "gloresnet_pretrained": json.dumps(doc)})
     _write_json(weights.with_suffix(".json"), doc)
+    write_age_bundle(run_dir, cfg, loss, summary, ages)
     return summary
 
 

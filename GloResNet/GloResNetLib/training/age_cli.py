@@ -24,7 +24,8 @@ def add_parser(subparsers) -> None:
         "a final model on all data and write OUT/age_backbone.safetensors (backbone tensors + metadata) for "
         "`gloresnet train --pretrained OUT/age_backbone.safetensors` with the same --arch. Targets are "
         "standardised ages; loss smooth L1; checkpoints chosen on validation MAE. Ctrl-C stops after saving a "
-        "checkpoint; the same command continues.",
+        "checkpoint; the same command continues. Also writes OUT/bundle: the fold models as a brain-age model "
+        "bundle (task age_regression) for `gloresnet predict --model OUT/bundle`, which reports age_weeks.",
     )
     _add_data_options(p)
     p.add_argument("--out", default=S, required=True, metavar="DIR", help="output folder to create")
@@ -109,7 +110,7 @@ def run_pretrain_age(args: argparse.Namespace) -> int:
         raise InputError("give --manifest CSV (with an age_weeks column) or --dhcp ROOT")
     progress_json = bool(given.get("progress_json"))
     cfg = TrainConfig(**given, progress_bar=not progress_json, log_to_stderr=True)
-    from .age import WEIGHTS_FILE, pretrain_age
+    from .age import BUNDLE_DIR, WEIGHTS_FILE, pretrain_age
     from .trainer import TrainingStopped
 
     try:
@@ -120,4 +121,5 @@ def run_pretrain_age(args: argparse.Namespace) -> int:
     if not progress_json:
         print(f"run: {out}")
         print(f"weights: {out / WEIGHTS_FILE}")
+        print(f"bundle: {out / BUNDLE_DIR} (gloresnet predict --model)")
     return 0
