@@ -262,16 +262,17 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "demo", help="run the whole pipeline on built-in synthetic data and write report.html",
         description="Synthetic cohort -> 5-fold CV training -> ensemble bundle -> held-out predictions with "
                     "TTA and Grad-CAM -> report.html. Time: the default (CPU) settings took about 500 s on a "
-                    "2-core CPU (AMD EPYC); --quick about QUICK_S s. With CUDA the paper's input size and epochs "
+                    "2-core CPU (AMD EPYC); --quick about 45 s. With CUDA the paper's input size and epochs "
                     "are used. Disk: DIR (see --out) holds the report, demo_summary.json, the run with its bundle "
                     "and the saliency maps; the synthetic volumes are deleted at the end unless --keep-data "
-                    "(with them the default demo used 637 MB, --quick QUICK_KEEP); the preprocessing cache in "
-                    "~/.cache/gloresnet (197 MB for the default demo, QUICK_CACHE for --quick) speeds up a rerun. "
+                    "(with them the default demo used 637 MB; --quick 71 MB with them, 40 MB without); the "
+                    "preprocessing cache in ~/.cache/gloresnet (197 MB for the default demo, 18 MB for --quick) "
+                    "speeds up a rerun. "
                     "Remove everything with: rm -r DIR ~/.cache/gloresnet",
         epilog=BANNER)
     p.add_argument("--out", default="gloresnet-demo", metavar="DIR", help="output folder (default gloresnet-demo)")
     p.add_argument("--quick", action="store_true",
-                   help="tiny settings, a smoke test (about QUICK_S s on CPU; used by CI): its figures mean nothing")
+                   help="tiny settings, a smoke test (about 45 s on CPU; used by CI): its figures mean nothing")
     p.add_argument("--keep-data", action="store_true",
                    help="keep the synthetic cohort and held-out volumes (DIR/cohort, DIR/heldout); by default "
                         "they are deleted at the end (the held-out manifest and lesion masks stay)")
