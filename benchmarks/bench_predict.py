@@ -240,7 +240,7 @@ def check(base: dict, ours, label: str) -> bool:
     ok = d_p <= PROB_TOL and d_views <= PROB_TOL and c_net >= CAM_MIN_CORR and c_in >= CAM_MIN_CORR
     ok = ok and float(ours.cam.max()) > 0
     print(f"  check {label}: network input max|diff| {d_in:.2e}; P(BI) {base['probability']:.6f} vs "
-          f"{ours.probability:.6f} (|diff| {d_p:.1e}, views {d_views:.1e}); CAM corr {c_net:.5f} (128^3), "
+          f"{ours.probability:.6f} (|diff| {d_p:.1e}, views {d_views:.1e}); CAM corr {c_net:.5f} (network grid), "
           f"{c_in:.5f} (input grid) -> {'SAME' if ok else 'DIFFERENT'}")
     return ok
 
