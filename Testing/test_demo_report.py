@@ -69,6 +69,8 @@ def test_demo_report_layout(tmp_path, small_bundle):
         assert line in text
     saliency = text[text.index("Saliency check"):text.index("Saliency overlays")]
     assert re.search(r"<td>Grad-CAM</td><td>0\.50</td>", saliency) and "<td>occlusion</td><td>0.00</td>" in saliency
+    assert "Pointing game by the ensemble's call (occlusion): 0/2 hits among injured cases the ensemble " \
+        "called BI; 0/2 hits among injured cases the ensemble called no BI." in saliency
     assert "<th>ivh</th><th>pwml</th>" in saliency and "<td>1/2</td><td>2/3</td>" in saliency  # by lesion type
     overlays = text[text.index("Saliency overlays"):text.index("<details>")]
     assert overlays.count("<img") == 6 and 'alt="pwml: miss b_pwml_miss"' in overlays

@@ -91,7 +91,7 @@ def saliency_section(heldout: Sequence[dict[str, Any]], methods: Sequence[str]) 
         rows.append([m, f"{pointing_game(scores):.2f}", f"{low:.2f}-{high:.2f}",
                      f"{sum(sc.hit for sc in scores)}/{len(scores)}",
                      *[("{}/{}".format(*per_type[t]) if t in per_type else "-") for t in types], f"{ratio:.2f}"])
-        lines.append(f"<p>{html.escape(pointing_by_call(injured, m))}</p>")
+        lines.append(f"<p>{html.escape(pointing_by_call(injured, m), quote=False)}</p>")
     if not rows:
         return "<p>No injured held-out case: nothing to score.</p>"
     return ("<p>Pointing game: is the saliency maximum within 5 mm of the lesion mask? Scored on the injured "
