@@ -22,6 +22,7 @@ def test_demo_quick_end_to_end(tmp_path):
     summary = json.loads((out / "demo_summary.json").read_text())
     assert summary["settings"] == "quick" and 0.0 <= summary["cv"]["auc"]["mean"] <= 1.0
     assert summary["warning"] == QUICK_WARNING and summary["kept_data"] is False
+    assert summary["saliency"]["Grad-CAM"]["n_injured"] == summary["n_injured_heldout"]
     html = (out / "report.html").read_text()
     for needle in ("SYNTHETIC DATA", "not for clinical use", "cross-validation", "Pointing game",
                    "Pointing game by the ensemble's call", QUICK_WARNING, "<th>seed</th><td>0</td>",

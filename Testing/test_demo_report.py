@@ -10,7 +10,7 @@ import numpy as np
 from conftest import example_affine, make_head_volume
 from GloResNetLib import load_bundle, predict
 from GloResNetLib.demo import BANNER, SETTINGS
-from GloResNetLib.demo_report import QUICK_WARNING, choose_overlays, write_demo_report
+from GloResNetLib.demo_report import QUICK_WARNING, choose_overlays, saliency_summary, write_demo_report
 from GloResNetLib.report import png_bytes
 from GloResNetLib.saliency import score_saliency
 
@@ -79,3 +79,12 @@ def test_demo_report_layout(tmp_path, small_bundle):
     cpu = write_demo_report(tmp_path, SETTINGS["cpu"], "cpu", 0, run_dir, metrics, records[4:5], {"total": 3.0},
                             "b", BANNER).read_text()
     assert QUICK_WARNING not in cpu
+
+
+def test_saliency_summary_per_method(small_bundle):
+    summary = saliency_summary(_records(small_bundle))
+    assert list(summary) == ["Grad-CAM", "occlusion"]
+    g = summary["Grad-CAM"]
+    assert (g["hits"], g["n_injured"], g["pointing_game"]) == (2, 4, 0.5)
+    assert g["by_lesion_type"] == {"pwml": {"hits": 2, "n": 3}, "ivh": {"hits": 1, "n": 2}}
+    assert summary["occlusion"]["hits"] == 0 and summary["occlusion"]["pointing_game_95ci"][0] == 0.0

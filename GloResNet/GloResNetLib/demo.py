@@ -167,7 +167,7 @@ def run_demo(out: str | Path = "gloresnet-demo", quick: bool = False, device: st
     summary, run folder (bundle, metrics, curves), saliency maps and the held-out lesion masks stay.
     """
     from .bundle import resolve_device
-    from .demo_report import QUICK_WARNING, write_demo_report
+    from .demo_report import QUICK_WARNING, saliency_summary, write_demo_report
     from .saliency import pointing_game, pointing_game_interval
     from .training import TrainConfig, train_cv
 
@@ -219,6 +219,7 @@ def run_demo(out: str | Path = "gloresnet-demo", quick: bool = False, device: st
         "cv": {k: v for k, v in metrics.get("summary", {}).items()},
         "heldout_accuracy": held_acc, "pointing_game": pointing_game(scores),
         "pointing_game_95ci": pointing_game_interval(scores), "n_injured_heldout": len(scores),
+        "saliency": saliency_summary(heldout),
         "seconds": {k: round(v, 1) for k, v in timings.items()}, "disclaimer": BANNER,
         "kept_data": keep_data, **({"warning": QUICK_WARNING} if quick else {}),
     }

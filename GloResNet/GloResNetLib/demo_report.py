@@ -56,6 +56,19 @@ def _scores(heldout: Sequence[dict[str, Any]], method: str) -> list[tuple[dict[s
     return [(h, h["scores"][method]) for h in heldout if method in (h.get("scores") or {})]
 
 
+def saliency_summary(heldout: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per saliency method: pointing game, its 95% interval, hits, injured scans and hits by lesion type
+    (for ``demo_summary.json``)."""
+    out = {}
+    for m in methods_of(heldout):
+        injured = _scores(heldout, m)
+        scores = [sc for _, sc in injured]
+        out[m] = {"pointing_game": pointing_game(scores), "pointing_game_95ci": pointing_game_interval(scores),
+                  "hits": sum(sc.hit for sc in scores), "n_injured": len(scores),
+                  "by_lesion_type": {t: {"hits": h, "n": n} for t, (h, n) in pointing_by_type(injured).items()}}
+    return out
+
+
 def pointing_by_call(injured: list[tuple[dict[str, Any], SaliencyScore]], method: str) -> str:
     """Pointing game split by the ensemble's call: a case it calls healthy has little evidence to show."""
     parts = []
