@@ -108,7 +108,9 @@ def saliency_section(heldout: Sequence[dict[str, Any]], methods: Sequence[str]) 
     if not rows:
         return "<p>No injured held-out case: nothing to score.</p>"
     return ("<p>Pointing game: is the saliency maximum within 5 mm of the lesion mask? Scored on the injured "
-            "held-out cases; a case with two lesion types counts under both.</p>"
+            "held-out cases; a case with two lesion types counts under both. Inside/outside ratio: the mean saliency "
+            "inside the lesion over the mean outside it (median over cases; above 1: saliency gathers on the "
+            "lesion).</p>"
             + report.table_html(["method", "pointing game", "95% interval (Wilson)", "hits", *types,
                                  "median inside/outside ratio"], rows)
             + "".join(lines) + report.explain_html("peak_distance"))
