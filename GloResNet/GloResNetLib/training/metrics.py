@@ -132,4 +132,8 @@ def format_table(metrics_doc: dict[str, Any]) -> str:
             + f"; confusion [[TN, FP], [FN, TP]] = {pooled['confusion_matrix']}"
         )
     lines.append(metrics_doc.get("note", ""))
+    if (metrics_doc.get("dataset") or {}).get("synthetic"):
+        lines.append(
+            "SYNTHETIC data: trained and tested on generated images - demonstration only, not clinical evidence"
+        )
     return "\n".join(lines)
