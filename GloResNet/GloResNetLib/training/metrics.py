@@ -67,7 +67,8 @@ def epoch_metrics(y_true, prob, threshold: float = 0.5) -> dict[str, Any]:
     return {
         "accuracy": float((pred == y).mean()) if len(y) else 0.0,
         "balanced_accuracy": float(np.mean(recalls)) if both else None,
-        "auc": float(roc_auc_score(y, p)) if both else None,
+        # NaN outputs (a diverged model) have no AUC; the NaN loss then keeps that epoch from being chosen
+        "auc": float(roc_auc_score(y, p)) if both and np.isfinite(p).all() else None,
     }
 
 
