@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 from GloResNetLib.errors import DatasetError
 from GloResNetLib.training.folds import make_folds
-from GloResNetLib.training.trainer import is_improvement
 from test_training_processes import read_until, start
 from training_fixtures import read_manifest_rows, subprocess_env, tiny_cli_args, write_cohort
 
@@ -78,6 +77,8 @@ def test_too_few_subjects_for_a_two_class_validation_split_is_refused():
 
 
 def test_a_diverged_model_is_never_selected(c13, tmp_path):
+    from GloResNetLib.training.trainer import is_improvement
+
     assert not is_improvement(float("nan"), None) and not is_improvement(float("nan"), -1.0)
     assert not is_improvement(float("inf"), -1.0) and is_improvement(-0.5, -1.0) and is_improvement(-2.0, None)
     out = tmp_path / "run"

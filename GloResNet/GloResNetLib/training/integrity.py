@@ -3,8 +3,6 @@ refusals of a fold made before the run folder is written (so that a refused star
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from .config import TrainConfig
 from .datasets import DatasetReport
 from .folds import Split
@@ -36,9 +34,7 @@ def flag_identical_content(report: DatasetReport, file_hashes: dict[str, str]) -
             first[digest] = s
     for s, original in found:
         same_subject = "" if original.subject == s.subject else f" (subject {original.subject}, label {original.label})"
-        report.add_problem(
-            s, "duplicate image", f"same file content as {original.where}{same_subject}: {Path(original.path).name}"
-        )
+        report.add_problem(s, "duplicate image", f"same file content as {original.where}{same_subject}")
     return len(found)
 
 
