@@ -11,6 +11,7 @@ import sys
 
 import numpy as np
 import pytest
+from GloResNetLib.bundle import sha256_file
 from GloResNetLib.cli import main
 from training_fixtures import read_manifest_rows, subprocess_env, tiny_cli_args, write_cohort, write_manifest
 
@@ -35,7 +36,7 @@ def test_zeroed_and_nan_filled_entries_fail_their_checksum_and_are_rebuilt(cohor
     cache = tmp_path / "cache"
     assert main(["train", "--check-only", "--manifest", str(cohort), "--size", "16", "--cache-dir", str(cache)]) == 0
     entries = sorted(cache.glob("*/*.npy"))
-    assert len(entries) == 9 and all(e.with_suffix(".sha256").is_file() for e in entries)
+    assert len(entries) == 9
     good = {e: np.load(e).copy() for e in entries[:2]}
     zeroed, nan_filled = entries[:2]
     np.save(zeroed, np.zeros_like(good[zeroed]))  # same size, valid .npy, wrong content
@@ -49,6 +50,7 @@ def test_zeroed_and_nan_filled_entries_fail_their_checksum_and_are_rebuilt(cohor
         np.testing.assert_array_equal(np.load(entry), good[entry])  # rebuilt, not used
     assert proc.stderr.count("is corrupt (its content does not match its checksum); rebuilding it") == 2
     assert "7 hit(s), 2 volume(s) decoded" in (tmp_path / "run" / "train.log").read_text()
+    assert all(e.with_suffix(".sha256").read_text().strip() == sha256_file(e) for e in entries)
 
 
 def _read_only_mount_works(folder) -> bool:
