@@ -138,3 +138,9 @@ def format_table(metrics_doc: dict[str, Any]) -> str:
             "SYNTHETIC data: trained and tested on generated images - demonstration only, not clinical evidence"
         )
     return "\n".join(lines)
+
+
+def best_epoch(result: dict[str, Any]) -> int:
+    """A fold's selected epoch counted from 1 (older ``result.json`` files, without ``best_epoch_base``,
+    counted from 0)."""
+    return int(result["best_epoch"]) + (0 if result.get("best_epoch_base") == 1 else 1)

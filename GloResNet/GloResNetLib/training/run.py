@@ -50,7 +50,8 @@ from .folds import HONEST_NOTE, OPTIMISTIC_NOTE, folds_document, make_folds, spl
 from .integrity import SYNTHETIC_NOTE, flag_identical_content, preflight
 from .jobframe import hold_run_folder, log_error_to_files, log_warning, remove_if_empty
 from .lock import is_lock_file, stale_note
-from .metrics import SUMMARY_METRICS, binary_metrics, event_summary, format_table, summarize
+from .metrics import SUMMARY_METRICS, best_epoch, binary_metrics, event_summary, format_table, summarize
+from .plots import plot_learning_curves, plot_roc
 from .progress import BarSafeHandler, Reporter
 from .trainer import Dist, FoldTrainer, StopSignal, TrainingStopped, setup_distributed, teardown_distributed
 
@@ -516,12 +517,6 @@ def _locked(run_dir: Path):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def best_epoch(result: dict[str, Any]) -> int:
-    """A fold's selected epoch counted from 1 (older ``result.json`` files, without ``best_epoch_base``,
-    counted from 0)."""
-    return int(result["best_epoch"]) + (0 if result.get("best_epoch_base") == 1 else 1)
-
-
 def read_predictions(path: Path) -> list[dict[str, Any]]:
     with open(path, newline="", encoding="utf-8") as f:
         return [
@@ -677,81 +672,6 @@ def evaluate_run(run_dir: str | Path, merge: bool = False) -> dict[str, Any]:
     if merge or not (run_dir / "metrics.json").is_file():
         return finalize_run(run_dir)
     return _read_json(run_dir / "metrics.json")
-
-
-# ------------------------------------------------------------------------------------------- plots
-
-
-def _figure(width: float, height: float):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width, height), dpi=100)
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def _save(fig, path: Path) -> None:
-    from ..io import atomic_path
-
-    with atomic_path(path) as tmp:
-        fig.savefig(str(tmp), format="png", bbox_inches="tight")
-
-
-def plot_roc(path: Path, rows: list[dict[str, Any]], k: int, optimistic: bool) -> None:
-    """ROC curve of each fold and of the pooled out-of-fold predictions."""
-    from sklearn.metrics import roc_auc_score, roc_curve
-
-    fig = _figure(5.5, 5)
-    ax = fig.add_subplot(1, 1, 1)
-    for fold in range(k):
-        sub = [r for r in rows if r["fold"] == fold]
-        y = [r["label"] for r in sub]
-        if len(set(y)) < 2:
-            continue
-        fpr, tpr, _ = roc_curve(y, [r["probability"] for r in sub])
-        ax.plot(
-            fpr,
-            tpr,
-            lw=1,
-            alpha=0.6,
-            label=f"fold {fold} (AUC {roc_auc_score(y, [r['probability'] for r in sub]):.2f})",
-        )
-    y = [r["label"] for r in rows]
-    if len(set(y)) == 2:
-        p = [r["probability"] for r in rows]
-        fpr, tpr, _ = roc_curve(y, p)
-        ax.plot(fpr, tpr, lw=2.5, color="black", label=f"pooled out-of-fold (AUC {roc_auc_score(y, p):.2f})")
-    ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1)
-    ax.set_xlabel("1 - specificity")
-    ax.set_ylabel("sensitivity")
-    title = "ROC, cross-validation test folds"
-    ax.set_title(title + ("\n(paper protocol: OPTIMISTIC)" if optimistic else ""))
-    ax.legend(loc="lower right", fontsize=8)
-    _save(fig, path)
-
-
-def plot_learning_curves(path: Path, results: list[dict[str, Any]], selection: str, optimistic: bool) -> None:
-    """Training and validation loss, and validation AUC, per fold and epoch (selected epochs marked)."""
-    fig = _figure(11, 4)
-    ax1, ax2 = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
-    for res in results:
-        hist = [h for h in res["history"] if h]
-        ep = [h["epoch"] + 1 for h in hist]
-        line = ax1.plot(ep, [h["train_loss"] for h in hist], lw=1, label=f"fold {res['fold']} train")[0]
-        ax1.plot(ep, [h["val_loss"] for h in hist], lw=1, ls="--", color=line.get_color())
-        auc = [np.nan if h["val_auc"] is None else h["val_auc"] for h in hist]
-        ax2.plot(ep, auc, lw=1, color=line.get_color(), label=f"fold {res['fold']}")
-        if 1 <= best_epoch(res) <= len(hist):
-            ax2.axvline(best_epoch(res), color=line.get_color(), lw=0.5, ls=":")
-    val = "test fold (paper protocol: OPTIMISTIC)" if optimistic else "inner validation split"
-    ax1.set_title(f"loss (solid: training, dashed: {val})", fontsize=9)
-    ax1.set_xlabel("epoch")
-    ax1.legend(fontsize=7)
-    ax2.set_title(f"AUC on the {val}; dotted: selected epoch ({selection})", fontsize=9)
-    ax2.set_xlabel("epoch")
-    ax2.set_ylim(0, 1.02)
-    _save(fig, path)
 
 
 __all__ = ["check_dataset", "evaluate_run", "finalize_run", "prepare_dataset", "read_run_config", "train_cv"]
