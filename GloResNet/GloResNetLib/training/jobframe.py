@@ -30,6 +30,7 @@ def hold_run_folder(config: TrainConfig, job_name: str) -> RunLock | None:
     if not target:
         return None
     run_dir = Path(target).expanduser().resolve()
+    created = False
     if not run_dir.is_dir():
         if config.resume or run_dir.exists():
             return None
@@ -37,16 +38,23 @@ def hold_run_folder(config: TrainConfig, job_name: str) -> RunLock | None:
             run_dir.mkdir(parents=True)
         except OSError as exc:
             raise InputError(f"{run_dir}: cannot create the run folder ({exc.strerror or exc})") from None
+        created = True
     name = job_name + (" --resume" if config.resume else "")
     name += f" --fold {config.fold}" if config.fold is not None else ""
+    lock = RunLock(run_dir, config.fold, name)
+    lock.created_dir = created
     try:
-        return RunLock(run_dir, config.fold, name).acquire()
+        return lock.acquire()
     except OSError as exc:  # a read-only or otherwise unwritable folder
         raise InputError(f"{run_dir}: cannot write a lock file there ({exc.strerror or exc})") from None
 
 
-def remove_if_empty(run_dir: Path) -> None:
-    """Remove ``run_dir`` when nothing but lock files is in it (a start refused before writing anything)."""
+def remove_if_empty(lock: RunLock) -> None:
+    """Remove the run folder that this job created when nothing but lock files is in it (a start refused
+    before writing anything); a folder that existed before is left alone."""
+    run_dir = lock.run_dir
+    if not lock.created_dir:
+        return
     try:
         if run_dir.is_dir() and all(is_lock_file(p.name) for p in run_dir.iterdir()):
             for p in run_dir.iterdir():

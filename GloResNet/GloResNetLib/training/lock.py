@@ -116,6 +116,7 @@ class RunLock:
         self.path = self.run_dir / lock_name(fold)
         self.fd: int | None = None
         self.stale: dict[str, Any] | None = None
+        self.created_dir = False  # set by whoever made run_dir for this job
 
     def _take(self, path: Path, create: bool = True) -> int | None:
         """Open and lock ``path``; None when another process holds it (or, without ``create``, when there

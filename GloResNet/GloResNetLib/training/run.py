@@ -350,7 +350,7 @@ def run_job(
     finally:
         if lock is not None:
             lock.release()
-            remove_if_empty(lock.run_dir)  # a refused first start leaves no folder behind
+            remove_if_empty(lock)  # a refused first start leaves no folder behind
         if config.num_threads:
             torch.set_num_threads(threads)
         torch.set_rng_state(rng_state)  # training reseeds torch per step; leave the caller's RNG alone
