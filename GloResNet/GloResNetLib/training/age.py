@@ -439,6 +439,7 @@ def pretrain_age(
         prepare=lambda c: _prepare_out(c, loss, final),
         body=lambda c, run_dir, dist, reporter, stopper: _pretrain(c, loss, final, run_dir, dist, reporter, stopper),
         stopped_error=lambda run_dir, exc: AgeTrainingStopped(run_dir, exc.fold, exc.epoch),
+        job_name="gloresnet pretrain-age",
     )
 
 

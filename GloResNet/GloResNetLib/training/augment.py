@@ -29,6 +29,29 @@ class BatchPlan:
         return self.lam < 1.0
 
 
+def batch_count(n: int, batch_size: int, grad_accum: int = 1) -> tuple[int, str | None]:
+    """Number of optimizer steps that cut ``n`` training samples into near-equal batches (``np.array_split``)
+    of about ``batch_size``, never leaving a batch (or a micro-batch of ``grad_accum``) of one sample, which
+    BatchNorm cannot train on: such a remainder is folded into the other batches (one step fewer).
+
+    Returns:
+        ``(steps, note)``: ``note`` says what was folded (None when nothing was).
+    """
+    steps = max(1, -(-n // batch_size))
+    smallest = n // steps
+    if steps > 1 and smallest < 2 * grad_accum:
+        folded = max(1, n // batch_size)
+        sizes = sorted({len(b) for b in np.array_split(np.arange(n), folded)}, reverse=True)
+        note = (
+            f"{n} training volumes in batches of {batch_size} would leave a batch of {smallest}"
+            f"{f' ({grad_accum} micro-batches)' if grad_accum > 1 else ''}, which BatchNorm cannot train on; "
+            f"it is folded into the other batches: {folded} step(s) per epoch of "
+            f"{' or '.join(map(str, sizes))} volumes"
+        )
+        return folded, note
+    return steps, None
+
+
 def plan_batch(
     rng: np.random.Generator,
     n: int,

@@ -6,15 +6,22 @@ memory-mapped, so epochs and folds read it from the page cache without decoding 
 changed file (whatever its name or time stamp), a changed preprocessing setting or changed reading /
 preprocessing code gives a new key, so nothing stale is ever served. Entries are written atomically
 (temporary file + rename), so a killed process never leaves a half-written entry, and concurrent processes
-(DDP ranks, parallel fold jobs) may fill the same cache. Location: ``--cache-dir``, else ``$GLORESNET_CACHE``,
-else ``$XDG_CACHE_HOME/gloresnet/preprocessed`` (``~/.cache/...``). Deleting the folder is always safe.
+(DDP ranks, parallel fold jobs) may fill the same cache. Each entry ``KEY.npy`` has a ``KEY.sha256`` beside
+it (the SHA-256 of the ``.npy`` bytes), verified whenever the entry is read by :meth:`PreprocessCache.get`:
+an entry that fails it (overwritten, truncated, NaN-filled by anything else) is rebuilt with a warning, an
+entry without it (older versions) silently. A cache folder that cannot be written (read-only, full, a file
+in the way) is used for reading only: new volumes are kept in memory for this job, with one warning.
+Location: ``--cache-dir``, else ``$GLORESNET_CACHE``, else ``$XDG_CACHE_HOME/gloresnet/preprocessed``
+(``~/.cache/...``). Deleting the folder is always safe.
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
+import io
 import json
+import logging
 import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -23,8 +30,10 @@ import numpy as np
 
 from ..bundle import sha256_file
 from ..errors import GloResNetError, InputError
-from ..io import atomic_path, read_volume
+from ..io import atomic_path, read_volume, write_text_atomic
 from ..preprocessing import PreprocessConfig, preprocess
+
+log = logging.getLogger("GloResNetLib.training")
 
 #: Bump when preprocessing changes its output for the same settings (invalidates every entry).
 CACHE_VERSION = 1
@@ -78,7 +87,10 @@ class PreprocessCache:
         self.config = config or PreprocessConfig()
         self.hits = 0
         self.misses = 0
+        self.rebuilt = 0  # entries that failed their checksum
         self.file_hashes: dict[str, str] = {}  # source path -> SHA-256 of its bytes, as last hashed
+        self.writable = True  # False after a failed write: new entries then stay in ``memory``
+        self.memory: dict[str, np.ndarray] = {}
 
     def key_for(self, path: str | os.PathLike) -> str:
         """Cache key of a source file (hashes its bytes)."""
@@ -101,29 +113,76 @@ class PreprocessCache:
             return None
         return arr
 
+    def load(self, key: str) -> np.ndarray | None:
+        """The entry of ``key`` (from memory, else memory-mapped; not re-verified), None when absent."""
+        if key in self.memory:
+            return self.memory[key]
+        return self._open(self.entry_path(key))
+
+    def _verified(self, entry: Path) -> tuple[np.ndarray | None, str]:
+        """``(array, "")`` for a good entry, else ``(None, why)``; why is "" for an entry without checksum."""
+        try:
+            expected = entry.with_suffix(".sha256").read_text(encoding="ascii").strip()
+        except (OSError, UnicodeDecodeError):
+            return None, ""
+        if sha256_file(entry) != expected:
+            return None, "its content does not match its checksum"
+        arr = self._open(entry)
+        return (arr, "") if arr is not None else (None, "unreadable")
+
     def get(self, path: str | os.PathLike, key: str | None = None) -> np.ndarray:
-        """Preprocessed volume of ``path`` (read-only memory map); decodes and stores it on a miss."""
+        """Preprocessed volume of ``path`` (read-only memory map, or an in-memory array where the cache
+        cannot be written); decodes and stores it on a miss or when the entry fails its checksum."""
         key = key or self.key_for(path)
+        if key in self.memory:
+            self.hits += 1
+            return self.memory[key]
         entry = self.entry_path(key)
         if entry.is_file():
-            arr = self._open(entry)
+            arr, why = self._verified(entry)
             if arr is not None:
                 self.hits += 1
                 return arr
+            if why:
+                self.rebuilt += 1
+                log.warning("WARNING: cache entry %s of %s is corrupt (%s); rebuilding it", entry, path, why)
         self.misses += 1
         array, affine = read_volume(path)
         try:
             pre = preprocess(array, affine, self.config)
         except InputError as exc:
             raise InputError(f"{path}: {exc}") from None
-        entry.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(entry) as tmp:
-            with open(tmp, "wb") as f:
-                np.save(f, np.ascontiguousarray(pre.array, dtype=np.float32))
-        arr = self._open(entry)
-        if arr is None:  # pragma: no cover - only on a broken file system
-            raise InputError(f"{entry}: cache entry unreadable right after writing it")
-        return arr
+        data = np.ascontiguousarray(pre.array, dtype=np.float32)
+        if not np.isfinite(data).all():
+            raise InputError(f"{path}: preprocessing gave non-finite values")
+        return self._store(key, data)
+
+    def _store(self, key: str, data: np.ndarray) -> np.ndarray:
+        """Write an entry and its checksum (atomically); where that fails, keep ``data`` in memory."""
+        if self.writable:
+            entry = self.entry_path(key)
+            buf = io.BytesIO()
+            np.save(buf, data)
+            try:
+                with atomic_path(entry) as tmp:
+                    tmp.write_bytes(buf.getbuffer())
+                write_text_atomic(entry.with_suffix(".sha256"), hashlib.sha256(buf.getbuffer()).hexdigest() + "\n")
+            except OSError as exc:
+                self.writable = False
+                log.warning(
+                    "WARNING: preprocessing cache %s cannot be written (%s); working without a cache: new "
+                    "volumes are decoded for this job and kept in memory",
+                    self.root,
+                    exc.strerror or exc,
+                )
+            else:
+                arr = self._open(entry)
+                if arr is None:  # pragma: no cover - only on a broken file system
+                    raise InputError(f"{entry}: cache entry unreadable right after writing it")
+                return arr
+        self.memory[key] = data
+        data.setflags(write=False)
+        return data
 
     def prepare(
         self, paths: list[Path], indices: Iterable[int], on_progress: Callable[[int, int], None] | None = None
@@ -164,7 +223,7 @@ class VolumeStore:
         return len(self.keys)
 
     def __getitem__(self, i: int) -> np.ndarray:
-        arr = self.cache._open(self.cache.entry_path(self.keys[i]))
+        arr = self.cache.load(self.keys[i])
         if arr is None:
             raise InputError(f"cache entry {self.keys[i]} vanished or is corrupt; rerun to rebuild it")
         return arr

@@ -128,7 +128,8 @@ def add_parser(subparsers) -> None:
         "--resume",
         default=S,
         metavar="RUN_DIR",
-        help="continue a stopped or killed run (finished folds are kept), or merge a finished one",
+        help="continue a stopped or killed run (finished folds are kept), or merge a finished one; refused "
+        "(exit 2, holder named) while another job holds RUN_DIR",
     )
     p.add_argument(
         "--fold",
@@ -240,7 +241,10 @@ def add_parser(subparsers) -> None:
         help="do not write TensorBoard event files",
     )
     p.add_argument(
-        "--num-threads", type=int, default=S, help="CPU threads for torch (default: torch's choice)"
+        "--num-threads",
+        type=int,
+        default=S,
+        help="CPU threads for torch (default: torch's choice); stored with the run, --resume reuses it",
     )
     p.add_argument(
         "--check-only",

@@ -83,27 +83,37 @@ def check_splittable(labels: np.ndarray, groups: np.ndarray, k: int) -> None:
 
 
 def inner_split(
-    train: np.ndarray, labels: np.ndarray, groups: np.ndarray, val_fraction: float, seed: int
+    train: np.ndarray, labels: np.ndarray, groups: np.ndarray, val_fraction: float, seed: int, fold: int = 0
 ) -> tuple[np.ndarray, np.ndarray]:
     """Grouped, stratified hold-out of about ``val_fraction`` of a training fold's subjects.
 
-    With too few subjects of a class to stratify, the split is grouped only (scikit-learn's GroupKFold).
+    Both parts keep both classes: a validation set of one class gives no AUC and, with class weights from an
+    inner training part that lost a class, a NaN loss that would choose the checkpoint. Where too few
+    subjects of a class make ``round(1 / val_fraction)`` stratified splits impossible, fewer splits (a larger
+    validation share) are tried; with fewer than 2 subjects of a class nothing can hold out both classes,
+    and the fold is refused.
+
+    Raises:
+        DatasetError: naming the fold and its class counts.
     """
     y, g = labels[train], groups[train]
     n_groups = len(set(g))
-    if n_groups < 2:
-        raise DatasetError("a training fold has fewer than 2 subjects; cannot hold out a validation split")
-    n_splits = min(max(2, int(round(1.0 / val_fraction))), n_groups)
-    try:
-        splits = _sgkf(n_splits, seed, y, g)
-    except ValueError:  # every class smaller than n_splits
-        from sklearn.model_selection import GroupKFold
-
-        splits = list(GroupKFold(n_splits=n_splits).split(np.zeros(len(y)), y, g))
-    # prefer a validation set that holds both classes (needed for AUC-based choices)
-    chosen = next((s for s in splits if len(set(y[s[1]])) == 2), splits[0])
-    inner_train, inner_val = chosen
-    return np.sort(train[inner_train]), np.sort(train[inner_val])
+    per_class = [len(set(g[y == c])) for c in (0, 1)]
+    first = min(max(2, int(round(1.0 / val_fraction))), n_groups)
+    for n_splits in range(first, 1, -1):
+        try:
+            splits = _sgkf(n_splits, seed, y, g)
+        except ValueError:  # every class smaller than n_splits
+            continue
+        both = [s for s in splits if len(set(y[s[1]])) == 2 and len(set(y[s[0]])) == 2]
+        if both:
+            inner_train, inner_val = both[0]
+            return np.sort(train[inner_train]), np.sort(train[inner_val])
+    raise DatasetError(
+        f"fold {fold}: its training part has {per_class[0]} no-BI and {per_class[1]} BI subject(s), too few for "
+        "an inner validation split holding both classes (at least 2 subjects of each class are needed); use "
+        "fewer --folds, more data, or --protocol paper"
+    )
 
 
 def make_folds(
@@ -124,7 +134,7 @@ def make_folds(
         if protocol == "paper":
             splits.append(Split(fold, train, test.copy(), test))
         else:
-            tr, val = inner_split(train, labels, groups, val_fraction, seed)
+            tr, val = inner_split(train, labels, groups, val_fraction, seed, fold)
             splits.append(Split(fold, tr, val, test))
     return splits
 

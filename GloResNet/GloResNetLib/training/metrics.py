@@ -67,7 +67,8 @@ def epoch_metrics(y_true, prob, threshold: float = 0.5) -> dict[str, Any]:
     return {
         "accuracy": float((pred == y).mean()) if len(y) else 0.0,
         "balanced_accuracy": float(np.mean(recalls)) if both else None,
-        "auc": float(roc_auc_score(y, p)) if both else None,
+        # NaN outputs (a diverged model) have no AUC; the NaN loss then keeps that epoch from being chosen
+        "auc": float(roc_auc_score(y, p)) if both and np.isfinite(p).all() else None,
     }
 
 
@@ -132,4 +133,14 @@ def format_table(metrics_doc: dict[str, Any]) -> str:
             + f"; confusion [[TN, FP], [FN, TP]] = {pooled['confusion_matrix']}"
         )
     lines.append(metrics_doc.get("note", ""))
+    if (metrics_doc.get("dataset") or {}).get("synthetic"):
+        lines.append(
+            "SYNTHETIC data: trained and tested on generated images - demonstration only, not clinical evidence"
+        )
     return "\n".join(lines)
+
+
+def best_epoch(result: dict[str, Any]) -> int:
+    """A fold's selected epoch counted from 1 (older ``result.json`` files, without ``best_epoch_base``,
+    counted from 0)."""
+    return int(result["best_epoch"]) + (0 if result.get("best_epoch_base") == 1 else 1)

@@ -32,6 +32,7 @@ import json
 import logging
 import threading
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -46,7 +47,11 @@ from .cache import PreprocessCache, VolumeStore
 from .config import JOB_FIELDS, TrainConfig
 from .datasets import DatasetReport, load_dataset
 from .folds import HONEST_NOTE, OPTIMISTIC_NOTE, folds_document, make_folds, splits_from_document, write_folds
-from .metrics import SUMMARY_METRICS, binary_metrics, event_summary, format_table, summarize
+from .integrity import SYNTHETIC_NOTE, flag_identical_content, preflight
+from .jobframe import hold_run_folder, log_error_to_files, log_warning, remove_if_empty
+from .lock import is_lock_file, stale_note
+from .metrics import SUMMARY_METRICS, best_epoch, binary_metrics, event_summary, format_table, summarize
+from .plots import plot_learning_curves, plot_roc
 from .progress import BarSafeHandler, Reporter
 from .trainer import Dist, FoldTrainer, StopSignal, TrainingStopped, setup_distributed, teardown_distributed
 
@@ -118,15 +123,17 @@ def prepare_dataset(
             )
 
     keys, problems = cache.prepare(paths, mine, on_progress)
-    gathered = dist.gather_objects((keys, problems, cache.hits, cache.misses, cache.file_hashes))
+    gathered = dist.gather_objects((keys, problems, cache.hits, cache.misses, cache.file_hashes, cache.writable))
     all_keys: dict[int, str] = {}
     all_problems: dict[int, str] = {}
     hits = misses = 0
-    for k, p, h, m, fh in gathered:
+    for k, p, h, m, fh, _ in gathered:
         all_keys.update(k)
         all_problems.update(p)
         cache.file_hashes.update(fh)
         hits, misses = hits + h, misses + m
+    if not all(g[-1] for g in gathered) and dist.active:  # no shared cache: each rank holds every volume
+        cache.prepare(paths, [i for i in all_keys if i not in keys])
     if dist.main:
         log.info(
             "preprocessing cache %s: %d hit(s), %d volume(s) decoded in %.1fs",
@@ -138,7 +145,9 @@ def prepare_dataset(
     samples = list(report.samples)
     for i in sorted(all_problems):
         report.add_problem(samples[i], "unreadable image", all_problems[i])
-    keys_list = [all_keys[i] for i, s in enumerate(samples) if i in all_keys]
+    flag_identical_content(report, cache.file_hashes)
+    kept = {id(s) for s in report.samples}
+    keys_list = [all_keys[i] for i, s in enumerate(samples) if i in all_keys and id(s) in kept]
     return report, keys_list, cache
 
 
@@ -191,8 +200,11 @@ def _config_for_job(cfg: TrainConfig) -> TrainConfig:
             raise InputError(f"{run_dir}: not a training run folder (no config.json) - nothing to resume")
         stored = read_run_config(run_dir)
         job = {k: getattr(cfg, k) for k in JOB_FIELDS if k != "resume"}
+        stored_doc = _read_json(run_dir / "config.json")
         if not job["cache_dir"]:  # keep reading the run's own cache unless told otherwise
-            job["cache_dir"] = _read_json(run_dir / "config.json").get("_cache_dir")
+            job["cache_dir"] = stored_doc.get("_cache_dir")
+        if not job["num_threads"]:  # same threads, same floating-point sums: a plain --resume reproduces
+            job["num_threads"] = stored_doc.get("_num_threads")
         return stored.replace(**job, out=str(run_dir), resume=None).validate()
     cfg = _resolve_paths(cfg)
     if cfg.cache_dir:
@@ -218,8 +230,10 @@ def _config_for_job(cfg: TrainConfig) -> TrainConfig:
 
 
 def check_new_run_dir(run_dir: Path) -> None:
-    """Refuse an ``--out`` that exists and holds anything but a log of a failed start."""
-    if run_dir.exists() and (not run_dir.is_dir() or any(p.name != "train.log" for p in run_dir.iterdir())):
+    """Refuse an ``--out`` that exists and holds anything but a log of a failed start (or lock files)."""
+    if run_dir.exists() and (
+        not run_dir.is_dir() or any(p.name != "train.log" and not is_lock_file(p.name) for p in run_dir.iterdir())
+    ):
         raise InputError(f"{run_dir}: exists and is not an empty folder; choose another --out")
 
 
@@ -282,10 +296,13 @@ def run_job(
     prepare: Callable[[TrainConfig], TrainConfig],
     body: Callable[[TrainConfig, Path, Dist, Reporter, StopSignal], None],
     stopped_error: Callable[[Path, TrainingStopped], Exception] | None = None,
+    job_name: str = "gloresnet train",
 ) -> Path:
     """The frame of a training job shared by ``train`` and ``pretrain-age``: ``prepare`` the configuration
     (run folder), set up distributed training, threads, the stop signal and ``train.log``, run ``body``, emit
-    ``stopped`` / ``error`` events, and restore the caller's threads and torch RNG. A stop re-raises
+    ``stopped`` / ``error`` events, and restore the caller's threads and torch RNG. The run folder is locked
+    (:mod:`.lock`) from before ``prepare`` to the end: a second job on it raises ``InputError`` naming the
+    first; an error is also written to ``train.log`` when one is open. A stop re-raises
     :class:`TrainingStopped`, or ``stopped_error(run_dir, exc)`` when given. Returns the run directory."""
     import torch
 
@@ -294,15 +311,20 @@ def run_job(
     dist = None
     threads, rng_state = torch.get_num_threads(), torch.get_rng_state()
     run_dir = Path(config.resume or config.out or ".")
+    lock = None
     try:
+        lock = hold_run_folder(config, job_name)  # before any check, so that checks see a settled folder
         config = prepare(config)
         run_dir = Path(config.out)
         dist = setup_distributed(config.device)
         reporter.enabled = dist.main
         if config.num_threads:
             torch.set_num_threads(config.num_threads)
-        with StopSignal(stop) as stopper:
+        with StopSignal(stop) as stopper, warnings.catch_warnings():
             handlers = _setup_logging(run_dir, dist, reporter, config.log_to_stderr)
+            warnings.showwarning = log_warning  # never glued onto the progress bar; kept in train.log
+            if lock is not None and stale_note(lock):
+                log.info("%s", stale_note(lock))
             try:
                 body(config, run_dir, dist, reporter, stopper)
             except TrainingStopped as exc:
@@ -322,9 +344,13 @@ def run_job(
                 raise error from None
         return run_dir
     except GloResNetError as exc:
+        log_error_to_files(log, handlers, exc)
         reporter.emit({"event": "error", "message": str(exc)})
         raise
     finally:
+        if lock is not None:
+            lock.release()
+            remove_if_empty(lock)  # a refused first start leaves no folder behind
         if config.num_threads:
             torch.set_num_threads(threads)
         torch.set_rng_state(rng_state)  # training reseeds torch per step; leave the caller's RNG alone
@@ -341,22 +367,20 @@ def _train(cfg: TrainConfig, run_dir: Path, dist: Dist, reporter: Reporter, stop
 
     if dist.main:
         log.info(
-            "gloresnet %s training run %s (%d process(es), device %s, torch %s)",
+            "gloresnet %s training run %s (%d process(es), device %s, %d CPU thread(s), torch %s)",
             __version__,
             run_dir,
             dist.world,
             dist.device,
+            torch.get_num_threads(),
             torch.__version__,
         )
         if cfg.protocol == "paper":
             log.warning("WARNING: %s", OPTIMISTIC_NOTE)
     report, keys, cache = prepare_dataset(cfg, dist, reporter, stop)
     report.raise_if_problems(cfg.skip_bad)
-    if dist.main and not (run_dir / "config.json").is_file():
-        _write_json(
-            run_dir / "config.json",
-            dict(cfg.run_fields(), _library_version=__version__, _cache_dir=str(cache.root.resolve())),
-        )
+    if dist.main and report.synthetic:
+        log.warning("WARNING: %s", SYNTHETIC_NOTE)
     if report.problems:
         log.warning(
             "leaving out %d volume(s) with problems (--skip-bad):\n%s",
@@ -368,6 +392,17 @@ def _train(cfg: TrainConfig, run_dir: Path, dist: Dist, reporter: Reporter, stop
     doc = _dataset_document(report, keys, cache.file_hashes)
     splits = make_folds(report.labels, report.subjects, cfg.folds, cfg.seed, cfg.protocol, cfg.val_fraction)
     fdoc = folds_document(report, splits, cfg.seed, cfg.protocol, cfg.val_fraction)
+    preflight(cfg, splits, dist.world)  # what a fold would refuse, refused before the run folder is written
+    if dist.main and not (run_dir / "config.json").is_file():
+        _write_json(
+            run_dir / "config.json",
+            dict(
+                cfg.run_fields(),
+                _library_version=__version__,
+                _cache_dir=str(cache.root.resolve()),
+                _num_threads=cfg.num_threads or torch.get_num_threads(),
+            ),
+        )
     if dist.main:
         if (run_dir / "dataset.json").is_file():
             stored_doc = _read_json(run_dir / "dataset.json")
@@ -548,7 +583,7 @@ def finalize_run(run_dir: str | Path) -> dict[str, Any]:
             rows += preds
             m = binary_metrics([r["label"] for r in preds], [r["probability"] for r in preds], cfg.threshold)
             per_fold.append(
-                {"fold": k, **m, "best_epoch": res["best_epoch"], "epochs_run": res["epochs_run"]}
+                {"fold": k, **m, "best_epoch": best_epoch(res), "epochs_run": res["epochs_run"]}
             )
         rows.sort(key=lambda r: r["index"])
         pooled = binary_metrics([r["label"] for r in rows], [r["probability"] for r in rows], cfg.threshold)
@@ -637,81 +672,6 @@ def evaluate_run(run_dir: str | Path, merge: bool = False) -> dict[str, Any]:
     if merge or not (run_dir / "metrics.json").is_file():
         return finalize_run(run_dir)
     return _read_json(run_dir / "metrics.json")
-
-
-# ------------------------------------------------------------------------------------------- plots
-
-
-def _figure(width: float, height: float):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width, height), dpi=100)
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def _save(fig, path: Path) -> None:
-    from ..io import atomic_path
-
-    with atomic_path(path) as tmp:
-        fig.savefig(str(tmp), format="png", bbox_inches="tight")
-
-
-def plot_roc(path: Path, rows: list[dict[str, Any]], k: int, optimistic: bool) -> None:
-    """ROC curve of each fold and of the pooled out-of-fold predictions."""
-    from sklearn.metrics import roc_auc_score, roc_curve
-
-    fig = _figure(5.5, 5)
-    ax = fig.add_subplot(1, 1, 1)
-    for fold in range(k):
-        sub = [r for r in rows if r["fold"] == fold]
-        y = [r["label"] for r in sub]
-        if len(set(y)) < 2:
-            continue
-        fpr, tpr, _ = roc_curve(y, [r["probability"] for r in sub])
-        ax.plot(
-            fpr,
-            tpr,
-            lw=1,
-            alpha=0.6,
-            label=f"fold {fold} (AUC {roc_auc_score(y, [r['probability'] for r in sub]):.2f})",
-        )
-    y = [r["label"] for r in rows]
-    if len(set(y)) == 2:
-        p = [r["probability"] for r in rows]
-        fpr, tpr, _ = roc_curve(y, p)
-        ax.plot(fpr, tpr, lw=2.5, color="black", label=f"pooled out-of-fold (AUC {roc_auc_score(y, p):.2f})")
-    ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1)
-    ax.set_xlabel("1 - specificity")
-    ax.set_ylabel("sensitivity")
-    title = "ROC, cross-validation test folds"
-    ax.set_title(title + ("\n(paper protocol: OPTIMISTIC)" if optimistic else ""))
-    ax.legend(loc="lower right", fontsize=8)
-    _save(fig, path)
-
-
-def plot_learning_curves(path: Path, results: list[dict[str, Any]], selection: str, optimistic: bool) -> None:
-    """Training and validation loss, and validation AUC, per fold and epoch (selected epochs marked)."""
-    fig = _figure(11, 4)
-    ax1, ax2 = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
-    for res in results:
-        hist = [h for h in res["history"] if h]
-        ep = [h["epoch"] + 1 for h in hist]
-        line = ax1.plot(ep, [h["train_loss"] for h in hist], lw=1, label=f"fold {res['fold']} train")[0]
-        ax1.plot(ep, [h["val_loss"] for h in hist], lw=1, ls="--", color=line.get_color())
-        auc = [np.nan if h["val_auc"] is None else h["val_auc"] for h in hist]
-        ax2.plot(ep, auc, lw=1, color=line.get_color(), label=f"fold {res['fold']}")
-        if 0 <= res["best_epoch"] < len(hist):
-            ax2.axvline(res["best_epoch"] + 1, color=line.get_color(), lw=0.5, ls=":")
-    val = "test fold (paper protocol: OPTIMISTIC)" if optimistic else "inner validation split"
-    ax1.set_title(f"loss (solid: training, dashed: {val})", fontsize=9)
-    ax1.set_xlabel("epoch")
-    ax1.legend(fontsize=7)
-    ax2.set_title(f"AUC on the {val}; dotted: selected epoch ({selection})", fontsize=9)
-    ax2.set_xlabel("epoch")
-    ax2.set_ylim(0, 1.02)
-    _save(fig, path)
 
 
 __all__ = ["check_dataset", "evaluate_run", "finalize_run", "prepare_dataset", "read_run_config", "train_cv"]

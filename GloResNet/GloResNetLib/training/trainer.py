@@ -5,9 +5,11 @@ schedule over the epochs (stepped per epoch; optional linear warm-up), batch 32,
 lambda per batch, class weights ``N / (2 N_c)`` from the training fold, random left-right flip p=0.5.
 
 Batches: the training fold is shuffled per epoch and cut into ``ceil(n / batch_size)`` batches of near-equal
-size (no tiny last batch, which BatchNorm cannot use). The loss of a batch is the mean over its samples of
-``-sum_c w_c y_c log p_c`` with mixed (soft) targets ``y``. ``grad_accum`` splits each optimizer batch into
-that many micro-batches (same optimizer batch, less memory; BatchNorm sees the micro-batch).
+size; where that would leave a batch of one (which BatchNorm cannot use), one step fewer: the remainder is
+folded into the other batches and the log says so (:func:`~.augment.batch_count`). The loss of a batch
+is the mean over its samples of ``-sum_c w_c y_c log p_c`` with mixed (soft) targets ``y``. ``grad_accum``
+splits each optimizer batch into that many micro-batches (same optimizer batch, less memory; BatchNorm sees
+the micro-batch).
 
 Determinism and resume: every random choice of an epoch (order) and of a step (mixup lambda, partners,
 flips, affines, torch RNG) is drawn from a generator seeded by (seed, fold, epoch[, step]), so a run
@@ -46,10 +48,10 @@ import torch.distributed as tdist
 from torch import nn
 
 from ..bundle import resolve_device
-from ..errors import InputError
+from ..errors import GloResNetError, InputError
 from ..io import atomic_path, write_text_atomic
 from ..models import build_model, load_pretrained_weights
-from .augment import augment, one_hot, plan_batch, soft_cross_entropy
+from .augment import augment, batch_count, one_hot, plan_batch, soft_cross_entropy
 from .cache import VolumeStore
 from .config import TrainConfig
 from .folds import Split
@@ -351,6 +353,11 @@ def selection_score(metric: str, val_loss: float, m: dict[str, Any]) -> float:
     return -val_loss if value is None else float(value)
 
 
+def is_improvement(score: float, best: float | None) -> bool:
+    """True when ``score`` beats ``best`` (None: nothing chosen yet); a NaN or infinite score never does."""
+    return math.isfinite(score) and (best is None or score > best + 1e-12)
+
+
 # ------------------------------------------------------------------------------------------- fold trainer
 
 
@@ -386,7 +393,7 @@ class FoldTrainer:
         self.cw_t = (
             torch.tensor(self.cw, dtype=torch.float32, device=self.device) if self.cw is not None else None
         )
-        self.n_batches = max(1, math.ceil(len(split.train) / cfg.batch_size))
+        self.n_batches, self.batch_note = batch_count(len(split.train), cfg.batch_size, cfg.grad_accum)
         if len(split.train) < 2 * dist.world * cfg.grad_accum:
             raise InputError(
                 f"fold {self.fold}: {len(split.train)} training volumes cannot be split into "
@@ -596,6 +603,8 @@ class FoldTrainer:
                 None if self.cw is None else np.round(self.cw, 3).tolist(),
                 self.n_batches,
             )
+            if self.batch_note:
+                log.info("fold %d: %s", self.fold, self.batch_note)
         try:
             while self.epoch < cfg.epochs and not self.stopped_early:
                 e = self.epoch
@@ -611,7 +620,7 @@ class FoldTrainer:
                 if dist.main:
                     _, vm, val_loss = self._evaluate(self.split.val)
                     score = selection_score(cfg.selection, val_loss, vm)
-                    improved = float(self.best_score is None or score > self.best_score + 1e-12)
+                    improved = float(is_improvement(score, self.best_score))
                     if improved:
                         self.best_score, self.best_epoch = score, e
                         save_checkpoint(
@@ -704,8 +713,13 @@ class FoldTrainer:
         from safetensors.torch import save_file
 
         best = self.fold_dir / "best.pt"
-        if best.is_file():
-            self.model.load_state_dict(load_checkpoint(best)["model"])
+        if not best.is_file() or self.best_epoch < 0:
+            raise GloResNetError(
+                f"fold {self.fold}: the validation score ({self.cfg.selection}) was not finite in any of "
+                f"{len(self.history)} epoch(s) (NaN or Inf: the training diverged; try a lower --lr), so no "
+                "checkpoint could be chosen"
+            )
+        self.model.load_state_dict(load_checkpoint(best)["model"])
         test = self.split.test
         probs, tm, test_loss = self._evaluate(test, full=True)
         rows = io.StringIO()
@@ -731,7 +745,8 @@ class FoldTrainer:
             save_file(state, str(tmp))
         result = {
             "fold": self.fold,
-            "best_epoch": self.best_epoch,
+            "best_epoch": self.best_epoch + 1,  # counted from 1, as in the log (history's "epoch" from 0)
+            "best_epoch_base": 1,
             "epochs_run": len(self.history),
             "stopped_early": self.stopped_early,
             "selection": self.cfg.selection,
