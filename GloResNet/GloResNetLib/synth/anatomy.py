@@ -236,15 +236,18 @@ def _fold(labels: np.ndarray, envelope: np.ndarray, age_weeks: float) -> np.ndar
     return out
 
 
-@functools.lru_cache(maxsize=len(TEMPLATE_AGES) * 2)
 def template(age_weeks: float, step: int = 1) -> Template:
     """The label template of the nearest :data:`TEMPLATE_AGES` age, on the 1.5 mm grid (``step`` 1) or 3 mm (2).
 
     Built once per process; kept in memory (about 7 MB of labels and 56 MB of distance maps per age at step 1).
     """
-    age = min(TEMPLATE_AGES, key=lambda a: abs(a - float(age_weeks)))
+    return _template(min(TEMPLATE_AGES, key=lambda a: abs(a - float(age_weeks))), int(step))
+
+
+@functools.lru_cache(maxsize=len(TEMPLATE_AGES) * 2)
+def _template(age: float, step: int) -> Template:
     if step == 2:
-        return coarser(template(age, 1))
+        return coarser(_template(age, 1))
     labels, outside, vent, affine = _cached_fold(age)
     voxel_ml = abs(np.linalg.det(affine[:3, :3])) / 1000.0
     brain_ml = float(np.isin(labels, BRAIN_LABELS).sum() * voxel_ml)
