@@ -82,7 +82,12 @@ def save_bundle(out_dir: str | os.PathLike, state_dicts: list[dict[str, torch.Te
              for k in range(len(state_dicts))]
     # the schema check runs before anything is written (checksums are filled in below): a bundle that
     # could not load is never written
-    validate_metadata(dict(metadata, weights=[{"file": f, "sha256": "0" * 64} for f in files]))
+    # (on the JSON form, as it will be read back: tuples become lists)
+    draft = dict(metadata, weights=[{"file": f, "sha256": "0" * 64} for f in files])
+    try:
+        validate_metadata(json.loads(json.dumps(draft)))
+    except (TypeError, ValueError) as exc:
+        raise BundleError(f"bundle metadata is not plain JSON ({exc})") from None
     build_model(metadata["arch"], metadata["num_classes"], **(metadata.get("arch_params") or {}))
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = out_dir.parent / f".{out_dir.name}.partial"
