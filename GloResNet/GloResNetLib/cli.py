@@ -115,7 +115,7 @@ def _print_table(rows: list[dict], bundle) -> None:
 
 def run_bundle_create(args: argparse.Namespace) -> int:
     """``gloresnet bundle create``: wrap MedicalNet or externally trained weights as a bundle."""
-    from .bundle import UNTRAINED, default_metadata, save_bundle
+    from .bundle import UNTRAINED, check_state, default_metadata, save_bundle
     from .models import build_model, load_medicalnet_weights, load_state_dict_file
     from .models.weights import load_pretrained
     from .preprocessing import PreprocessConfig
@@ -126,6 +126,7 @@ def run_bundle_create(args: argparse.Namespace) -> int:
     model = build_model(args.arch)
     if args.weights:
         state = load_state_dict_file(args.weights)
+        check_state(model, state, args.weights)  # floating, finite, BatchNorm variances >= 0
         report = load_pretrained(model, state, source=args.weights, drop_heads=False)
         if report.missing:
             raise InputError(f"{args.weights}: lacks {len(report.missing)} tensors of '{args.arch}' "
@@ -180,7 +181,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("predict", help="predict brain injury for one or more volumes", epilog=EPILOG,
                        description="Writes NAME_cam.nii.gz (Grad-CAM on the input grid), "
-                                   "NAME_resampled.nii.gz (128^3 network input) and NAME.json per input.")
+                                   "NAME_resampled.nii.gz (128^3 network input) and NAME.json per input, "
+                                   "as one set or not at all (a failure keeps the previous set). NaN or "
+                                   "infinite results are refused (exit 2).")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="T2w volume(s): .nii, .nii.gz, .nrrd, .nhdr")
     p.add_argument("--model", required=True, metavar="BUNDLE", help="model bundle folder")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (created if needed)")
