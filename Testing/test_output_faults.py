@@ -157,3 +157,14 @@ def test_closed_stdout_ends_quietly(small_bundle):
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=300) == 141
     assert err == ""
+
+
+def test_standard_output_on_a_full_disk_is_one_line(tmp_path, small_bundle):
+    # stdout redirected to a file that cannot grow (EFBIG from a real file-size limit in the child)
+    with open(tmp_path / "info.json", "wb") as stdout:
+        done = subprocess.run([sys.executable, "-m", "GloResNetLib", "bundle", "info", str(small_bundle), "--json"],
+                              stdout=stdout, stderr=subprocess.PIPE, text=True, timeout=300,
+                              env=dict(subprocess_env(), PYTHONDONTWRITEBYTECODE="1"),
+                              preexec_fn=_file_size_limit(100))
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [done.stderr.strip()] and "File too large" in done.stderr

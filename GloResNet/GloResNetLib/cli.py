@@ -262,6 +262,10 @@ def main(argv: list[str] | None = None) -> int:
         return _stdout_closed()
     except OSError as exc:  # the file system refused: read-only, disk full, a file where a folder should be...
         print(f"gloresnet: error: {_os_error_line(exc)}", file=sys.stderr)
+        try:
+            sys.stdout.flush()
+        except OSError:  # standard output itself cannot be written (e.g. redirected to a full disk)
+            _stdout_closed()
         return 2
     except KeyboardInterrupt:
         print("gloresnet: interrupted", file=sys.stderr)
@@ -277,8 +281,8 @@ def _os_error_line(exc: OSError) -> str:
 
 def _stdout_closed() -> int:
     """The reader of our output went away (``gloresnet ... | head``): stop quietly, as ``cat`` does. Standard
-    output is pointed at /dev/null so that Python's final flush cannot raise again; exit status 141 is what
-    a shell reports for a program ended by SIGPIPE."""
+    output is pointed at /dev/null so that Python's final flush cannot raise again (also used when standard
+    output cannot be written at all); exit status 141 is what a shell reports for a program ended by SIGPIPE."""
     import os
 
     try:
