@@ -249,7 +249,7 @@ def validate_metadata(meta: Any) -> dict[str, Any]:
     for key in ("synthetic", "trained"):
         if key in td and not isinstance(td[key], bool):
             raise _fail(f"training_data.{key}", f"must be true or false (got {_show(td[key])})")
-    _str(td, "description", 2000, optional=True, where="training_data.description")
+    _str(td, "description", 10_000, optional=True, where="training_data.description")
     _str(meta, "provenance", 100_000)
     for key in ("library_version", "created"):
         _str(meta, key, optional=True)

@@ -94,12 +94,12 @@ class OutputSet:
         old.mkdir()
         moved, placed = [], []
         try:
-            for name in self.members:  # the previous set moves aside as a whole (the JSON first goes last)
+            for name in self.members:  # the previous set moves aside as a whole
                 target = self.folder / name
                 if target.is_symlink() or target.exists():
                     os.replace(target, old / name)
                     moved.append(name)
-            for name in self.members:
+            for name in self.members:  # in the members' order: the JSON, which names the others, last
                 if (self.stage / name).exists():
                     os.replace(self.stage / name, self.folder / name)
                     placed.append(name)
