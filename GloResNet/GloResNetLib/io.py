@@ -216,7 +216,8 @@ def _read_nifti_stream(path: Path) -> tuple[np.ndarray, np.ndarray] | None:
         raw = np.empty(int(np.prod(shape, dtype=np.int64)), dtype=stored)
         if _read_exact(f, memoryview(raw.view(np.uint8))) != raw.nbytes:
             raise InputError(f"{path}: truncated NIfTI file (fewer voxels than its header declares)")
-        _drain(f, path)
+        if compressed:
+            _drain(f, path)
     if (float(proxy.slope), float(proxy.inter)) != (1.0, 0.0):
         scaled = _nifti_header_image(head + raw.tobytes())  # nibabel applies its own scaling rules
         del raw
