@@ -137,7 +137,13 @@ def _check_preprocess(pre: Any) -> None:
                                                 f"(got {_show(pre.get('normalization'))})")
 
 
-def _check_arch_params(params: Any) -> None:
+def check_arch_params(params: Any) -> None:
+    """Check ``arch_params`` (names and bounded values); training can call it before a run starts, so that a
+    run whose bundle would be refused is refused at once.
+
+    Raises:
+        BundleError: one line naming the bad parameter.
+    """
     if not isinstance(params, dict):
         raise _fail("arch_params", f"must be an object (got {_show(params)})")
     for key, value in params.items():
@@ -242,7 +248,7 @@ def validate_metadata(meta: Any) -> dict[str, Any]:
             or len(set(axes)) != len(axes):
         raise _fail("tta_axes", f"must be a list of different axes among 0, 1, 2 (got {_show(axes)})")
     _check_preprocess(meta["preprocess"])
-    _check_arch_params(meta.get("arch_params") if meta.get("arch_params") is not None else {})
+    check_arch_params(meta.get("arch_params") if meta.get("arch_params") is not None else {})
     td = meta["training_data"]
     if not isinstance(td, dict):
         raise _fail("training_data", "must be an object")
@@ -305,5 +311,6 @@ def inside(folder: str | Path, path: str | Path) -> Path:
     return real
 
 
-__all__ = ["ARCH_NAMES", "ARCH_PARAMS", "FORMAT_VERSION", "MAX_DEPTH", "METADATA_FILE", "TASKS", "check_depth",
+__all__ = ["ARCH_NAMES", "ARCH_PARAMS", "FORMAT_VERSION", "MAX_DEPTH", "METADATA_FILE", "TASKS", "check_arch_params",
+           "check_depth",
            "inside", "parse_metadata_text", "read_metadata_file", "validate_metadata"]
