@@ -80,9 +80,8 @@ def save_bundle(out_dir: str | os.PathLike, state_dicts: list[dict[str, torch.Te
         raise BundleError("a bundle needs at least one model")
     files = [f"model_fold{k}.safetensors" if len(state_dicts) > 1 else "model.safetensors"
              for k in range(len(state_dicts))]
-    # the schema check runs before anything is written (checksums are filled in below): a bundle that
-    # could not load is never written
-    # (on the JSON form, as it will be read back: tuples become lists)
+    # the schema check runs before anything is written (checksums are filled in below), on the JSON form
+    # that will be read back (tuples become lists): a bundle that could not load is never written
     draft = dict(metadata, weights=[{"file": f, "sha256": "0" * 64} for f in files])
     try:
         validate_metadata(json.loads(json.dumps(draft)))
