@@ -165,3 +165,9 @@ def test_unusable_weights_refused_at_load(tmp_path, change, message):
     path = _bundle_with(tmp_path, change)
     with pytest.raises(BundleError, match=message):
         load_bundle(path)
+
+
+def test_save_bundle_refuses_metadata_that_would_not_load(tmp_path):
+    with pytest.raises(BundleError, match="tta_axes"):
+        make_bundle(tmp_path / "b", tta_axes=(0, 3))
+    assert list(tmp_path.iterdir()) == []  # nothing written, no partial folder
