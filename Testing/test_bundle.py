@@ -72,7 +72,7 @@ def test_missing_files_refused(tmp_path):
     (lambda m: m.update(threshold=1.5), "threshold"),
     (lambda m: m.update(class_names=["a"]), "num_classes"),
     (lambda m: m.update(format_version=99), "newer"),
-    (lambda m: m.update(preprocess={"size": [3, 3, 3]}), "preprocessing"),
+    (lambda m: m.update(preprocess={"size": [3, 3, 3]}), "preprocess.size"),
 ])
 def test_bad_metadata_refused(tmp_path, edit, message):
     path = make_bundle(tmp_path / "b")

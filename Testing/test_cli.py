@@ -146,3 +146,8 @@ def test_bundle_create_refuses_bad_weights(tmp_path, capsys):
     torch.save(small.state_dict(), str(tmp_path / "small.pt"))
     assert main(["bundle", "create", "--weights", str(tmp_path / "small.pt"), "--out", str(tmp_path / "s")]) == 2
     assert "wrong architecture" in capsys.readouterr().err
+    state = build_model("resnet10").state_dict()
+    state["fc.bias"][0] = float("nan")
+    torch.save(state, str(tmp_path / "nan.pt"))
+    assert main(["bundle", "create", "--weights", str(tmp_path / "nan.pt"), "--out", str(tmp_path / "n")]) == 2
+    assert "NaN or infinite" in capsys.readouterr().err and not (tmp_path / "n").exists()

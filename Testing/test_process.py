@@ -219,7 +219,9 @@ def test_diagnose(rc, log, kind):
 def _bundle_dir(root: Path, name: str, **meta) -> Path:
     path = root / name
     path.mkdir(parents=True)
-    body = {"name": name, "arch": "resnet10", "weights": [{"file": "model.safetensors", "sha256": "0"}],
+    body = {"format_version": 1, "name": name, "arch": "resnet10", "num_classes": 2,
+            "class_names": ["no BI", "BI"], "preprocess": {"size": [64, 64, 64]},
+            "weights": [{"file": "model.safetensors", "sha256": "0" * 64}],
             "training_data": {"description": "synthetic phantoms", "synthetic": True, "trained": True},
             "provenance": "test", "threshold": 0.5,
             "cv_metrics": {"auc": {"mean": 0.7, "sd": 0.05}}, **meta}
@@ -239,13 +241,15 @@ def test_models_folder_and_bundle_listing(tmp_path, monkeypatch):
     (tmp_path / "models" / "broken" / "metadata.json").write_text("{oops")
     (tmp_path / "models" / "not_a_bundle").mkdir()
     extra = _bundle_dir(tmp_path / "elsewhere", "c_model")
+    _bundle_dir(tmp_path / "models", "d_model", tta_axes=[5])  # the list applies the same schema as loading
     infos = process.find_bundles(tmp_path / "models", extra, tmp_path / "missing")
-    assert [i.name for i in infos] == ["a_model", "b_model", "c_model", "broken"]
+    assert [i.name for i in infos] == ["a_model", "b_model", "c_model", "broken", "d_model"]
+    assert "tta_axes" in infos[-1].error and "unusable" in infos[-1].label
     a, b = infos[0], infos[1]
     assert not a.synthetic and a.flag == "" and "dHCP" in a.description
     assert b.synthetic and "SYNTHETIC" in b.label and "SYNTHETIC" in b.description
     assert "auc 0.700 ± 0.050" in b.description
-    assert infos[-1].error and "unusable" in infos[-1].label
+    assert infos[-2].error and "unusable" in infos[-2].label
 
 
 def test_register_bundle_verifies_checksums_in_a_child(tmp_path):

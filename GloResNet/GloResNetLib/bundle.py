@@ -22,16 +22,13 @@ import torch
 from torch import nn
 
 from . import __version__
-from .age_target import CLASSIFICATION, check_age_metadata, required_keys, task_of
-from .errors import BundleError, GloResNetError
+from .age_target import CLASSIFICATION, check_age_metadata
+from .bundle_schema import FORMAT_VERSION, METADATA_FILE, inside, read_metadata_file, validate_metadata
+from .errors import BundleError
 from .io import atomic_path, write_text_atomic
 from .models import build_model
 from .preprocessing import PreprocessConfig
 
-FORMAT_VERSION = 1
-METADATA_FILE = "metadata.json"
-REQUIRED_KEYS = ("format_version", "name", "arch", "num_classes", "class_names", "preprocess", "threshold",
-                 "training_data", "provenance", "weights")
 DEFAULT_CLASS_NAMES = ["no BI", "BI"]
 UNTRAINED = {"description": "none: the classifier head is untrained; predictions are meaningless",
              "synthetic": False, "trained": False}
@@ -84,19 +81,24 @@ def save_bundle(out_dir: str | os.PathLike, state_dicts: list[dict[str, torch.Te
         raise BundleError(f"{out_dir}: folder exists and is not empty (choose another --out)")
     if not state_dicts:
         raise BundleError("a bundle needs at least one model")
-    missing = [k for k in required_keys(metadata) if k not in metadata and k != "weights"]
-    if missing:
-        raise BundleError(f"bundle metadata lacks {missing}")
     check_age_metadata(metadata, "bundle metadata", len(state_dicts))
-    build_model(metadata["arch"], metadata["num_classes"], **metadata.get("arch_params", {}))
+    files = [f"model_fold{k}.safetensors" if len(state_dicts) > 1 else "model.safetensors"
+             for k in range(len(state_dicts))]
+    # the schema check runs before anything is written (checksums are filled in below), on the JSON form
+    # that will be read back (tuples become lists): a bundle that could not load is never written
+    draft = dict(metadata, weights=[{"file": f, "sha256": "0" * 64} for f in files])
+    try:
+        validate_metadata(json.loads(json.dumps(draft)))
+    except (TypeError, ValueError) as exc:
+        raise BundleError(f"bundle metadata is not plain JSON ({exc})") from None
+    build_model(metadata["arch"], metadata["num_classes"], **(metadata.get("arch_params") or {}))
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = out_dir.parent / f".{out_dir.name}.partial"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
     try:
         weights = []
-        for k, state in enumerate(state_dicts):
-            fname = f"model_fold{k}.safetensors" if len(state_dicts) > 1 else "model.safetensors"
+        for fname, state in zip(files, state_dicts):
             tensors = {n: t.detach().cpu().contiguous() for n, t in state.items()}
             save_file(tensors, str(staging / fname), metadata={"gloresnet": metadata["name"]})
             weights.append({"file": fname, "sha256": sha256_file(staging / fname)})
@@ -172,37 +174,11 @@ class Bundle:
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
-    """Read and validate a bundle's ``metadata.json`` (no weights are read)."""
-    path = Path(path)
-    if not path.is_dir():
-        raise BundleError(f"{path}: model bundle folder not found")
-    meta_path = path / METADATA_FILE
-    if not meta_path.is_file():
-        raise BundleError(f"{path}: not a model bundle (no {METADATA_FILE})")
-    try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BundleError(f"{meta_path}: invalid JSON ({exc})") from None
-    if not isinstance(meta, dict):
-        raise BundleError(f"{meta_path}: metadata must be a JSON object")
-    task = task_of(meta, str(meta_path))
-    missing = [k for k in required_keys(meta) if k not in meta]
-    if missing:
-        raise BundleError(f"{meta_path}: metadata lacks {', '.join(missing)}")
-    if int(meta["format_version"]) > FORMAT_VERSION:
-        raise BundleError(f"{path}: bundle format {meta['format_version']} is newer than this library "
-                          f"supports ({FORMAT_VERSION}); update gloresnet")
-    if task == CLASSIFICATION and int(meta["num_classes"]) != len(meta["class_names"]):
-        raise BundleError(f"{meta_path}: num_classes does not match class_names")
-    if task == CLASSIFICATION and not 0.0 < float(meta["threshold"]) < 1.0:
-        raise BundleError(f"{meta_path}: threshold must lie strictly between 0 and 1")
-    if not isinstance(meta["weights"], list) or not meta["weights"]:
-        raise BundleError(f"{meta_path}: no weights listed")
-    check_age_metadata(meta, str(meta_path), len(meta["weights"]))
-    try:
-        PreprocessConfig.from_dict(meta["preprocess"])
-    except GloResNetError as exc:
-        raise BundleError(f"{meta_path}: bad preprocessing settings: {exc}") from None
+    """Read ``metadata.json`` and validate it against the bundle schema (:mod:`.bundle_schema`) and, for a
+    brain-age bundle, its target (:mod:`.age_target`); no weights are read. Raises :class:`BundleError` (one
+    line) for anything refused."""
+    meta = read_metadata_file(path)
+    check_age_metadata(meta, str(Path(path) / METADATA_FILE), len(meta["weights"]))
     return meta
 
 
@@ -234,17 +210,19 @@ def load_bundle(path: str | os.PathLike, device: str | torch.device | None = "cp
     dev = resolve_device(device)
     models = []
     for entry in meta["weights"]:
-        wpath = path / str(entry.get("file", ""))
-        if not wpath.is_file() or wpath.parent != path:
-            raise BundleError(f"{path}: weights file '{entry.get('file')}' is missing")
+        wpath = path / entry["file"]  # a plain file name (schema)
+        if not wpath.is_file():
+            raise BundleError(f"{path}: weights file '{entry['file']}' is missing")
+        inside(path, wpath)
         digest = sha256_file(wpath)
         if digest != entry.get("sha256"):
             raise BundleError(f"{wpath}: checksum mismatch (file changed or corrupt); refusing to load")
-        model = build_model(meta["arch"], int(meta["num_classes"]), **meta.get("arch_params", {}))
+        model = build_model(meta["arch"], int(meta["num_classes"]), **(meta.get("arch_params") or {}))
         try:
             state = load_file(str(wpath))
         except (SafetensorError, OSError) as exc:
             raise BundleError(f"{wpath}: unreadable weights ({exc})") from None
+        check_state(model, state, wpath)
         try:
             model.load_state_dict(state, strict=True)
         except RuntimeError as exc:
@@ -252,6 +230,34 @@ def load_bundle(path: str | os.PathLike, device: str | torch.device | None = "cp
             raise BundleError(f"{wpath}: weights do not fit architecture '{meta['arch']}' ({first})") from None
         models.append(model.to(dev).eval())
     return Bundle(path=path, metadata=meta, models=models, device=dev)
+
+
+def check_state(model: nn.Module, state: dict[str, torch.Tensor], source: str | os.PathLike) -> None:
+    """Refuse weights that would give meaningless numbers: a floating tensor of the model stored as a
+    non-floating type (e.g. int8: silently cast by ``load_state_dict``), NaN or infinite values, and negative
+    BatchNorm running variances (whose square root is NaN).
+
+    Args:
+        model: the freshly built model the weights are meant for.
+        state: tensor name -> tensor, as read from the file.
+        source: the file, named in the error.
+    Raises:
+        BundleError: one line naming the first bad tensor.
+    """
+    own = model.state_dict()
+    for name, tensor in state.items():
+        ref = own.get(name)
+        if ref is None:
+            continue  # unexpected names are reported by load_state_dict(strict=True)
+        if ref.is_floating_point():
+            if not tensor.is_floating_point():
+                raise BundleError(f"{source}: tensor '{name}' is {str(tensor.dtype).replace('torch.', '')}, "
+                                  "expected floating point; refusing to load")
+            if not bool(torch.isfinite(tensor).all()):
+                bad = int((~torch.isfinite(tensor)).sum())
+                raise BundleError(f"{source}: tensor '{name}' holds {bad} NaN or infinite values; refusing to load")
+            if name.endswith("running_var") and bool((tensor < 0).any()):
+                raise BundleError(f"{source}: BatchNorm '{name}' has negative variances; refusing to load")
 
 
 def copy_bundle(src: str | os.PathLike, dst_dir: str | os.PathLike) -> Path:
@@ -268,5 +274,6 @@ def copy_bundle(src: str | os.PathLike, dst_dir: str | os.PathLike) -> Path:
     return dst
 
 
-__all__ = ["Bundle", "atomic_path", "copy_bundle", "default_metadata", "load_bundle", "read_metadata",
+__all__ = ["FORMAT_VERSION", "METADATA_FILE", "Bundle", "atomic_path", "check_state", "copy_bundle",
+           "default_metadata", "load_bundle", "read_metadata",
            "resolve_device", "save_bundle", "sha256_file"]

@@ -42,6 +42,7 @@ def run_predict(args: argparse.Namespace) -> int:
     from .bundle import load_bundle
     from .inference import predict_file
     from .io import volume_stem, write_text_atomic, write_volume
+    from .outputs import OutputSet, check_writable_folder
 
     inputs = [Path(p) for p in args.inputs]
     stems = [volume_stem(p) for p in inputs]
@@ -51,9 +52,7 @@ def run_predict(args: argparse.Namespace) -> int:
     for p in inputs:
         if not p.exists():
             raise InputError(f"{p}: file not found")
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise InputError(f"{out}: --out must be a folder")
+    out = check_writable_folder(args.out)  # before any computing
     _progress(args.progress_json, event="stage", stage="loading model", fraction=0.0)
     t0 = time.perf_counter()
     bundle = load_bundle(args.model, device=args.device)
@@ -67,21 +66,25 @@ def run_predict(args: argparse.Namespace) -> int:
     for n, (path, stem) in enumerate(zip(inputs, stems)):
         _progress(args.progress_json, event="stage", stage=f"predicting {path.name}", index=n,
                   total=len(inputs), fraction=n / len(inputs))
+        names = {"cam": f"{stem}_cam.nii.gz", "resampled": f"{stem}_resampled.nii.gz", "json": f"{stem}.json"}
         try:
             result = predict_file(bundle, path, tta=not args.no_tta, cam=not args.no_cam,
                                   tta_axes=args.tta_axes)
             t0 = time.perf_counter()
-            files = {}
-            if result.cam is not None:
-                files["cam"] = str(write_volume(out / f"{stem}_cam.nii.gz", result.cam, result.input_affine))
-            files["resampled"] = str(write_volume(out / f"{stem}_resampled.nii.gz", result.resampled,
-                                                  result.resampled_affine))
-            result.timings["write"] = time.perf_counter() - t0
-            record = {"input": str(path), **result.to_json_dict(), "outputs": files,
-                      "model_path": str(bundle.path), "model_provenance": bundle.provenance,
-                      "model_load_s": round(load_model_s, 4), "library_version": __version__}
-            files["json"] = str(out / f"{stem}.json")
-            write_text_atomic(out / f"{stem}.json", json.dumps(record, indent=2) + "\n")
+            # one set or nothing: written into a staging folder, renamed into place together (JSON last)
+            with OutputSet(out, list(names.values())) as stage:
+                files = {}
+                if result.cam is not None:
+                    write_volume(stage / names["cam"], result.cam, result.input_affine)
+                    files["cam"] = str(out / names["cam"])
+                write_volume(stage / names["resampled"], result.resampled, result.resampled_affine)
+                files["resampled"] = str(out / names["resampled"])
+                result.timings["write"] = time.perf_counter() - t0
+                record = {"input": str(path), **result.to_json_dict(), "outputs": files,
+                          "model_path": str(bundle.path), "model_provenance": bundle.provenance,
+                          "model_load_s": round(load_model_s, 4), "library_version": __version__}
+                files["json"] = str(out / names["json"])
+                write_text_atomic(stage / names["json"], json.dumps(record, indent=2, allow_nan=False) + "\n")
         except GloResNetError as exc:
             failures += 1
             print(f"error: {exc}", file=sys.stderr)
@@ -117,7 +120,7 @@ def _print_table(rows: list[dict], bundle) -> None:
 
 def run_bundle_create(args: argparse.Namespace) -> int:
     """``gloresnet bundle create``: wrap MedicalNet or externally trained weights as a bundle."""
-    from .bundle import UNTRAINED, default_metadata, save_bundle
+    from .bundle import UNTRAINED, check_state, default_metadata, save_bundle
     from .models import build_model, load_medicalnet_weights, load_state_dict_file
     from .models.weights import load_pretrained
     from .preprocessing import PreprocessConfig
@@ -128,6 +131,7 @@ def run_bundle_create(args: argparse.Namespace) -> int:
     model = build_model(args.arch)
     if args.weights:
         state = load_state_dict_file(args.weights)
+        check_state(model, state, args.weights)  # floating, finite, BatchNorm variances >= 0
         report = load_pretrained(model, state, source=args.weights, drop_heads=False)
         if report.missing:
             raise InputError(f"{args.weights}: lacks {len(report.missing)} tensors of '{args.arch}' "
@@ -184,10 +188,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("predict", help="predict brain injury (or brain age) for one or more volumes", epilog=EPILOG,
                        description="Writes NAME_cam.nii.gz (Grad-CAM on the input grid), "
-                                   "NAME_resampled.nii.gz (128^3 network input) and NAME.json per input. "
-                                   "A brain-age bundle (pretrain-age's OUT/bundle) reports age_weeks, the "
-                                   "estimated post-menstrual age at scan, instead of P(BI) and a label; its "
-                                   "saliency is the Grad-CAM of the predicted age.")
+                                   "NAME_resampled.nii.gz (128^3 network input) and NAME.json per input, "
+                                   "as one set or not at all (a failure keeps the previous set). NaN or "
+                                   "infinite results are refused (exit 2). A brain-age bundle (pretrain-age's "
+                                   "OUT/bundle) reports age_weeks, the estimated post-menstrual age at scan, "
+                                   "instead of P(BI) and a label; its saliency is the Grad-CAM of the "
+                                   "predicted age.")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="T2w volume(s): .nii, .nii.gz, .nrrd, .nhdr")
     p.add_argument("--model", required=True, metavar="BUNDLE", help="model bundle folder")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (created if needed)")
@@ -256,13 +262,45 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        sys.stdout.flush()  # inside the try: a closed pipe is reported here, not at interpreter exit
+        return code
     except GloResNetError as exc:
         print(f"gloresnet: error: {exc}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:
+        return _stdout_closed()
+    except OSError as exc:  # the file system refused: read-only, disk full, a file where a folder should be...
+        print(f"gloresnet: error: {_os_error_line(exc)}", file=sys.stderr)
+        try:
+            sys.stdout.flush()
+        except OSError:  # standard output itself cannot be written (e.g. redirected to a full disk)
+            _stdout_closed()
         return 2
     except KeyboardInterrupt:
         print("gloresnet: interrupted", file=sys.stderr)
         return 130
+
+
+def _os_error_line(exc: OSError) -> str:
+    """One line for an OSError: the file(s) it names and the system's reason."""
+    names = [str(n) for n in (exc.filename, exc.filename2) if n is not None]
+    reason = exc.strerror or str(exc)
+    return f"{' -> '.join(names)}: {reason}" if names else f"{reason}"
+
+
+def _stdout_closed() -> int:
+    """The reader of our output went away (``gloresnet ... | head``): stop quietly, as ``cat`` does. Standard
+    output is pointed at /dev/null so that Python's final flush cannot raise again (also used when standard
+    output cannot be written at all); exit status 141 is what a shell reports for a program ended by SIGPIPE."""
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+    return 141
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 from . import fastnet
 from .bundle import Bundle, resolve_device
+from .errors import BundleError
 from .io import read_volume
 from .preprocessing import Preprocessed, preprocess
 
@@ -270,11 +271,14 @@ def predict(bundle: Bundle, array: np.ndarray, affine: np.ndarray, tta: bool = T
     model_probs = torch.stack(per_model).mean(1).cpu().numpy()  # (M,)
     _sync(dev)
     timings["network"] = time.perf_counter() - t0
+    small = torch.stack(cams).mean(0) if cam else None
+    if not np.isfinite(model_probs).all() or (small is not None and not bool(torch.isfinite(small).all())):
+        raise BundleError(f"model '{bundle.name}' gave NaN or infinite outputs for this volume; no result reported")
 
     cam_network = cam_input = None
-    if cam:
+    if small is not None:
         t0 = time.perf_counter()
-        cam_network, cam_input = upsample_cam(torch.stack(cams).mean(0), pre)
+        cam_network, cam_input = upsample_cam(small, pre)
         timings["cam"] = time.perf_counter() - t0
 
     probability = float(view_probs.mean())

@@ -29,6 +29,11 @@ VOLUME_SUFFIXES = NIFTI_SUFFIXES + NRRD_SUFFIXES
 
 #: Refuse volumes larger than this many voxels before reading their data (about 1.6 GB as float32).
 MAX_VOXELS = 400_000_000
+#: Refuse volumes whose stored voxel data (voxels x bytes per voxel) is larger than this, before reading it.
+MAX_DATA_BYTES = 4 * MAX_VOXELS
+#: Decompressed bytes tolerated after a compressed file's declared voxel data (a gzip bomb hides gigabytes
+#: there); they are read and discarded in small blocks, never held.
+MAX_TRAILING_BYTES = 64 << 20
 #: Refuse any axis longer than this.
 MAX_AXIS = 4096
 
@@ -53,8 +58,10 @@ def _suffix_kind(path: Path) -> str:
     raise InputError(f"{path}: unsupported file type (expected one of {', '.join(VOLUME_SUFFIXES)})")
 
 
-def _check_shape(path: Path, shape: tuple[int, ...]) -> tuple[int, ...]:
-    """Squeeze a single-volume 4D shape to 3D and refuse 2D, multi-volume and absurdly large images."""
+def _check_shape(path: Path, shape: tuple[int, ...], itemsize: int = 1) -> tuple[int, ...]:
+    """Squeeze a single-volume 4D shape to 3D and refuse 2D, multi-volume and absurdly large images: more than
+    :data:`MAX_VOXELS` voxels, or more than :data:`MAX_DATA_BYTES` of stored data at ``itemsize`` bytes each.
+    Called with the header's shape before any voxel data is read or decompressed."""
     shape = tuple(int(s) for s in shape)
     if len(shape) > 3:
         extra = shape[3:]
@@ -64,8 +71,12 @@ def _check_shape(path: Path, shape: tuple[int, ...]) -> tuple[int, ...]:
         shape = shape[:3]
     if len(shape) < 3 or min(shape) < 2:
         raise InputError(f"{path}: image of shape {shape} is not a 3D volume")
-    if max(shape) > MAX_AXIS or int(np.prod(shape, dtype=np.int64)) > MAX_VOXELS:
+    voxels = int(np.prod(shape, dtype=np.int64))
+    if max(shape) > MAX_AXIS or voxels > MAX_VOXELS:
         raise InputError(f"{path}: image of shape {shape} is too large (limit {MAX_VOXELS:,} voxels)")
+    if voxels * int(itemsize) > MAX_DATA_BYTES:
+        raise InputError(f"{path}: image of shape {shape} at {itemsize} bytes per voxel is too large "
+                         f"(limit {MAX_DATA_BYTES / 1e9:.1f} GB of voxel data)")
     return shape
 
 
@@ -114,6 +125,29 @@ def _nifti_header_image(head: bytes):
     return image_class.from_bytes(head)
 
 
+def _check_voxel_size(head: bytes, path: Path) -> None:
+    """Refuse a header whose geometry comes from zero voxel sizes (``pixdim``): the qform, or with neither
+    qform nor sform the base affine. nibabel would silently replace a 0 by 1 mm when it reads the header.
+
+    Args:
+        head: the raw header bytes (at least 348 for NIfTI-1, 540 for NIfTI-2).
+        path: the file, named in the error.
+    """
+    import nibabel as nib
+
+    layout = _nifti_layout(head[:348]) if len(head) >= 348 else None
+    two = layout is not None and layout[0] == 540
+    if layout is None or len(head) < layout[0]:
+        return  # not a NIfTI header: nibabel refuses it
+    hdr = (nib.Nifti2Header if two else nib.Nifti1Header)(binaryblock=head[:540 if two else 348], check=False)
+    pixdim = [float(v) for v in hdr["pixdim"][1:4]]
+    if all(np.isfinite(pixdim)) and min(abs(v) for v in pixdim) > 0:
+        return
+    if int(hdr["qform_code"]) > 0 or int(hdr["sform_code"]) <= 0:
+        raise InputError(f"{path}: voxel sizes (pixdim) {pixdim} include zero or non-finite values; the image "
+                         "geometry is undefined (it would silently become 1 mm voxels); fix the header")
+
+
 def _nifti_layout(head: bytes) -> tuple[int, int] | None:
     """(header size, data offset) from the first 348 bytes of a NIfTI-1/2 file, or None if not NIfTI."""
     for order in ("<", ">"):
@@ -125,64 +159,71 @@ def _nifti_layout(head: bytes) -> tuple[int, int] | None:
     return None
 
 
-def _read_nifti_stream(path: Path) -> tuple[np.ndarray, np.ndarray] | None:
-    """Decompress a NIfTI file straight into the float32 array nibabel would return, with one allocation.
+def _drain(f, path: Path) -> None:
+    """Read a stream to its end (gzip verifies its CRC and length there), refusing more than
+    :data:`MAX_TRAILING_BYTES` after the voxel data."""
+    extra = 0
+    while block := f.read(1 << 20):
+        extra += len(block)
+        if extra > MAX_TRAILING_BYTES:
+            raise InputError(f"{path}: holds more than {MAX_TRAILING_BYTES >> 20} MiB beyond the voxels its "
+                             "header declares; refusing it (corrupt file or decompression bomb)")
 
-    Handles single-file NIfTI-1/2 without intensity scaling (``get_fdata`` then returns the stored values
-    cast to float32, as here); returns None for anything else, which then goes through nibabel. The stream
-    is read to its end, so gzip's CRC and length checks still run.
+
+def _read_nifti_stream(path: Path) -> tuple[np.ndarray, np.ndarray] | None:
+    """Decompress a single-file NIfTI-1/2 straight into the float32 array nibabel would return.
+
+    The header is read first and its shape and data size (voxels x bytes per voxel) are checked before any
+    voxel data is read, so a small compressed file cannot expand into gigabytes; exactly the declared bytes
+    are then read (one allocation) and the rest of the stream is drained, bounded. Without intensity scaling
+    the stored values are cast to float32 here; with scaling nibabel applies it to the bytes read. Returns
+    None only for an uncompressed file with an unusual layout, which nibabel then reads (memory-mapped).
     """
+    compressed = path.name.lower().endswith(".gz")
     with _open_compressed(path) as f:
         head = f.read(348)
         layout = _nifti_layout(head) if len(head) == 348 else None
         if layout is None:
+            if compressed:
+                raise InputError(f"{path}: not a NIfTI image (no NIfTI-1/2 header)")
             return None
         size, offset = layout
         if size == 540:
             head += f.read(540 - 348)
             if len(head) < 540:
-                return None
+                raise InputError(f"{path}: truncated NIfTI header")
             order = "<" if int(np.frombuffer(head, "<i4", 1)[0]) == 540 else ">"
             offset = int(np.frombuffer(head, f"{order}i8", 1, 168)[0])
         if not size + 4 <= offset <= size + (1 << 24):
+            if compressed:
+                raise InputError(f"{path}: invalid NIfTI data offset {offset} for a single-file image")
             return None
         head += f.read(offset - len(head))  # extension flag and extensions
         if len(head) < offset:
             raise InputError(f"{path}: truncated NIfTI header")
+        _check_voxel_size(head, path)
         img = _nifti_header_image(head)
         proxy = img.dataobj  # holds the file's scaling (nibabel resets the image header's)
-        if (float(proxy.slope), float(proxy.inter)) != (1.0, 0.0) or int(proxy.offset) != offset:
+        if int(proxy.offset) != offset:
+            if compressed:
+                raise InputError(f"{path}: inconsistent NIfTI data offset")
             return None
-        shape = _check_shape(path, img.shape)
         stored = np.dtype(proxy.dtype)
         if not np.issubdtype(stored, np.number) or np.iscomplexobj(np.empty(0, stored)):
             raise InputError(f"{path}: unsupported voxel type {stored}; expected real scalars")
+        shape = _check_shape(path, img.shape, stored.itemsize)
         affine = _nifti_affine(img)
         raw = np.empty(int(np.prod(shape, dtype=np.int64)), dtype=stored)
         if _read_exact(f, memoryview(raw.view(np.uint8))) != raw.nbytes:
             raise InputError(f"{path}: truncated NIfTI file (fewer voxels than its header declares)")
-        while f.read(1 << 20):  # drain to the end: gzip verifies its CRC and length there
-            pass
+        if compressed:
+            _drain(f, path)
+    if (float(proxy.slope), float(proxy.inter)) != (1.0, 0.0):
+        scaled = _nifti_header_image(head + raw.tobytes())  # nibabel applies its own scaling rules
+        del raw
+        return scaled.get_fdata(dtype=np.float32).reshape(shape), affine
     data = raw if raw.dtype == np.float32 else raw.astype(np.float32)  # also converts byte order
     return data.reshape(shape, order="F"), affine
-
-
-def _load_nifti(path: Path):
-    import nibabel as nib
-
-    if path.name.lower().endswith(".gz"):
-        raw = path.read_bytes()
-        try:
-            try:
-                from isal import igzip  # fast gzip decoder, same bytes as zlib
-
-                data = igzip.decompress(raw)
-            except ImportError:
-                data = gzip.decompress(raw)
-        except (OSError, EOFError, zlib.error) as exc:
-            raise InputError(f"{path}: corrupt or truncated gzip data ({exc})") from None
-        return _nifti_header_image(data)
-    return nib.load(str(path))
 
 
 def _read_nifti(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -192,11 +233,14 @@ def _read_nifti(path: Path) -> tuple[np.ndarray, np.ndarray]:
         fast = _read_nifti_stream(path)
         if fast is not None:
             return fast
-        img = _load_nifti(path)
-        shape = _check_shape(path, img.shape)
+        with open(path, "rb") as f:
+            _check_voxel_size(f.read(540), path)
+        img = nib.load(str(path))  # uncompressed: memory-mapped, nothing read beyond the file
+        stored = np.dtype(img.get_data_dtype())
+        if not np.issubdtype(stored, np.number) or np.iscomplexobj(np.empty(0, stored)):
+            raise InputError(f"{path}: unsupported voxel type {stored}; expected real scalars")
+        shape = _check_shape(path, img.shape, stored.itemsize)
         affine = _nifti_affine(img)
-        if not np.issubdtype(img.get_data_dtype(), np.number) or np.iscomplexobj(np.empty(0, img.get_data_dtype())):
-            raise InputError(f"{path}: unsupported voxel type {img.get_data_dtype()}; expected real scalars")
         data = img.get_fdata(dtype=np.float32)
     except InputError:
         raise
@@ -209,13 +253,49 @@ def _read_nifti(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return data.reshape(shape), affine
 
 
+def _read_nrrd_bounded(path: Path) -> tuple[np.ndarray, dict]:
+    """``nrrd.read`` with the header's shape and data size checked first and compressed data decompressed
+    only up to the size the header declares (pynrrd alone decompresses everything before comparing sizes).
+
+    Returns:
+        (array as pynrrd gives it, Fortran index order; the header dict).
+    """
+    import bz2
+
+    import nrrd
+    from nrrd.reader import _determine_datatype
+
+    with open(path, "rb") as fh:
+        header = nrrd.read_header(fh)
+        dtype = _determine_datatype(header)
+        _check_shape(path, tuple(header.get("sizes", ())), dtype.itemsize)
+        encoding = str(header.get("encoding", "raw")).lower()
+        if encoding not in ("gzip", "gz", "bzip2", "bz2"):
+            return nrrd.reader.read_data(header, fh, str(path)), header  # raw / text: bounded by the file size
+        detached = header.get("datafile", header.get("data file"))
+        with contextlib.ExitStack() as stack:
+            src = stack.enter_context(open(path.parent / detached, "rb")) if detached else fh
+            for _ in range(int(header.get("lineskip", header.get("line skip", 0)))):
+                src.readline()
+            stream = gzip.GzipFile(fileobj=src) if encoding.startswith("gz") else bz2.BZ2File(src)
+            skip = int(header.get("byteskip", header.get("byte skip", 0)))
+            # byte skip -1: the data are the last bytes; leading bytes are tolerated up to MAX_TRAILING_BYTES
+            limit = int(np.prod(header["sizes"], dtype=np.int64)) * dtype.itemsize
+            limit += skip if skip >= 0 else MAX_TRAILING_BYTES
+            raw = stream.read(limit + 1)
+            if len(raw) > limit:
+                raise InputError(f"{path}: holds more data than its header declares; refusing it "
+                                 "(corrupt file or decompression bomb)")
+    plain = {k: v for k, v in header.items() if k not in ("datafile", "data file", "lineskip", "line skip")}
+    plain["encoding"] = "raw"  # already decompressed, within bounds
+    return nrrd.reader.read_data(plain, io.BytesIO(raw), str(path)), header
+
+
 def _read_nrrd(path: Path) -> tuple[np.ndarray, np.ndarray]:
     import nrrd
 
     try:
-        header = nrrd.read_header(str(path))
-        _check_shape(path, tuple(header.get("sizes", ())))
-        data, header = nrrd.read(str(path))
+        data, header = _read_nrrd_bounded(path)
     except InputError:
         raise
     except (nrrd.NRRDError, ValueError, OSError, EOFError, zlib.error, KeyError) as exc:

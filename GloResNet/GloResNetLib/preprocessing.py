@@ -17,9 +17,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .bundle_schema import NORMALIZATIONS, SIZE_RANGE
 from .errors import InputError
-
-NORMALIZATIONS = ("zscore", "zscore_foreground")
 
 
 @dataclass(frozen=True)
@@ -33,8 +32,9 @@ class PreprocessConfig:
 
     def __post_init__(self) -> None:
         size = tuple(int(s) for s in (self.size if np.ndim(self.size) else (self.size,) * 3))
-        if len(size) != 3 or min(size) < 8 or max(size) > 512:
-            raise InputError(f"preprocessing size {self.size} must be 3 integers between 8 and 512")
+        if len(size) != 3 or min(size) < SIZE_RANGE[0] or max(size) > SIZE_RANGE[1]:
+            raise InputError(f"preprocessing size {self.size} must be 3 integers between {SIZE_RANGE[0]} and "
+                             f"{SIZE_RANGE[1]}")
         object.__setattr__(self, "size", size)
         if self.normalization not in NORMALIZATIONS:
             raise InputError(f"unknown normalization '{self.normalization}' (choose from {NORMALIZATIONS})")

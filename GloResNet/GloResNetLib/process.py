@@ -593,27 +593,26 @@ class BundleInfo:
 
 
 def bundle_info(path: str | os.PathLike) -> BundleInfo:
-    """Read a bundle's ``metadata.json`` (errors are reported in ``.error``, never raised)."""
+    """Read a bundle's ``metadata.json``, validated by the same schema as loading (:mod:`.bundle_schema`);
+    errors are reported in ``.error``, never raised."""
+    from .bundle_schema import read_metadata_file
+    from .errors import BundleError
+
     path = Path(path)
     info = BundleInfo(path=path, name=path.name)
     try:
-        meta = json.loads((path / "metadata.json").read_text(encoding="utf-8"))
-        if not isinstance(meta, dict):
-            raise ValueError("metadata is not a JSON object")
-        info.name = str(meta.get("name", path.name))
-        info.arch = str(meta.get("arch", "?"))
-        info.n_models = len(meta.get("weights") or [])
-        info.training_data = dict(meta.get("training_data") or {})
-        info.provenance = str(meta.get("provenance", ""))
-        info.threshold = float(meta.get("threshold", 0.5))
-        info.cv_metrics = meta.get("cv_metrics") or None
-        info.task = str(meta.get("task", "classification"))
-        if not info.n_models:
-            info.error = "no weights listed"
-    except FileNotFoundError:
-        info.error = "not a model bundle (no metadata.json)"
-    except (OSError, ValueError, TypeError) as exc:
-        info.error = f"unreadable metadata ({exc})"
+        meta = read_metadata_file(path)
+    except BundleError as exc:
+        info.error = str(exc).removeprefix(f"{path / 'metadata.json'}: ").removeprefix(f"{path}: ")
+        return info
+    info.name = meta["name"]
+    info.arch = meta["arch"]
+    info.n_models = len(meta["weights"])
+    info.training_data = dict(meta["training_data"])
+    info.provenance = meta["provenance"]
+    info.threshold = float(meta.get("threshold", 0.5))
+    info.cv_metrics = meta.get("cv_metrics") or None
+    info.task = str(meta.get("task", "classification"))
     return info
 
 
