@@ -189,14 +189,18 @@ def _check_weights(weights: Any) -> None:
 
 
 def _check_target(target: Any) -> None:
-    """The regression target of an ``age_regression`` bundle: an object of short texts and finite numbers."""
+    """The regression target of an ``age_regression`` bundle: an object of short texts, finite numbers and lists
+    of at most 64 finite numbers (per-weights-file scaling; :mod:`.age_target` checks their meaning)."""
     if not isinstance(target, dict):
         raise _fail("target", "must be an object (e.g. name, unit, scaling)")
     for key, value in target.items():
         if isinstance(value, str):
             _str(target, key, where=f"target.{key}")
+        elif isinstance(value, list) and 0 < len(value) <= 64 and all(_is_number(v) for v in value):
+            continue
         elif not (value is None or isinstance(value, bool) or _is_number(value)):
-            raise _fail(f"target.{key}", f"must be a text, a finite number, true/false or null (got {_show(value)})")
+            raise _fail(f"target.{key}", "must be a text, a finite number, a list of at most 64 finite numbers, "
+                                         f"true/false or null (got {_show(value)})")
 
 
 def validate_metadata(meta: Any) -> dict[str, Any]:
