@@ -112,8 +112,8 @@ def test_neonatal_t2_contrast(age):
     img, _, _, info = synth.synth_volume(6, age, max_dim=72, noise=False, bias=False)
     lab = info["labels"]
 
-    def mean(*labels):
-        return float(img[np.isin(lab, labels)].mean())
+    def mean(*labels):  # the median: thin layers (extra-axial CSF) are partial-volumed at 2-3 mm voxels
+        return float(np.median(img[np.isin(lab, labels)]))
 
     csf, wm = mean(synth.CSF, synth.VENTRICLE), mean(synth.WM)
     cortex, deep = mean(synth.CORTEX), mean(synth.DGM)
@@ -131,18 +131,15 @@ def test_brain_grows_and_folds_with_age():
     vol_young, vol_old = (v[3]["brain_mask"].sum() for v in (young, old))
     assert vol_old > 1.8 * vol_young
     assert old[3]["head_circumference_cm"] > young[3]["head_circumference_cm"] + 5
-    # folding: more cortical boundary per brain volume at term
-    def surface_ratio(labels):
-        cortex = labels == synth.CORTEX
-        return cortex.sum() / np.isin(labels, [synth.CORTEX, synth.WM]).sum()
-
-    assert surface_ratio(old[3]["labels"]) > surface_ratio(young[3]["labels"])
+    # folding by age: test_synth_anatomy.test_folding_grows_with_age (on the templates, free of voxel size)
 
 
 @pytest.mark.parametrize("other", ["LPS", "PSR", "ILA"])
 def test_storage_order_keeps_world_position(other):
+    # isotropic voxels and no storage-axis artefacts (slice profile, ghosting, Gibbs ringing act along the
+    # storage axes, as in a scanner): then only the storage order differs
     kwargs = dict(age_weeks=36, injuries=("pwml",), rotation_deg=(3, -2, 4), noise=False, bias=False,
-                  max_dim=48)
+                  voxel_size=2.5, max_dim=None, artefact_strength=0.0)
     ras_img, ras_aff, ras_mask, _ = synth.synth_volume(7, orientation="RAS", **kwargs)
     img, aff, mask, _ = synth.synth_volume(7, orientation=other, **kwargs)
     assert nib.aff2axcodes(aff) == tuple(other)

@@ -102,7 +102,8 @@ def apply(image: np.ndarray, art: Artefacts, brain_mask: np.ndarray | None = Non
         t.set_random_state(art.seeds[0])
         x = np.asarray(t(x), dtype=np.float32)
     if abs(art.gamma - 1.0) > 1e-3:
-        t = RandAdjustContrast(prob=1.0, gamma=(art.gamma, art.gamma), retain_stats=True)
+        # min-max gamma (not retain_stats): zero background stays zero
+        t = RandAdjustContrast(prob=1.0, gamma=(art.gamma, art.gamma), retain_stats=False)
         t.set_random_state(art.seeds[1])
         x = np.asarray(t(np.maximum(x, 0.0)), dtype=np.float32)
     if art.gibbs_alpha > 0:
@@ -111,9 +112,11 @@ def apply(image: np.ndarray, art: Artefacts, brain_mask: np.ndarray | None = Non
         x = np.asarray(t(x), dtype=np.float32)
     x = ghosting(x[0], art.ghost_fraction, art.ghost_axis, np.random.default_rng(art.seeds[3]))[None]
     x *= np.float32(art.gain)
-    t = RandRicianNoise(prob=1.0, std=art.noise_sd * art.gain, sample_std=False)
-    t.set_random_state(art.seeds[3])
-    x = np.asarray(t(x), dtype=np.float32)[0]
+    if art.noise_sd > 0:
+        t = RandRicianNoise(prob=1.0, std=art.noise_sd * art.gain, sample_std=False)
+        t.set_random_state(art.seeds[3])
+        x = np.asarray(t(x), dtype=np.float32)
+    x = x[0]
     if art.brain_extracted and brain_mask is not None:
         x = x * brain_mask
     return np.ascontiguousarray(x, dtype=np.float32)

@@ -50,8 +50,8 @@ ANATOMY_SOURCE = ("built-in: ICBM 2009a MNI152 grey/white-matter maps (from nile
                   "proportions, folding and brain volume by age")
 #: Ages (weeks) at which a folding template is built; a subject uses the nearest.
 TEMPLATE_AGES = (28.0, 30.0, 32.0, 34.0, 36.0, 38.0, 40.0, 42.0, 44.0)
-#: Template-space cortical thickness (mm): about 1.9 mm once scaled to a term brain.
-CORTEX_MM = 2.3
+#: Template-space cortical thickness (mm): about 1.8 mm once scaled to a term brain, 1.45 mm at 28 weeks.
+CORTEX_MM = 2.8
 #: Depth (template mm from the brain surface) below which the original labels are kept as they are.
 KEEP_DEPTH_MM = 12.0
 STEP_MM = 1.5  # template grid spacing (mm): about 1 mm in a term brain, 0.8 mm at 28 weeks
@@ -228,11 +228,6 @@ def _fold(labels: np.ndarray, envelope: np.ndarray, age_weeks: float) -> np.ndar
     out[region] = CSF
     out[region & ribbon] = CORTEX
     out[region & new_wm & ~np.isin(labels, (VENTRICLE, DGM, HIPPO, PLIC))] = WM
-    # Younger brains: sulci close up (smooth pial surface); the envelope is eroded slightly to stay closed.
-    if sigma > 4.0:
-        solid = ((out != CSF) & (out > 0) | ~cerebral & brain).astype(np.float32)
-        pial = ndimage.gaussian_filter(solid, sigma * 0.5 / STEP_MM) > 0.45
-        out[region & pial & (out == CSF)] = CORTEX
     return out
 
 

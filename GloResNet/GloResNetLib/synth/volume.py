@@ -249,7 +249,7 @@ def render(subject: Subject, age: float, injuries: tuple[str, ...], lesion_rng: 
     if not bias:
         art.bias_coeff = 0.0
     if not noise:
-        art.noise_sd = 1e-9
+        art.noise_sd = 0.0
     img = acq_mod.apply(image, art, brain)
     drawem = labels.copy()
     for ours, theirs in A.TO_DRAWEM.items():
