@@ -132,6 +132,14 @@ class _Mapping:
         return out
 
 
+def _texture(subject: Subject, mapping: _Mapping, q: np.ndarray) -> np.ndarray:
+    """Smooth zero-mean unit-sd texture (N,) attached to the anatomy (template space), not to the scan grid."""
+    field = contrast.smooth_field(np.random.default_rng(subject.contrast_seed + 1), (24, 24, 24), 7)
+    lo, hi = mapping.box
+    u = (q - lo[:, None]) / (hi - lo)[:, None] * 23.0
+    return ndimage.map_coordinates(field, u, order=1, mode="nearest", prefilter=False)
+
+
 def _template_points(mapping: _Mapping, grid, shape: tuple[int, int, int], k: float | None = None) -> np.ndarray:
     """Template-mm position (3, N) of every scan voxel.
 
@@ -232,8 +240,7 @@ def render(subject: Subject, age: float, injuries: tuple[str, ...], lesion_rng: 
         vd = _sample(t.ventricle_mm, t.affine, q, 1, 99.0)
         wm = labels == A.WM
         image[wm] *= 1.0 + np.float32(diffuse) * np.exp(-vd[wm] / 10.0).astype(np.float32)
-    texture = contrast.smooth_field(np.random.default_rng(subject.contrast_seed + 1), acq.shape, 7).ravel()
-    image *= 1.0 + np.float32(0.04) * texture
+    image *= 1.0 + np.float32(0.04) * _texture(subject, mapping, q)
     mask = lesions.paint(les, q, labels, image, voxel_t)
     if "phvd" in injuries:  # the dilated part of the ventricles
         normal = _sample(t.labels, t.affine, _template_points(mapping, grid, acq.shape, subject.ventricle_k), 0, 0)
