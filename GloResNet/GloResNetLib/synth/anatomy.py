@@ -212,7 +212,6 @@ def _mm_grids(shape, affine) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 def _fold(labels: np.ndarray, envelope: np.ndarray, age_weeks: float) -> np.ndarray:
     """Cerebral cortex and white matter re-drawn for ``age_weeks``; deep structures kept."""
     sigma = folding_sigma(age_weeks)
-    brain = labels > 0
     depth = ndimage.distance_transform_edt(envelope, sampling=STEP_MM)
     cerebral = ~np.isin(labels, (CEREBELLUM, BRAINSTEM))
     wm_like = np.isin(labels, (WM, VENTRICLE, DGM, PLIC, HIPPO)) & cerebral
