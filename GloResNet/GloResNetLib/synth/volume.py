@@ -213,7 +213,7 @@ def render(subject: Subject, age: float, injuries: tuple[str, ...], lesion_rng: 
            ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
     """Render one scan; see :func:`synth_volume` for the arguments and returns."""
     has_diffuse, diffuse_u = lesion_rng.random() < DIFFUSE_FRACTION, lesion_rng.uniform(0.5, 1.0)
-    k_phvd = lesion_rng.uniform(5.0, 9.0) * (1.15 - 0.6 * difficulty) if "phvd" in injuries else 0.0
+    k_phvd = lesion_rng.uniform(7.0, 12.0) * (1.15 - 0.6 * difficulty) if "phvd" in injuries else 0.0
     mapping = _Mapping(subject, age, k_phvd, anatomy, anatomy_index)
     les = lesions.place_lesions(lesion_rng, mapping.t1, injuries, mapping.scale, difficulty)
     acq = draw_acquisition(acq_rng, mapping.head_box(subject), shape, voxel_size, orientation, rotation_deg,
