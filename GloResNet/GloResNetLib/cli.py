@@ -42,6 +42,7 @@ def run_predict(args: argparse.Namespace) -> int:
     from .bundle import load_bundle
     from .inference import predict_file
     from .io import volume_stem, write_text_atomic, write_volume
+    from .occlusion import OcclusionConfig
 
     inputs = [Path(p) for p in args.inputs]
     stems = [volume_stem(p) for p in inputs]
@@ -54,6 +55,7 @@ def run_predict(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise InputError(f"{out}: --out must be a folder")
+    occlusion = OcclusionConfig(mask_size=args.occlusion_mask, overlap=args.occlusion_overlap)
     _progress(args.progress_json, event="stage", stage="loading model", fraction=0.0)
     t0 = time.perf_counter()
     bundle = load_bundle(args.model, device=args.device)
@@ -69,11 +71,15 @@ def run_predict(args: argparse.Namespace) -> int:
                   total=len(inputs), fraction=n / len(inputs))
         try:
             result = predict_file(bundle, path, tta=not args.no_tta, cam=not args.no_cam,
-                                  tta_axes=args.tta_axes)
+                                  tta_axes=args.tta_axes, saliency=args.saliency, occlusion=occlusion,
+                                  progress=_occlusion_progress(args.progress_json, path, n, len(inputs)))
             t0 = time.perf_counter()
             files = {}
             if result.cam is not None:
                 files["cam"] = str(write_volume(out / f"{stem}_cam.nii.gz", result.cam, result.input_affine))
+            if result.occlusion is not None:
+                files["occlusion"] = str(write_volume(out / f"{stem}_occlusion.nii.gz", result.occlusion,
+                                                      result.input_affine))
             files["resampled"] = str(write_volume(out / f"{stem}_resampled.nii.gz", result.resampled,
                                                   result.resampled_affine))
             result.timings["write"] = time.perf_counter() - t0
@@ -94,6 +100,42 @@ def run_predict(args: argparse.Namespace) -> int:
     if not args.json and rows:
         _print_table(rows, bundle)
     return 2 if failures else 0
+
+
+def _occlusion_progress(enabled: bool, path: Path, index: int, count: int):
+    """``progress(done, total)`` for the occluded copies of input ``index`` of ``count``: a JSON event each
+    ~5% (None when events are off)."""
+    if not enabled:
+        return None
+    last = [-1.0]
+
+    def progress(done: int, total: int) -> None:
+        part = done / max(total, 1)
+        if part - last[0] >= 0.05 or done == total:
+            last[0] = part
+            _progress(True, event="stage", stage=f"occlusion {path.name}", index=index, total=count,
+                      done=done, copies=total, fraction=round((index + part) / count, 4))
+    return progress
+
+
+def _fraction_below_one(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1) (got {text})")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1 (got {text})")
+    return value
 
 
 def _print_table(rows: list[dict], bundle) -> None:
@@ -176,8 +218,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser("predict", help="predict brain injury for one or more volumes", epilog=EPILOG,
-                       description="Writes NAME_cam.nii.gz (Grad-CAM on the input grid), "
-                                   "NAME_resampled.nii.gz (128^3 network input) and NAME.json per input.")
+                       description="Writes NAME_cam.nii.gz (Grad-CAM on the input grid) and/or "
+                                   "NAME_occlusion.nii.gz (occlusion sensitivity: drop of P(BI) when each region "
+                                   "is hidden, on the input grid), NAME_resampled.nii.gz (128^3 network input) and "
+                                   "NAME.json (with each map's peak, RAS mm) per input.")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="T2w volume(s): .nii, .nii.gz, .nrrd, .nhdr")
     p.add_argument("--model", required=True, metavar="BUNDLE", help="model bundle folder")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (created if needed)")
@@ -185,7 +229,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-tta", action="store_true", help="no test-time augmentation (identity view only)")
     p.add_argument("--tta-axes", type=_parse_axes, default=None, metavar="AXES",
                    help="flip axes for TTA, e.g. 0 (left-right, the bundle default) or 0,1,2 (all 8 views)")
-    p.add_argument("--no-cam", action="store_true", help="skip the Grad-CAM saliency map")
+    p.add_argument("--no-cam", action="store_true", help="skip the saliency map(s)")
+    p.add_argument("--saliency", choices=["gradcam", "occlusion", "both"], default="gradcam",
+                   help="saliency method: Grad-CAM (default, one network pass), occlusion sensitivity (hides "
+                        "each region and records the drop of P(BI); seconds per volume on a CPU) or both")
+    p.add_argument("--occlusion-mask", type=_positive_int, default=None, metavar="VOXELS",
+                   help="occlusion box edge in network voxels (default 1/8 of the grid: 8 at 64^3, 16 at 128^3, "
+                        "about 16 mm on a neonatal head)")
+    p.add_argument("--occlusion-overlap", type=_fraction_below_one, default=0.5, metavar="F",
+                   help="overlap of neighbouring occlusion boxes, 0 <= F < 1 (default 0.5: step = half a box)")
     p.add_argument("--json", action="store_true", help="print one JSON object per input instead of a table")
     p.add_argument("--progress-json", action="store_true", help="JSON progress events on stderr")
     p.set_defaults(func=run_predict)
