@@ -44,9 +44,9 @@ def _head_image(size: int = 24) -> torch.Tensor:
     return ((vol - vol.mean()) / vol.std())[0, 0]
 
 
-@pytest.mark.parametrize("mask,overlap,fill", [(6, 0.5, "mean_img"), (5, 0.4, 0.7)])
-def test_occlusion_equals_monai_on_a_small_resnet(mask, overlap, fill):
-    model = make_small_model(0)
+@pytest.mark.parametrize("mask,overlap,fill,cam_layer", [(6, 0.5, "mean_img", "layer4"), (5, 0.4, 0.7, "layer1")])
+def test_occlusion_equals_monai_on_a_small_resnet(mask, overlap, fill, cam_layer):
+    model = make_small_model(0, cam_layer=cam_layer)  # layer1: the demo's Grad-CAM layer, stages after it
     image = _head_image(20)
     ours = occlusion_sensitivity([model], image, OcclusionConfig(mask_size=mask, overlap=overlap, fill=fill,
                                                                  head_box=False, batch=5))

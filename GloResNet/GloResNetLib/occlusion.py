@@ -38,7 +38,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import fastnet
-from .inference import pool_features
 from .preprocessing import otsu_threshold
 
 FILLS = ("brain_mean", "mean_img")
@@ -199,8 +198,10 @@ class _Classifier:
                     copies[(b, 0, *box)] = fill
                 logits = self.model(copies)
             else:
+                # every stage ran in the fast copy: only ResNet3D's global average pooling is left (its
+                # pool_features would also run the stages after cam_layer)
                 feats = self.fast.after_stem(self._stem_outputs(boxes, fill)).float()
-                logits = self.model.head(pool_features(self.model, feats))
+                logits = self.model.head(torch.flatten(F.adaptive_avg_pool3d(feats, 1), 1))
             return torch.softmax(logits.float(), dim=1)[:, self.class_idx]
 
 
