@@ -118,24 +118,17 @@ def _occlusion_progress(enabled: bool, path: Path, index: int, count: int):
     return progress
 
 
-def _fraction_below_one(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
-    if not 0.0 <= value < 1.0:
-        raise argparse.ArgumentTypeError(f"must be in [0, 1) (got {text})")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1 (got {text})")
-    return value
+def _bounded(convert, ok, rule: str):
+    """argparse ``type``: ``convert(text)`` (int or float) that must satisfy ``ok``, else a one-line error."""
+    def parse(text: str):
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"'{text}' is not a number of type {convert.__name__}") from None
+        if not ok(value):
+            raise argparse.ArgumentTypeError(f"must be {rule} (got {text})")
+        return value
+    return parse
 
 
 def _print_table(rows: list[dict], bundle) -> None:
@@ -233,10 +226,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--saliency", choices=["gradcam", "occlusion", "both"], default="gradcam",
                    help="saliency method: Grad-CAM (default, one network pass), occlusion sensitivity (hides "
                         "each region and records the drop of P(BI); seconds per volume on a CPU) or both")
-    p.add_argument("--occlusion-mask", type=_positive_int, default=None, metavar="VOXELS",
+    p.add_argument("--occlusion-mask", type=_bounded(int, lambda v: v >= 1, ">= 1"), default=None, metavar="VOXELS",
                    help="occlusion box edge in network voxels (default 1/8 of the grid: 8 at 64^3, 16 at 128^3, "
                         "about 16 mm on a neonatal head)")
-    p.add_argument("--occlusion-overlap", type=_fraction_below_one, default=0.5, metavar="F",
+    p.add_argument("--occlusion-overlap", type=_bounded(float, lambda v: 0.0 <= v < 1.0, "in [0, 1)"), default=0.5,
+                   metavar="F",
                    help="overlap of neighbouring occlusion boxes, 0 <= F < 1 (default 0.5: step = half a box)")
     p.add_argument("--json", action="store_true", help="print one JSON object per input instead of a table")
     p.add_argument("--progress-json", action="store_true", help="JSON progress events on stderr")
