@@ -58,6 +58,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--ensemble", type=int, default=5, help="demo ensemble size (default 5, the demo's folds)")
     p.add_argument("--baseline-windows", type=int, default=24,
                    help="full model: MONAI runs on about this many boxes, its time extrapolated (default 24)")
+    p.add_argument("--mask", type=int, nargs=2, default=None, metavar=("DEMO", "FULL"),
+                   help="box edges (voxels) for the demo and full models (default: the library's, 8 and 16)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--seed", type=int, default=0, help="synthetic volume seed")
     p.add_argument("--json", metavar="FILE", help="also write the medians as JSON")
@@ -109,7 +111,7 @@ def bench_demo(args, device: torch.device) -> dict:
     x = image[None, None]
     models = [calibrated_model(x.cpu(), seed=k, arch=s.arch, **s.arch_params).to(device)
               for k in range(args.ensemble)]
-    mask = occ.default_mask_size(image.shape)
+    mask = args.mask[0] if args.mask else occ.default_mask_size(image.shape)
     cfg = occ.OcclusionConfig(mask_size=mask, overlap=0.5)
     inner = occ.head_region(image, 0)
     b_box = [v for lo, hi in inner for v in (lo, hi)]
@@ -141,13 +143,12 @@ def bench_full(args, device: torch.device) -> dict:
     image = network_input(args.seed, 128, False, device)
     x = image[None, None]
     model = calibrated_model(x.cpu()).to(device)
-    mask = occ.default_mask_size(image.shape)
+    mask = args.mask[1] if args.mask else occ.default_mask_size(image.shape)
     cfg = occ.OcclusionConfig(mask_size=mask, overlap=0.5)
     inner = occ.head_region(image, 0)
     n = len(occ.window_slices(occ.head_region(image, (mask - 1) // 2), [mask] * 3, 0.5))
     print(f"full-width ResNet-10 (64-512, 128^3): box {mask} voxels, overlap 0.5, {n} boxes, head box {inner}")
-    timed(lambda: occ.occlusion_sensitivity([model], image, occ.OcclusionConfig(mask_size=mask, overlap=0.5,
-                                                                       batch=cfg.batch)), device)  # warm-up
+    timed(lambda: occ.occlusion_sensitivity([model], image, cfg), device)  # warm-up (prepared copy)
     t_ours = [timed(lambda: occ.occlusion_sensitivity([model], image, cfg), device)[0] for _ in range(args.repeats)]
     # MONAI on a sub-box of the head with about --baseline-windows boxes, extrapolated per box
     step = mask // 2
