@@ -225,7 +225,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-cam", action="store_true", help="skip the saliency map(s)")
     p.add_argument("--saliency", choices=["gradcam", "occlusion", "both"], default="gradcam",
                    help="saliency method: Grad-CAM (default, one network pass), occlusion sensitivity (hides "
-                        "each region and records the drop of P(BI); seconds per volume on a CPU) or both")
+                        "each region and records the drop of P(BI); thousands of network passes, a minute or more "
+                        "per model on a 2-core CPU) or both")
     p.add_argument("--occlusion-mask", type=_bounded(int, lambda v: v >= 1, ">= 1"), default=None, metavar="VOXELS",
                    help="occlusion box edge in network voxels (default 1/8 of the grid: 8 at 64^3, 16 at 128^3, "
                         "about 16 mm on a neonatal head)")
