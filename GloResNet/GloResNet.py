@@ -80,19 +80,23 @@ class GloResNetParameterNode:
     modelPath - the bundle folder in use.
     device - auto / cpu / cuda.
     useTTA - average over flipped views (test-time augmentation).
+    saliencyMethod - gradcam / occlusion / both (the overlay shows occlusion for both).
     camOpacity, camThreshold - display of the saliency map (foreground opacity, lower threshold 0..1).
     showResampled - show the resampled network input as background instead of the original volume.
-    camVolume, resampledVolume, resultsTable - outputs of the last prediction.
+    camVolume, resampledVolume, resultsTable - outputs of the last prediction (camVolume: the saliency map shown).
+    occlusionVolume - the occlusion-sensitivity map of the last prediction, if computed.
     """
 
     inputVolume: vtkMRMLScalarVolumeNode
     modelPath: str = ""
     device: Annotated[str, Choice(["auto", "cpu", "cuda"])] = "auto"
     useTTA: bool = True
+    saliencyMethod: Annotated[str, Choice(["gradcam", "occlusion", "both"])] = "gradcam"
     camOpacity: Annotated[float, WithinRange(0.0, 1.0)] = mrml.DEFAULT_CAM_OPACITY
     camThreshold: Annotated[float, WithinRange(0.0, 1.0)] = mrml.DEFAULT_CAM_THRESHOLD
     showResampled: bool = False
     camVolume: vtkMRMLScalarVolumeNode
+    occlusionVolume: vtkMRMLScalarVolumeNode
     resampledVolume: vtkMRMLScalarVolumeNode
     resultsTable: vtkMRMLTableNode
 
@@ -291,7 +295,7 @@ class GloResNetWidget(common.ModuleWidgetHelpers, ScriptedLoadableModuleWidget, 
             with slicer.util.WaitCursor():
                 self._job = self.logic.startPrediction([p.inputVolume], p.modelPath, device=device,
                                                        tta=p.useTTA, threshold=p.camThreshold,
-                                                       opacity=p.camOpacity)
+                                                       opacity=p.camOpacity, saliency=p.saliencyMethod)
         except (GloResNetError, OSError, RuntimeError) as exc:
             slicer.util.errorDisplay(_("Could not start the prediction:\n{error}").format(error=exc))
             return
@@ -328,7 +332,8 @@ class GloResNetWidget(common.ModuleWidgetHelpers, ScriptedLoadableModuleWidget, 
         p = self._parameterNode
         if job.results and p:
             nodes = job.results[-1]
-            p.camVolume, p.resampledVolume, p.resultsTable = nodes.cam, nodes.resampled, nodes.table
+            p.camVolume, p.resampledVolume, p.resultsTable = nodes.overlay, nodes.resampled, nodes.table
+            p.occlusionVolume = nodes.occlusion
             self.showResult(nodes)
             self.logic.updateDisplay(p)
         diagnosis = job.diagnosis()

@@ -387,3 +387,29 @@ def test_job_failures_are_reported_with_the_log(tmp_path, scene, volume, bundle_
     assert job.stage == "cancelled" and job.results == [] and job.failure_message() is None
     assert not job.work_dir.exists()
     assert sys.modules.get("qt") is None  # nothing here pulled in Qt
+
+
+def test_occlusion_and_gradcam_nodes_from_job_and_in_process(scene, volume, bundle_path):
+    from GloResNetLib.occlusion import OcclusionConfig
+
+    job = mrml.PredictionJob([volume], bundle_path, device="cpu", tta=False, saliency="both",
+                             occlusion_mask=16).start()
+    (nodes,) = job.wait(300)
+    assert job.succeeded, job.failure_message()
+    # both maps kept as volume nodes with exactly the input's geometry; the overlay shows the occlusion map
+    cam_geometry_is_input_geometry(nodes.cam, volume)
+    cam_geometry_is_input_geometry(nodes.occlusion, volume)
+    assert nodes.overlay is nodes.occlusion and nodes.cam is not nodes.occlusion
+    assert all(v["foreground"] == nodes.occlusion.GetID() for v in mrml.slice_layers(scene))
+    occ = slicer.util.arrayFromVolume(nodes.occlusion).copy()
+    assert np.isfinite(occ).all() and occ.max() > 0
+    display = nodes.occlusion.GetDisplayNode()  # threshold: a fraction of the map's own maximum
+    assert display.GetLowerThreshold() == pytest.approx(mrml.DEFAULT_CAM_THRESHOLD * occ.max(), rel=1e-4)
+    assert nodes.peak_ras() == mrml.peak_ras(nodes.occlusion)
+    # in process, occlusion only, same settings: the same map, no Grad-CAM node
+    (inproc,) = mrml.predict_nodes([volume], bundle_path, tta=False, device="cpu", saliency="occlusion",
+                                   occlusion=OcclusionConfig(mask_size=16), show=False)
+    assert inproc.cam is None and inproc.overlay is inproc.occlusion
+    np.testing.assert_allclose(slicer.util.arrayFromVolume(inproc.occlusion), occ, atol=1e-5)
+    with pytest.raises(InputError, match="saliency"):
+        mrml.PredictionJob([volume], bundle_path, saliency="lime")

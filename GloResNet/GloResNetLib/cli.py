@@ -42,6 +42,7 @@ def run_predict(args: argparse.Namespace) -> int:
     from .bundle import load_bundle
     from .inference import predict_file
     from .io import volume_stem, write_text_atomic, write_volume
+    from .occlusion import OcclusionConfig
     from .outputs import OutputSet, check_writable_folder
 
     inputs = [Path(p) for p in args.inputs]
@@ -53,6 +54,7 @@ def run_predict(args: argparse.Namespace) -> int:
         if not p.exists():
             raise InputError(f"{p}: file not found")
     out = check_writable_folder(args.out)  # before any computing
+    occlusion = OcclusionConfig(mask_size=args.occlusion_mask, overlap=args.occlusion_overlap)
     _progress(args.progress_json, event="stage", stage="loading model", fraction=0.0)
     t0 = time.perf_counter()
     bundle = load_bundle(args.model, device=args.device)
@@ -66,10 +68,12 @@ def run_predict(args: argparse.Namespace) -> int:
     for n, (path, stem) in enumerate(zip(inputs, stems)):
         _progress(args.progress_json, event="stage", stage=f"predicting {path.name}", index=n,
                   total=len(inputs), fraction=n / len(inputs))
-        names = {"cam": f"{stem}_cam.nii.gz", "resampled": f"{stem}_resampled.nii.gz", "json": f"{stem}.json"}
+        names = {"cam": f"{stem}_cam.nii.gz", "occlusion": f"{stem}_occlusion.nii.gz",
+                 "resampled": f"{stem}_resampled.nii.gz", "json": f"{stem}.json"}
         try:
             result = predict_file(bundle, path, tta=not args.no_tta, cam=not args.no_cam,
-                                  tta_axes=args.tta_axes)
+                                  tta_axes=args.tta_axes, saliency=args.saliency, occlusion=occlusion,
+                                  progress=_occlusion_progress(args.progress_json, path, n, len(inputs)))
             t0 = time.perf_counter()
             # one set or nothing: written into a staging folder, renamed into place together (JSON last)
             with OutputSet(out, list(names.values())) as stage:
@@ -77,6 +81,9 @@ def run_predict(args: argparse.Namespace) -> int:
                 if result.cam is not None:
                     write_volume(stage / names["cam"], result.cam, result.input_affine)
                     files["cam"] = str(out / names["cam"])
+                if getattr(result, "occlusion", None) is not None:
+                    write_volume(stage / names["occlusion"], result.occlusion, result.input_affine)
+                    files["occlusion"] = str(out / names["occlusion"])
                 write_volume(stage / names["resampled"], result.resampled, result.resampled_affine)
                 files["resampled"] = str(out / names["resampled"])
                 result.timings["write"] = time.perf_counter() - t0
@@ -97,6 +104,35 @@ def run_predict(args: argparse.Namespace) -> int:
     if not args.json and rows:
         _print_table(rows, bundle)
     return 2 if failures else 0
+
+
+def _occlusion_progress(enabled: bool, path: Path, index: int, count: int):
+    """``progress(done, total)`` for the occluded copies of input ``index`` of ``count``: a JSON event each
+    ~5% (None when events are off)."""
+    if not enabled:
+        return None
+    last = [-1.0]
+
+    def progress(done: int, total: int) -> None:
+        part = done / max(total, 1)
+        if part - last[0] >= 0.05 or done == total:
+            last[0] = part
+            _progress(True, event="stage", stage=f"occlusion {path.name}", index=index, total=count,
+                      done=done, copies=total, fraction=round((index + part) / count, 4))
+    return progress
+
+
+def _bounded(convert, ok, rule: str):
+    """argparse ``type``: ``convert(text)`` (int or float) that must satisfy ``ok``, else a one-line error."""
+    def parse(text: str):
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"'{text}' is not a number of type {convert.__name__}") from None
+        if not ok(value):
+            raise argparse.ArgumentTypeError(f"must be {rule} (got {text})")
+        return value
+    return parse
 
 
 def _print_table(rows: list[dict], bundle) -> None:
@@ -187,13 +223,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser("predict", help="predict brain injury (or brain age) for one or more volumes", epilog=EPILOG,
-                       description="Writes NAME_cam.nii.gz (Grad-CAM on the input grid), "
-                                   "NAME_resampled.nii.gz (128^3 network input) and NAME.json per input, "
-                                   "as one set or not at all (a failure keeps the previous set). NaN or "
-                                   "infinite results are refused (exit 2). A brain-age bundle (pretrain-age's "
-                                   "OUT/bundle) reports age_weeks, the estimated post-menstrual age at scan, "
-                                   "instead of P(BI) and a label; its saliency is the Grad-CAM of the "
-                                   "predicted age.")
+                       description="Writes NAME_cam.nii.gz (Grad-CAM on the input grid) and/or "
+                                   "NAME_occlusion.nii.gz (occlusion sensitivity: drop of P(BI) when each region "
+                                   "is hidden, on the input grid), NAME_resampled.nii.gz (128^3 network input) and "
+                                   "NAME.json (with each map's peak, RAS mm) per input, as one set or not at all "
+                                   "(a failure keeps the previous set). NaN or infinite results are refused "
+                                   "(exit 2). A brain-age bundle (pretrain-age's OUT/bundle) reports age_weeks, "
+                                   "the estimated post-menstrual age at scan, instead of P(BI) and a label; its "
+                                   "saliency is the Grad-CAM of the predicted age.")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="T2w volume(s): .nii, .nii.gz, .nrrd, .nhdr")
     p.add_argument("--model", required=True, metavar="BUNDLE", help="model bundle folder")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (created if needed)")
@@ -201,7 +238,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-tta", action="store_true", help="no test-time augmentation (identity view only)")
     p.add_argument("--tta-axes", type=_parse_axes, default=None, metavar="AXES",
                    help="flip axes for TTA, e.g. 0 (left-right, the bundle default) or 0,1,2 (all 8 views)")
-    p.add_argument("--no-cam", action="store_true", help="skip the Grad-CAM saliency map")
+    p.add_argument("--no-cam", action="store_true", help="skip the saliency map(s)")
+    p.add_argument("--saliency", choices=["gradcam", "occlusion", "both"], default="gradcam",
+                   help="saliency method: Grad-CAM (default, one network pass), occlusion sensitivity (hides "
+                        "each region and records the drop of P(BI); thousands of network passes, a minute or more "
+                        "per model on a 2-core CPU) or both")
+    p.add_argument("--occlusion-mask", type=_bounded(int, lambda v: v >= 1, ">= 1"), default=None, metavar="VOXELS",
+                   help="occlusion box edge in network voxels (default 1/8 of the grid: 8 at 64^3, 16 at 128^3, "
+                        "about 16 mm on a neonatal head)")
+    p.add_argument("--occlusion-overlap", type=_bounded(float, lambda v: 0.0 <= v < 1.0, "in [0, 1)"), default=0.5,
+                   metavar="F",
+                   help="overlap of neighbouring occlusion boxes, 0 <= F < 1 (default 0.5: step = half a box)")
     p.add_argument("--json", action="store_true", help="print one JSON object per input instead of a table")
     p.add_argument("--progress-json", action="store_true", help="JSON progress events on stderr")
     p.set_defaults(func=run_predict)

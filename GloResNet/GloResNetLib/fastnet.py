@@ -44,6 +44,7 @@ CL = torch.channels_last_3d
 CPU_BATCH = 2
 
 _cache: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_cache_all: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _mkldnn_ops() -> bool:
@@ -124,7 +125,7 @@ class FastResNet:
     """Inference-only ``features`` of a :class:`~GloResNetLib.models.resnet.ResNet3D` (see module doc)."""
 
     def __init__(self, model: nn.Module, device: torch.device, dtype: torch.dtype = torch.float32,
-                 pack: bool | None = None, blocked_stem: bool | None = None) -> None:
+                 pack: bool | None = None, blocked_stem: bool | None = None, all_stages: bool = False) -> None:
         if model.training:
             raise NotImplementedError("BatchNorm folding needs a model in eval mode")
         pool = model.maxpool
@@ -143,10 +144,23 @@ class FastResNet:
                 s.weight.contiguous().to_mkldnn(), s.padding, s.stride, s.dilation, 1)
         self.pool = (None if isinstance(pool, nn.Identity) else
                      (_triple(pool.kernel_size), _triple(pool.stride or pool.kernel_size), _triple(pool.padding)))
-        self.blocks = [_Block(b, device, dtype, pack) for layer in model.stages()[0] for b in layer]
+        stages = model.stages()[0] + (model.stages()[1] if all_stages else ())  # all: up to the last stage
+        self.blocks = [_Block(b, device, dtype, pack) for layer in stages for b in layer]
 
     def convs(self) -> list[_Conv]:
         return [c for b in self.blocks for c in (b.conv1, b.conv2, b.down) if c is not None]
+
+    def stem_conv(self, x: torch.Tensor) -> torch.Tensor:
+        """The stem convolution with its BatchNorm folded in (before ReLU and pooling), channels_last_3d."""
+        return self.stem(x.to(self.device, self.dtype).contiguous(memory_format=CL))
+
+    def after_stem(self, y: torch.Tensor) -> torch.Tensor:
+        """The rest of :meth:`features` from the output of :meth:`stem_conv` (overwritten: ReLU in place)."""
+        x = y if self.pool is None else F.max_pool3d(y, *self.pool)
+        x = x.relu_().contiguous(memory_format=CL)
+        for block in self.blocks:
+            x = block(x)
+        return x
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Activations of the model's ``cam_layer`` (B, C, d, h, w) in channels_last_3d, as ``model.features(x)``."""
@@ -173,19 +187,20 @@ def _versions(model: nn.Module) -> tuple[int, ...]:
     return tuple(t._version for t in model.state_dict(keep_vars=True).values())
 
 
-def _prepare(model: nn.Module, device: torch.device, dtype: torch.dtype) -> FastResNet | None:
+def _prepare(model: nn.Module, device: torch.device, dtype: torch.dtype, all_stages: bool = False
+             ) -> FastResNet | None:
     from .models.resnet import ResNet3D
 
     if not isinstance(model, ResNet3D) or model.training:
         return None
     try:
-        fast = FastResNet(model, device, dtype)
+        fast = FastResNet(model, device, dtype, all_stages=all_stages)
         _self_check(model, fast, device, dtype)
         return fast
     except Exception as exc:  # any failure: the original model is always correct
         log.info("fast inference path unavailable (%s: %s); using the model as is", type(exc).__name__, exc)
         try:
-            fast = FastResNet(model, device, dtype, pack=False, blocked_stem=False)
+            fast = FastResNet(model, device, dtype, pack=False, blocked_stem=False, all_stages=all_stages)
             _self_check(model, fast, device, dtype)
             return fast
         except Exception:
@@ -197,7 +212,11 @@ def _self_check(model: nn.Module, fast: FastResNet, device: torch.device, dtype:
     x = torch.randn(1, model.conv1.in_channels, 32, 32, 32, generator=gen)  # small: checks the code path
     home = next(model.parameters()).device
     with torch.inference_mode():
-        ref = model.features(x.to(home)).float().cpu()
+        ref = model.features(x.to(home))
+        if len(fast.blocks) > sum(len(s) for s in model.stages()[0]):  # all stages: compare the last one
+            for stage in model.stages()[1]:
+                ref = stage(ref)
+        ref = ref.float().cpu()
         got = fast.features(x.to(device)).float().cpu()
     # float32 on CPU agrees to rounding; cuDNN may use TF32 (10-bit mantissa) for both; float16 is coarser
     tol = 5e-2 if dtype != torch.float32 else (1e-3 if device.type == "cpu" else 2e-2)
@@ -208,14 +227,19 @@ def _self_check(model: nn.Module, fast: FastResNet, device: torch.device, dtype:
         conv.packed.clear()  # weights packed for the check's shapes only
 
 
-def prepared(model: nn.Module, device: torch.device, dtype: torch.dtype = torch.float32) -> FastResNet | None:
-    """The warm inference copy of ``model`` on ``device`` (built on first use), or None to use the model."""
-    entry = _cache.get(model)
+def prepared(model: nn.Module, device: torch.device, dtype: torch.dtype = torch.float32,
+             all_stages: bool = False) -> FastResNet | None:
+    """The warm inference copy of ``model`` on ``device`` (built on first use), or None to use the model.
+
+    ``all_stages``: a copy running every residual stage (for the whole network, e.g. occlusion sensitivity)
+    instead of those up to the model's ``cam_layer``; kept in its own cache."""
+    cache = _cache_all if all_stages else _cache
+    entry = cache.get(model)
     key = (str(device), dtype, _versions(model), model.training)
     if entry is not None and entry[0] == key:
         return entry[1]
-    fast = _prepare(model, device, dtype)
-    _cache[model] = (key, fast)
+    fast = _prepare(model, device, dtype, all_stages)
+    cache[model] = (key, fast)
     return fast
 
 
@@ -250,3 +274,4 @@ def features(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
 def clear_cache() -> None:
     """Drop every prepared copy (they are rebuilt on demand)."""
     _cache.clear()
+    _cache_all.clear()

@@ -13,6 +13,7 @@ import functools
 import itertools
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +32,8 @@ if TYPE_CHECKING:
 
 DISCLAIMER = "Research use only. Not a medical device; not for clinical decisions."
 AXIS_NAMES = "xyz"
+#: Saliency methods of :func:`predict`: Grad-CAM, occlusion sensitivity (:mod:`.occlusion`) or both.
+SALIENCY_METHODS = ("gradcam", "occlusion", "both")
 
 
 def tta_views(axes: list[int] | tuple[int, ...] | None) -> list[tuple[int, ...]]:
@@ -180,6 +183,8 @@ class PredictionResult:
     input_affine: np.ndarray = field(repr=False)
     cam: np.ndarray | None = field(default=None, repr=False)
     cam_network: np.ndarray | None = field(default=None, repr=False)
+    occlusion: np.ndarray | None = field(default=None, repr=False)
+    occlusion_network: np.ndarray | None = field(default=None, repr=False)
     model_name: str = ""
     device: str = "cpu"
     training_data: dict[str, Any] = field(default_factory=dict)
@@ -190,21 +195,12 @@ class PredictionResult:
         return bool(self.training_data.get("synthetic", False))
 
     def cam_peak_ras(self) -> list[float] | None:
-        """World (RAS, mm) position of the saliency maximum on the input grid.
+        """World (RAS, mm) position of the Grad-CAM maximum on the input grid (:func:`peak_ras`)."""
+        return peak_ras(self.cam, self.input_affine)
 
-        The centroid of the voxels within 2% of the maximum, so that a flat peak gives the same point
-        whatever the storage order. None when the map is empty.
-        """
-        if self.cam is None:
-            return None
-        peak = float(self.cam.max())
-        if not peak > 0:
-            return None
-        # scan in memory order (the map is Fortran-ordered): the transpose's indices are (k, j, i)
-        fortran = self.cam.flags.f_contiguous and not self.cam.flags.c_contiguous
-        ijk = np.argwhere((self.cam.T if fortran else self.cam) >= 0.98 * peak).mean(axis=0)
-        ijk = ijk[::-1] if fortran else ijk
-        return [float(v) for v in (self.input_affine @ np.array([*ijk, 1.0]))[:3]]
+    def occlusion_peak_ras(self) -> list[float] | None:
+        """World (RAS, mm) position of the largest occlusion drop of P(BI) on the input grid (:func:`peak_ras`)."""
+        return peak_ras(self.occlusion, self.input_affine)
 
     def to_json_dict(self) -> dict[str, Any]:
         """JSON-ready summary (no arrays)."""
@@ -217,6 +213,9 @@ class PredictionResult:
             "model_probabilities": [round(p, 6) for p in self.model_probabilities],
             "spread": round(self.spread, 6),
             "cam_peak_ras": self.cam_peak_ras(),
+            "occlusion_peak_ras": self.occlusion_peak_ras(),
+            "occlusion_max_drop": (round(float(self.occlusion_network.max()), 6)
+                                   if self.occlusion_network is not None else None),
             "model": self.model_name,
             "training_data": self.training_data,
             "synthetic_model": self.is_synthetic,
@@ -226,6 +225,29 @@ class PredictionResult:
         }
 
 
+def peak_ras(volume: np.ndarray | None, affine: np.ndarray) -> list[float] | None:
+    """World (RAS, mm) position of a map's maximum: the centroid of the voxels within 2% of it, so that a flat
+    peak gives the same point whatever the storage order.
+
+    Args:
+        volume: (I, J, K) map on the grid of ``affine`` (C- or Fortran-ordered), or None.
+        affine: 4x4 voxel-to-RAS matrix.
+
+    Returns:
+        [R, A, S] in mm, or None for no map or one without a positive maximum.
+    """
+    if volume is None:
+        return None
+    peak = float(volume.max())
+    if not peak > 0:
+        return None
+    # scan in memory order (a Fortran-ordered map's transpose has indices (k, j, i))
+    fortran = volume.flags.f_contiguous and not volume.flags.c_contiguous
+    ijk = np.argwhere((volume.T if fortran else volume) >= 0.98 * peak).mean(axis=0)
+    ijk = ijk[::-1] if fortran else ijk
+    return [float(v) for v in (np.asarray(affine) @ np.array([*ijk, 1.0]))[:3]]
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -233,8 +255,14 @@ def _sync(device: torch.device) -> None:
 
 def predict(bundle: Bundle, array: np.ndarray, affine: np.ndarray, tta: bool = True, cam: bool = True,
             device: str | torch.device | None = None, tta_axes: list[int] | None = None,
-            cam_class: int = 1) -> PredictionResult | AgePrediction:
+            cam_class: int = 1, saliency: str = "gradcam", occlusion: Any = None,
+            progress: Callable[[int, int], None] | None = None) -> PredictionResult | AgePrediction:
     """Predict brain injury for one volume (array indexed as stored, 4x4 voxel-to-RAS affine).
+
+    ``saliency`` (with ``cam=True``): ``"gradcam"`` (``result.cam``), ``"occlusion"`` (``result.occlusion``: the
+    drop of the ensemble's P(class ``cam_class``) when each region is hidden, see :mod:`.occlusion`, settings
+    ``occlusion``, an :class:`~.occlusion.OcclusionConfig`) or ``"both"``; ``progress(done, total)`` follows the
+    occluded copies. Both maps are on the input's own grid; ``cam=False`` computes neither.
 
     TTA averages the softmax of the identity and flipped views (the bundle's ``tta_axes``, default the
     left-right axis; ``tta_axes=[0, 1, 2]`` gives all 8 views) over every model of the bundle. The Grad-CAM
@@ -246,10 +274,16 @@ def predict(bundle: Bundle, array: np.ndarray, affine: np.ndarray, tta: bool = T
     A brain-age bundle (``task: age_regression``) is handed to :func:`.age_inference.predict_age`, which
     returns an :class:`~.age_inference.AgePrediction` (``age_weeks``; no probability or label).
     """
+    if saliency not in SALIENCY_METHODS:
+        raise ValueError(f"saliency must be one of {', '.join(SALIENCY_METHODS)} (got {saliency!r})")
     if bundle.task != "classification":
+        if cam and saliency != "gradcam":
+            raise BundleError(f"model '{bundle.name}' is a brain-age bundle: its saliency is Grad-CAM only "
+                              "(occlusion sensitivity is for classifiers)")
         from .age_inference import predict_age
 
         return predict_age(bundle, array, affine, tta=tta, cam=cam, device=device, tta_axes=tta_axes)
+    gradcam, occ = cam and saliency in ("gradcam", "both"), cam and saliency in ("occlusion", "both")
     dev = resolve_device(device) if device is not None else bundle.device
     models = [m.to(dev) for m in bundle.models] if dev != bundle.device else bundle.models
     timings: dict[str, float] = {}
@@ -263,7 +297,7 @@ def predict(bundle: Bundle, array: np.ndarray, affine: np.ndarray, tta: bool = T
     batch = flip_batch(pre.tensor, views)
     per_model, cams = [], []
     for model in models:
-        probs, cam_map = network_pass(model, batch, cam_class if cam else None)
+        probs, cam_map = network_pass(model, batch, cam_class if gradcam else None)
         per_model.append(probs[:, 1])
         if cam_map is not None:
             cams.append(cam_map[0])
@@ -271,7 +305,7 @@ def predict(bundle: Bundle, array: np.ndarray, affine: np.ndarray, tta: bool = T
     model_probs = torch.stack(per_model).mean(1).cpu().numpy()  # (M,)
     _sync(dev)
     timings["network"] = time.perf_counter() - t0
-    small = torch.stack(cams).mean(0) if cam else None
+    small = torch.stack(cams).mean(0) if cams else None
     if not np.isfinite(model_probs).all() or (small is not None and not bool(torch.isfinite(small).all())):
         raise BundleError(f"model '{bundle.name}' gave NaN or infinite outputs for this volume; no result reported")
 
@@ -280,6 +314,19 @@ def predict(bundle: Bundle, array: np.ndarray, affine: np.ndarray, tta: bool = T
         t0 = time.perf_counter()
         cam_network, cam_input = upsample_cam(small, pre)
         timings["cam"] = time.perf_counter() - t0
+    occ_network = occ_input = None
+    if occ:
+        from .occlusion import occlusion_sensitivity
+        from .preprocessing import to_input_grid
+
+        t0 = time.perf_counter()
+        occ_map = occlusion_sensitivity(models, pre.tensor[0, 0], occlusion, class_idx=cam_class, progress=progress)
+        occ_network = occ_map.drop
+        occ_input = to_input_grid(torch.from_numpy(occ_network).to(dev), pre)
+        _sync(dev)
+        if not (np.isfinite(occ_network).all() and np.isfinite(occ_input).all()):
+            raise BundleError(f"model '{bundle.name}' gave a NaN or infinite occlusion map; no result reported")
+        timings["occlusion"] = time.perf_counter() - t0
 
     probability = float(view_probs.mean())
     label = int(probability >= bundle.threshold)
@@ -290,7 +337,8 @@ def predict(bundle: Bundle, array: np.ndarray, affine: np.ndarray, tta: bool = T
         model_probabilities=[float(p) for p in model_probs],
         spread=float(view_probs.max() - view_probs.min()) if len(views) > 1 else 0.0,
         resampled=pre.array, resampled_affine=pre.affine, input_affine=np.asarray(affine, dtype=np.float64),
-        cam=cam_input, cam_network=cam_network, model_name=bundle.name, device=str(dev),
+        cam=cam_input, cam_network=cam_network, occlusion=occ_input, occlusion_network=occ_network,
+        model_name=bundle.name, device=str(dev),
         training_data=bundle.training_data, timings=timings)
 
 

@@ -37,6 +37,7 @@ ROLE_ATTRIBUTE = "GloResNet.Role"
 SOURCE_ATTRIBUTE = "GloResNet.SourceVolumeID"
 #: Node reference roles set on the input volume.
 CAM_ROLE = "GloResNetSaliency"
+OCCLUSION_ROLE = "GloResNetOcclusion"
 RESAMPLED_ROLE = "GloResNetResampled"
 RESULTS_ROLE = "GloResNetResults"
 COLOR_ROLE = "GloResNetHeatColors"
@@ -300,32 +301,42 @@ def heat_color_node(scene=None, path: str | Path | None = None):
     return None
 
 
+def _map_peak(node) -> float:
+    """The largest value of a saliency volume (1 for an empty or all-zero one)."""
+    image = node.GetImageData() if node is not None else None
+    peak = float(image.GetScalarRange()[1]) if image is not None else 0.0
+    return peak if np.isfinite(peak) and peak > 0 else 1.0
+
+
 def configure_cam_display(cam_node, color_node=None, threshold: float = DEFAULT_CAM_THRESHOLD) -> None:
-    """Show a [0, 1] saliency volume with a heat colour map, fixed window 0..1 and a lower threshold."""
+    """Show a saliency volume (Grad-CAM 0..1, or an occlusion map's drop of P(BI)) with a heat colour map, a
+    fixed window from 0 to its maximum and a lower threshold at ``threshold`` times that maximum."""
     display = cam_node.GetDisplayNode()
     if display is None:
         cam_node.CreateDefaultDisplayNodes()
         display = cam_node.GetDisplayNode()
+    peak = _map_peak(cam_node)
     was_modifying = display.StartModify()
     try:
         if color_node is not None:
             display.SetAndObserveColorNodeID(color_node.GetID())
         display.SetAutoWindowLevel(False)
-        display.SetWindowLevelMinMax(0.0, 1.0)
+        display.SetWindowLevelMinMax(0.0, peak)
         display.SetAutoThreshold(False)
         display.SetApplyThreshold(True)
-        display.SetThreshold(float(threshold), 1.0)
+        display.SetThreshold(float(threshold) * peak, peak)
         display.SetInterpolate(True)
     finally:
         display.EndModify(was_modifying)
 
 
 def set_cam_threshold(cam_node, lower: float) -> None:
-    """Hide saliency below ``lower`` (0..1) through the display node's threshold."""
+    """Hide saliency below ``lower`` (0..1) times the map's maximum through the display node's threshold."""
     display = cam_node.GetDisplayNode() if cam_node is not None else None
     if display is not None:
+        peak = _map_peak(cam_node)
         display.SetApplyThreshold(True)
-        display.SetThreshold(float(lower), max(1.0, float(lower)))
+        display.SetThreshold(float(lower) * peak, max(1.0, float(lower)) * peak)
 
 
 def _node_id(node_or_id) -> str | None:
@@ -591,7 +602,8 @@ def append_result_row(table, summary: Mapping[str, Any], volume_name: str) -> in
 
 @dataclass
 class PredictionNodes:
-    """The nodes showing one prediction: input, saliency (on the input grid), resampled volume, table row."""
+    """The nodes showing one prediction: input, saliency maps (Grad-CAM and/or occlusion, on the input grid;
+    ``overlay`` is the one shown), resampled volume, table row."""
 
     input: Any
     cam: Any
@@ -599,6 +611,8 @@ class PredictionNodes:
     table: Any
     row: int
     summary: dict[str, Any] = field(repr=False)
+    occlusion: Any = None
+    overlay: Any = None
 
     @property
     def probability(self) -> float:
@@ -613,31 +627,41 @@ class PredictionNodes:
         return None if value is None else float(value)
 
     def peak_ras(self) -> list[float] | None:
-        """World RAS position of the saliency peak."""
-        return peak_ras(self.cam) if self.cam is not None else None
+        """World RAS position of the peak of the saliency map shown."""
+        return peak_ras(self.overlay) if self.overlay is not None else None
 
     def texts(self) -> dict[str, str]:
         return result_texts(self.summary)
 
 
+def _saliency_node(input_node, array: np.ndarray, label: str, role: str, scene, color_node, threshold: float):
+    name = input_node.GetName()
+    dims = tuple(input_node.GetImageData().GetDimensions())
+    if tuple(np.shape(array)) != dims:
+        raise InputError(f"{name}: {label} map of shape {np.shape(array)} does not match the volume {dims}")
+    node = output_volume(np.asarray(array, dtype=np.float32), f"{name} GloResNet {label}", reference=input_node,
+                         source=input_node, role=role, scene=scene)
+    configure_cam_display(node, color_node or heat_color_node(scene), threshold)
+    return node
+
+
 def show_prediction(input_node, summary: Mapping[str, Any], cam: np.ndarray | None, resampled: np.ndarray,
                     resampled_affine: np.ndarray, scene=None, table=None, color_node=None,
                     threshold: float = DEFAULT_CAM_THRESHOLD, opacity: float = DEFAULT_CAM_OPACITY,
-                    show: bool = True) -> PredictionNodes:
-    """Put one prediction into the scene: the saliency volume with exactly the input's geometry, the
-    resampled network input with its own affine, one results-table row; optionally show the saliency as
-    the foreground layer over the input. Nodes from an earlier run on the same input are reused."""
+                    show: bool = True, occlusion: np.ndarray | None = None) -> PredictionNodes:
+    """Put one prediction into the scene: the saliency volumes (Grad-CAM ``cam`` and/or the ``occlusion``
+    map) with exactly the input's geometry, the resampled network input with its own affine, one
+    results-table row; optionally show a saliency map (the occlusion map when there is one, else Grad-CAM)
+    as the foreground layer over the input. Nodes from an earlier run on the same input are reused."""
     scene = get_scene(scene)
     name = input_node.GetName()
-    cam_node = None
+    cam_node = occlusion_node = None
     if cam is not None:
-        dims = tuple(input_node.GetImageData().GetDimensions())
-        if tuple(np.shape(cam)) != dims:
-            raise InputError(f"{name}: saliency map of shape {np.shape(cam)} does not match "
-                             f"the volume {dims}")
-        cam_node = output_volume(np.asarray(cam, dtype=np.float32), f"{name} GloResNet saliency",
-                                 reference=input_node, source=input_node, role=CAM_ROLE, scene=scene)
-        configure_cam_display(cam_node, color_node or heat_color_node(scene), threshold)
+        cam_node = _saliency_node(input_node, cam, "saliency", CAM_ROLE, scene, color_node, threshold)
+    if occlusion is not None:
+        occlusion_node = _saliency_node(input_node, occlusion, "occlusion", OCCLUSION_ROLE, scene, color_node,
+                                        threshold)
+    overlay = occlusion_node if occlusion_node is not None else cam_node
     resampled_node = output_volume(np.asarray(resampled, dtype=np.float32), f"{name} GloResNet resampled",
                                    affine=resampled_affine, source=input_node, role=RESAMPLED_ROLE,
                                    scene=scene)
@@ -645,15 +669,15 @@ def show_prediction(input_node, summary: Mapping[str, Any], cam: np.ndarray | No
     table = table if table is not None else results_table(scene)
     row = append_result_row(table, summary, name)
     if show:
-        set_slice_layers(background=input_node, foreground=cam_node, foreground_opacity=opacity, scene=scene)
+        set_slice_layers(background=input_node, foreground=overlay, foreground_opacity=opacity, scene=scene)
     return PredictionNodes(input=input_node, cam=cam_node, resampled=resampled_node, table=table, row=row,
-                           summary=dict(summary))
+                           summary=dict(summary), occlusion=occlusion_node, overlay=overlay)
 
 
 def add_prediction_result(input_node, result, **kwargs: Any) -> PredictionNodes:
     """Show an in-process :class:`GloResNetLib.inference.PredictionResult` (see :func:`show_prediction`)."""
     return show_prediction(input_node, result.to_json_dict(), result.cam, result.resampled,
-                           result.resampled_affine, **kwargs)
+                           result.resampled_affine, occlusion=result.occlusion, **kwargs)
 
 
 def add_prediction_record(input_node, record: Mapping[str, Any], **kwargs: Any) -> PredictionNodes:
@@ -666,13 +690,17 @@ def add_prediction_record(input_node, record: Mapping[str, Any], **kwargs: Any) 
 
     outputs = record.get("outputs") or {}
     cam = read_volume(outputs["cam"])[0] if outputs.get("cam") else None
+    occlusion = read_volume(outputs["occlusion"])[0] if outputs.get("occlusion") else None
     resampled, resampled_affine = read_volume(outputs["resampled"])
-    return show_prediction(input_node, record, cam, resampled, resampled_affine, **kwargs)
+    return show_prediction(input_node, record, cam, resampled, resampled_affine, occlusion=occlusion, **kwargs)
 
 
 def predict_nodes(volume_nodes: Iterable, bundle, tta: bool = True, device: str | None = None,
-                  cam: bool = True, **kwargs: Any) -> list[PredictionNodes]:
+                  cam: bool = True, saliency: str = "gradcam", occlusion: Any = None,
+                  **kwargs: Any) -> list[PredictionNodes]:
     """Predict volume nodes in this Python process (console, batch, self-test); blocks while it runs.
+    ``saliency``: gradcam, occlusion or both; ``occlusion``: an :class:`GloResNetLib.occlusion.OcclusionConfig`
+    (see :func:`GloResNetLib.inference.predict`).
 
     ``bundle`` is a loaded :class:`GloResNetLib.bundle.Bundle` or a bundle folder. The GUI uses
     :class:`PredictionJob` instead, which keeps Slicer responsive.
@@ -685,7 +713,8 @@ def predict_nodes(volume_nodes: Iterable, bundle, tta: bool = True, device: str 
     results = []
     for node in volume_nodes:
         array, affine = volume_to_array(node)
-        result = predict(bundle, array, affine, tta=tta, cam=cam, device=device)
+        result = predict(bundle, array, affine, tta=tta, cam=cam, device=device, saliency=saliency,
+                         occlusion=occlusion)
         results.append(add_prediction_result(node, result, **kwargs))
     return results
 
@@ -704,7 +733,8 @@ class PredictionJob:
 
     def __init__(self, volume_nodes: Iterable, bundle_path: str | Path, device: str = "auto",
                  tta: bool = True, cam: bool = True, work_dir: str | Path | None = None,
-                 python: str | None = None, keep_files: bool = False, **show_kwargs: Any) -> None:
+                 python: str | None = None, keep_files: bool = False, saliency: str = "gradcam",
+                 occlusion_mask: int | None = None, **show_kwargs: Any) -> None:
         self.nodes = list(volume_nodes)
         if not self.nodes:
             raise InputError("no input volume selected")
@@ -715,6 +745,9 @@ class PredictionJob:
             raise InputError(f"{bundle_path}: not a model bundle (no metadata.json)")
         self.bundle_path = bundle_path
         self.device, self.tta, self.cam = device or "auto", tta, cam
+        if saliency not in ("gradcam", "occlusion", "both"):  # inference.SALIENCY_METHODS, without importing torch
+            raise InputError(f"unknown saliency method {saliency!r} (choose from gradcam, occlusion, both)")
+        self.saliency, self.occlusion_mask = saliency, occlusion_mask
         self.python = python
         self.keep_files = keep_files
         self.show_kwargs = show_kwargs
@@ -746,7 +779,8 @@ class PredictionJob:
                 inputs.append(path)
             out = (self.work_dir / "outputs").resolve()
             args = process.predict_args(inputs, self.bundle_path.resolve(), out, device=self.device,
-                                        tta=self.tta, cam=self.cam)
+                                        tta=self.tta, cam=self.cam, saliency=self.saliency,
+                                        occlusion_mask=self.occlusion_mask)
             self.process = process.start_gloresnet(args, python=self.python, name="gloresnet predict")
         except BaseException:
             self._cleanup()
@@ -760,7 +794,8 @@ class PredictionJob:
         if kind == "stage":
             index = event.get("index")
             if isinstance(index, int) and 0 <= index < total:
-                self.stage = f"predicting {self.nodes[index].GetName()} ({index + 1}/{total})"
+                what = "occlusion of" if str(event.get("stage", "")).startswith("occlusion") else "predicting"
+                self.stage = f"{what} {self.nodes[index].GetName()} ({index + 1}/{total})"
             else:
                 self.stage = str(event.get("stage", ""))
             self.fraction = max(self.fraction, float(event.get("fraction", self.fraction)))
@@ -850,7 +885,7 @@ class PredictionJob:
 
 
 __all__ = [
-    "CAM_ROLE", "COLOR_TABLE_DIR", "COLOR_TABLE_FILE", "DEFAULT_CAM_OPACITY", "DEFAULT_CAM_THRESHOLD",
+    "CAM_ROLE", "OCCLUSION_ROLE", "COLOR_TABLE_DIR", "COLOR_TABLE_FILE", "DEFAULT_CAM_OPACITY", "DEFAULT_CAM_THRESHOLD",
     "HEAT_COLOR_NODE_ID", "KEEP", "RESAMPLED_ROLE", "RESULTS_TABLE_NAME", "RESULT_COLUMNS", "ROLE_ATTRIBUTE",
     "PredictionJob", "PredictionNodes", "StandaloneLogics", "add_prediction_record", "add_prediction_result",
     "append_result_row", "append_table_row", "check_volume_node", "configure_cam_display", "create_logics",

@@ -102,8 +102,10 @@ def gloresnet_command(args: Sequence[str | os.PathLike], python: str | None = No
 
 def predict_args(inputs: Sequence[str | os.PathLike], model: str | os.PathLike, out: str | os.PathLike,
                  device: str = "auto", tta: bool = True, cam: bool = True,
-                 tta_axes: Sequence[int] | None = None) -> list[str]:
-    """Arguments of ``gloresnet predict`` with JSON results on stdout and progress events on stderr."""
+                 tta_axes: Sequence[int] | None = None, saliency: str = "gradcam",
+                 occlusion_mask: int | None = None) -> list[str]:
+    """Arguments of ``gloresnet predict`` with JSON results on stdout and progress events on stderr
+    (``saliency``: gradcam, occlusion or both; ``occlusion_mask``: occlusion box edge, network voxels)."""
     args = ["predict", *(str(p) for p in inputs), "--model", str(model), "--out", str(out),
             "--device", device or "auto", "--json", "--progress-json"]
     if not tta:
@@ -112,6 +114,10 @@ def predict_args(inputs: Sequence[str | os.PathLike], model: str | os.PathLike, 
         args += ["--tta-axes", ",".join(str(int(a)) for a in tta_axes)]
     if not cam:
         args.append("--no-cam")
+    elif saliency != "gradcam":
+        args += ["--saliency", saliency]
+        if occlusion_mask is not None:
+            args += ["--occlusion-mask", str(int(occlusion_mask))]
     return args
 
 
