@@ -62,6 +62,8 @@ class AgePrediction:
     input_affine: np.ndarray = field(repr=False)
     cam: np.ndarray | None = field(default=None, repr=False)
     cam_network: np.ndarray | None = field(default=None, repr=False)
+    occlusion: None = field(default=None, repr=False)  # occlusion sensitivity is for classifiers only
+    occlusion_network: None = field(default=None, repr=False)
     model_name: str = ""
     device: str = "cpu"
     training_data: dict[str, Any] = field(default_factory=dict)
