@@ -95,8 +95,21 @@ def _paths(plan: SessionPlan, bids: bool) -> tuple[str, str | None, str | None, 
     return f"images/{stem}_T2w.nii.gz", mask, None, None
 
 
+_WORKER_ANATOMY: Anatomy | None = None
+
+
+def _init_worker(anatomy: Anatomy | None) -> None:
+    """Worker start: one thread each (the workers share the cores), the user's anatomy kept for all jobs."""
+    global _WORKER_ANATOMY
+    import torch
+
+    torch.set_num_threads(1)
+    _WORKER_ANATOMY = anatomy
+
+
 def _write_session(job: tuple) -> dict:
     plan, seed, difficulty, out, bids, max_dim, shape, voxel_size, anatomy, artefact_strength = job
+    anatomy = anatomy if anatomy is not None else _WORKER_ANATOMY
     img, affine, mask, info = synth_session(plan, seed, difficulty, max_dim=max_dim, shape=shape,
                                             voxel_size=voxel_size, anatomy=anatomy,
                                             artefact_strength=artefact_strength)
@@ -149,8 +162,9 @@ def generate_cohort(out_dir: str | os.PathLike, n: int = 60, seed: int = 0,
     Images go to ``images/`` (or, with ``bids``, to the dHCP layout under ``dhcp/`` with ``participants.tsv``,
     per-subject ``sessions.tsv`` and brain masks, plus ``n_quality_fail`` extra sessions scored ``Q`` that are
     left out of the manifest; default 1 for n < 20, else 2). Lesion masks of injured scans go to ``masks/``.
-    Manifest paths are relative to ``out_dir``. ``workers`` > 1 renders in parallel processes (fork only; the
-    anatomy templates are built first, in this process, so that the workers share them). ``anatomy``: render
+    Manifest paths are relative to ``out_dir``. ``workers`` > 1 renders in parallel processes (started clean,
+    by forkserver or spawn; the anatomy templates are built first, in this process, so that the workers only
+    read them from the disk cache). ``anatomy``: render
     from the user's label maps (:class:`~.user_anatomy.UserAnatomy`) instead of the built-in templates.
     """
     n = check_n(n)
@@ -169,18 +183,24 @@ def generate_cohort(out_dir: str | os.PathLike, n: int = 60, seed: int = 0,
     out.mkdir(parents=True, exist_ok=True)
     jobs = [(p, seed, float(difficulty), out, bool(bids), max_dim, shape, voxel_size, anatomy,
              float(artefact_strength)) for p in plans]
-    if anatomy is None:  # build the templates once, before the workers fork
+    if anatomy is None:  # build the templates once (disk cache), before the workers start
         for age in sorted({min(A.TEMPLATE_AGES, key=lambda a, p=p: abs(a - p.age_weeks)) for p in plans}):
             A.template(age, 1)
             A.template(age, 2)
     results: list[dict] = []
     workers = max(1, int(workers))
-    if workers > 1 and len(jobs) > 1 and "fork" in _mp_methods():
+    if workers > 1 and len(jobs) > 1:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
 
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
-            for k, res in enumerate(pool.map(_write_session, jobs)):
+        # Not "fork": the artefacts run MONAI/torch code, and a process forked from a parent whose OpenMP
+        # threads already ran (any torch work before this call) can hang in its first parallel region.
+        # Workers start clean and read the templates from the disk cache built above.
+        method = "forkserver" if "forkserver" in _mp_methods() else "spawn"
+        jobs = [j[:8] + (None,) + j[9:] for j in jobs]  # the anatomy goes to each worker once
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method),
+                                 initializer=_init_worker, initargs=(anatomy,)) as pool:
+            for k, res in enumerate(pool.map(_write_session, jobs, chunksize=4)):
                 results.append(res)
                 if progress:
                     progress(k + 1, len(jobs))

@@ -36,7 +36,7 @@ INJURY_DESCRIPTIONS = {
     "cbh": "cerebellar haemorrhage: a T2-hypointense focus in a cerebellar hemisphere",
 }
 #: Lesion size factor at difficulty 0 and 1 (multiplies the radii drawn per type, in neonatal mm).
-LESION_SIZE = (3.0, 0.8)
+LESION_SIZE = (2.6, 0.8)
 #: Host tissues each lesion kind may occupy (the mask is clipped to them).
 HOSTS = {"pwml": (A.WM,), "cpvl": (A.WM,), "gmh": (A.DGM, A.VENTRICLE, A.WM), "clot": (A.VENTRICLE,),
          "cbh": (A.CEREBELLUM, A.CB_WM)}
@@ -117,7 +117,7 @@ def place_lesions(rng: np.random.Generator, t: A.Template, injuries: tuple[str, 
             for k in range(int(rng.integers(3, 7))):
                 c = anchor + (rng.normal(0.0, 3.0, 3) * size if k else 0.0)
                 r = rng.uniform(1.2, 2.4) * size * rng.uniform(0.8, 1.2, 3)
-                out.append(Lesion("pwml", "focus", c, r, rng.uniform(0.3, 0.45) + 0.3 * faint))
+                out.append(Lesion("pwml", "focus", c, r, rng.uniform(0.15, 0.3) + 0.35 * faint))
     if "cpvl" in injuries:
         for _ in range(int(rng.integers(1, 3))):
             anchor = _pick(rng, t, "cpvl")
@@ -130,16 +130,16 @@ def place_lesions(rng: np.random.Generator, t: A.Template, injuries: tuple[str, 
         for _ in range(sides):
             c = _pick(rng, t, "gmh")
             out.append(Lesion("ivh", "gmh", c, rng.uniform(2.5, 4.5) * size * np.array([1.0, 1.3, 1.0]),
-                              rng.uniform(0.25, 0.4) + 0.25 * faint))
+                              rng.uniform(0.12, 0.25) + 0.3 * faint))
             if rng.random() < 0.75:
                 clot = _pick(rng, t, "clot")
                 clot[2] -= 2.0  # layering: the clot sits in the lowest part of the horn
                 out.append(Lesion("ivh", "clot", clot, rng.uniform(4.5, 8.0) * size * np.ones(3),
-                                  rng.uniform(0.3, 0.45) + 0.25 * faint))
+                                  rng.uniform(0.15, 0.3) + 0.3 * faint))
     if "cbh" in injuries:
         c = _pick(rng, t, "cbh")
         out.append(Lesion("cbh", "cbh", c, rng.uniform(3.0, 5.0) * size * rng.uniform(0.85, 1.15, 3),
-                          rng.uniform(0.25, 0.4) + 0.25 * faint))
+                          rng.uniform(0.12, 0.25) + 0.3 * faint))
     return out
 
 
