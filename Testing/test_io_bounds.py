@@ -58,16 +58,28 @@ def _nifti_header(shape, dtype, slope: float = 1.0) -> bytes:
 
 
 def _read_in_child(path: Path) -> dict:
-    """Read ``path`` with ``read_volume`` in a real child process; its error line and peak memory (MiB)."""
+    """Read ``path`` with ``read_volume`` in a real child process; its error line and peak memory (MiB).
+
+    The peak is the child's own VmHWM (/proc/self/status): ``ru_maxrss`` survives execve on Linux, so in a large
+    parent (the whole test suite) it would report the parent's size at fork time.
+    """
     code = textwrap.dedent(f"""
-        import json, resource
+        import json
+
+        def peak_mb():
+            for line in open("/proc/self/status"):
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+            import resource
+            return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
         from GloResNetLib.io import read_volume
         try:
             read_volume({str(path)!r})
             error = None
         except Exception as exc:
             error = type(exc).__name__ + ": " + str(exc)
-        print(json.dumps({{"error": error, "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}}))
+        print(json.dumps({{"error": error, "peak_mb": peak_mb()}}))
     """)
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=subprocess_env(),
                           timeout=300)

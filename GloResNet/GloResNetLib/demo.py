@@ -51,11 +51,9 @@ class DemoSettings:
 
 #: CPU settings: smaller input (64^3), ResNet-10 (the paper's strided layout, stem max-pool) at a quarter of the
 #: width (16-128), Grad-CAM on ``layer1`` (a 16^3 map; ``layer4``'s is 2^3 at this input size), 160 scans and
-#: 15 epochs (more subjects rather than more passes over few: same time as 100 scans x 24 epochs, CV AUC
-#: 0.95 instead of 0.86 with generator 1.2.0), batch 4, mixup alpha 0.2 (the paper: 128^3, full width,
-#: 150 epochs, alpha 1.0), anti-aliased resampling, the generator's most conspicuous lesions (difficulty 0),
-#: and 160 held-out scans (about 67 injured: the pointing game's 95% interval is +/-0.11, +/-0.18 with 60
-#: scans). Measured results are in the README ("The demo").
+#: 15 epochs, batch 4, mixup alpha 0.2 (the paper: 128^3, full width, 150 epochs, alpha 1.0), anti-aliased
+#: resampling, the generator's most conspicuous lesions (difficulty 0), and 160 held-out scans (about 67
+#: injured: the pointing game's 95% interval is about +/-0.11). Measured results are in the README ("The demo").
 SETTINGS = {
     "cpu": DemoSettings(n=160, n_heldout=160, size=64, epochs=15, batch_size=4, arch="resnet10",
                         arch_params={"widths": [16, 32, 64, 128], "cam_layer": "layer1"}, lr=3e-3,
