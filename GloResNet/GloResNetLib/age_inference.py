@@ -26,20 +26,18 @@ import torch
 
 from . import fastnet
 from .age_target import AGE_REGRESSION, AGE_TARGET_NAME, AGE_UNIT, target_scaling
-from .bundle import Bundle, resolve_device
+from .bundle import Bundle
 from .errors import BundleError
 from .inference import (
     DISCLAIMER,
     PredictionResult,
     _sync,
-    flip_batch,
     gradcam_map,
     pool_features,
-    tta_views,
+    prepare_pass,
     upsample_cam,
     view_name,
 )
-from .preprocessing import Preprocessed, preprocess
 
 SALIENCY = ("Grad-CAM of the predicted age: where the features raise the age estimate (regions that lower it "
             "are not shown); not a lesion map")
@@ -131,18 +129,9 @@ def predict_age(bundle: Bundle, array: np.ndarray, affine: np.ndarray, tta: bool
     """
     if bundle.task != AGE_REGRESSION:
         raise BundleError(f"{bundle.path}: not a brain-age bundle (task {bundle.task})")
-    dev = resolve_device(device) if device is not None else bundle.device
-    models = [m.to(dev) for m in bundle.models] if dev != bundle.device else bundle.models
     offsets, scales = target_scaling(bundle.metadata)
-    timings: dict[str, float] = {}
+    dev, models, pre, views, batch, timings = prepare_pass(bundle, array, affine, device, tta, tta_axes)
     t0 = time.perf_counter()
-    pre: Preprocessed = preprocess(array, affine, bundle.preprocess_config, device=dev, keep_tensor=True)
-    _sync(dev)
-    timings["preprocess"] = time.perf_counter() - t0
-
-    t0 = time.perf_counter()
-    views = tta_views(bundle.tta_axes if tta_axes is None else tta_axes) if tta else [()]
-    batch = flip_batch(pre.tensor, views)
     weeks, cams = [], []
     for model, offset, scale in zip(models, offsets, scales):
         raw, cam_map = age_pass(model, batch, cam)

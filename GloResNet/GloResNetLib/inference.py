@@ -253,6 +253,25 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def prepare_pass(bundle: Bundle, array: np.ndarray, affine: np.ndarray, device, tta: bool, tta_axes
+                 ) -> tuple[torch.device, list, Preprocessed, list[tuple[int, ...]], torch.Tensor, dict[str, float]]:
+    """What every prediction does before its network pass (classifier and brain-age bundles alike).
+
+    Returns:
+        (device, the bundle's models on it, the preprocessed volume (tensor kept), the TTA views, the batch
+        of flipped views (V, 1, X, Y, Z), timings with ``preprocess`` filled in).
+    """
+    dev = resolve_device(device) if device is not None else bundle.device
+    models = [m.to(dev) for m in bundle.models] if dev != bundle.device else bundle.models
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    pre: Preprocessed = preprocess(array, affine, bundle.preprocess_config, device=dev, keep_tensor=True)
+    _sync(dev)
+    timings["preprocess"] = time.perf_counter() - t0
+    views = tta_views(bundle.tta_axes if tta_axes is None else tta_axes) if tta else [()]
+    return dev, models, pre, views, flip_batch(pre.tensor, views), timings
+
+
 def predict(bundle: Bundle, array: np.ndarray, affine: np.ndarray, tta: bool = True, cam: bool = True,
             device: str | torch.device | None = None, tta_axes: list[int] | None = None,
             cam_class: int = 1, saliency: str = "gradcam", occlusion: Any = None,
@@ -284,17 +303,8 @@ def predict(bundle: Bundle, array: np.ndarray, affine: np.ndarray, tta: bool = T
 
         return predict_age(bundle, array, affine, tta=tta, cam=cam, device=device, tta_axes=tta_axes)
     gradcam, occ = cam and saliency in ("gradcam", "both"), cam and saliency in ("occlusion", "both")
-    dev = resolve_device(device) if device is not None else bundle.device
-    models = [m.to(dev) for m in bundle.models] if dev != bundle.device else bundle.models
-    timings: dict[str, float] = {}
+    dev, models, pre, views, batch, timings = prepare_pass(bundle, array, affine, device, tta, tta_axes)
     t0 = time.perf_counter()
-    pre: Preprocessed = preprocess(array, affine, bundle.preprocess_config, device=dev, keep_tensor=True)
-    _sync(dev)
-    timings["preprocess"] = time.perf_counter() - t0
-
-    t0 = time.perf_counter()
-    views = tta_views(bundle.tta_axes if tta_axes is None else tta_axes) if tta else [()]
-    batch = flip_batch(pre.tensor, views)
     per_model, cams = [], []
     for model in models:
         probs, cam_map = network_pass(model, batch, cam_class if gradcam else None)

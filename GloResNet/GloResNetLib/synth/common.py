@@ -18,17 +18,22 @@ def input_error(message: str) -> Exception:
     return InputError(message)
 
 
+def as_seed(seed) -> int:
+    """A non-negative integer seed, or an input error."""
+    try:
+        value = int(seed)
+    except (TypeError, ValueError):
+        raise input_error(f"seed must be an integer (got {seed!r})") from None
+    if value < 0:
+        raise input_error(f"seed must be >= 0 (got {seed})")
+    return value
+
+
 def as_rng(rng_or_seed) -> np.random.Generator:
     """A numpy Generator from a Generator or a non-negative integer seed."""
     if isinstance(rng_or_seed, np.random.Generator):
         return rng_or_seed
-    try:
-        seed = int(rng_or_seed)
-    except (TypeError, ValueError):
-        raise input_error(f"seed {rng_or_seed!r} is not an integer or numpy Generator") from None
-    if seed < 0:
-        raise input_error(f"seed must be >= 0 (got {seed})")
-    return np.random.default_rng(seed)
+    return np.random.default_rng(as_seed(rng_or_seed))
 
 
 def check_common(age_weeks: float, difficulty: float) -> None:

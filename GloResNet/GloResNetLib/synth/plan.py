@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .common import as_seed
 from .common import input_error as _input_error
 from .lesions import INJURY_TYPES
 
@@ -150,12 +151,3 @@ def check_n(n) -> int:
         raise _input_error(f"n must be an integer of at least 2 (got {n!r})")
     return value
 
-
-def as_seed(seed) -> int:
-    try:
-        value = int(seed)
-    except (TypeError, ValueError):
-        raise _input_error(f"seed must be an integer (got {seed!r})") from None
-    if value < 0:
-        raise _input_error(f"seed must be >= 0 (got {seed})")
-    return value
