@@ -18,7 +18,7 @@ Age: the cerebral white matter surface is smoothed with a width that grows as ag
 cortex at 28 weeks post-menstrual age, the term pattern at 40) and a cortical ribbon of neonatal thickness is
 laid around it, keeping the deep structures; the whole brain is later scaled to the published neonatal brain
 volume for that age (:data:`BRAIN_VOLUME_ML`). Templates are built once per age step and process, at two
-resolutions (1 and 2 mm of template space) so that coarse scans sample a pre-smoothed map.
+resolutions (1.5 and 3 mm of template space) so that coarse scans sample a pre-smoothed map.
 """
 
 from __future__ import annotations
@@ -113,10 +113,13 @@ class Template:
     cache: dict = field(default_factory=dict)
 
     def head_box(self) -> tuple[np.ndarray, np.ndarray]:
-        """Template-mm bounding box of the brain envelope."""
-        idx = np.argwhere(self.outside_mm <= 0.0)
-        lo, hi = idx.min(0), idx.max(0)
-        return (self.affine[:3, :3] @ lo + self.affine[:3, 3], self.affine[:3, :3] @ hi + self.affine[:3, 3])
+        """Template-mm bounding box of the brain envelope (computed once per template)."""
+        if "head_box" not in self.cache:
+            idx = np.argwhere(self.outside_mm <= 0.0)
+            lo, hi = idx.min(0), idx.max(0)
+            self.cache["head_box"] = (self.affine[:3, :3] @ lo + self.affine[:3, 3],
+                                      self.affine[:3, :3] @ hi + self.affine[:3, 3])
+        return self.cache["head_box"]
 
 
 @functools.lru_cache(maxsize=1)

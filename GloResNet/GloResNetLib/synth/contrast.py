@@ -47,7 +47,7 @@ def tissue_intensities(rng: np.random.Generator, age_weeks: float, spread: float
     for label in _PATTERN:
         lut[label] = mean_intensity(label, age_weeks) * factors[label]
     lut[A.VENTRICLE] = lut[A.CSF] * rng.uniform(0.98, 1.04)
-    top = max(lut[A.WM], lut[A.EYE] * 0.0) * 1.12
+    top = lut[A.WM] * 1.12
     lut[A.CSF] = max(lut[A.CSF], top)
     lut[A.VENTRICLE] = max(lut[A.VENTRICLE], top)
     for grey in (A.CORTEX, A.DGM, A.HIPPO, A.CEREBELLUM):
