@@ -12,15 +12,20 @@ from .volume import synth_volume
 AGES = ((28.0, False), (32.0, True), (36.0, False), (40.0, False), (44.0, True))
 
 
+def _centre(mask: np.ndarray | None) -> tuple[int, ...] | None:
+    """A voxel of the lesion mask (the middle of its voxel list), or None without a lesion."""
+    if mask is None or not mask.any():
+        return None
+    idx = np.argwhere(mask)
+    return tuple(int(v) for v in idx[len(idx) // 2])
+
+
 def _planes(img: np.ndarray, mask: np.ndarray | None) -> tuple[list[np.ndarray], list[np.ndarray] | None]:
     from ..report import orthogonal_planes
 
-    point = None
-    if mask is not None and mask.any():
-        idx = np.argwhere(mask)
-        point = tuple(int(v) for v in idx[len(idx) // 2])
+    point = _centre(mask)
     planes = orthogonal_planes(img, point)
-    return planes, (orthogonal_planes(mask.astype(np.float32), point) if mask is not None and mask.any() else None)
+    return planes, (orthogonal_planes(mask.astype(np.float32), point) if point is not None else None)
 
 
 def montage_examples(seed: int = 0, voxel_mm: float = 1.2, max_dim: int = 112, twins: bool = True
@@ -49,11 +54,8 @@ def montage_examples(seed: int = 0, voxel_mm: float = 1.2, max_dim: int = 112, t
         extra = f", ventricular index {max(info['ventricular_index_mm']):.1f} mm" if kind == "phvd" else ""
         planes, mplanes = _planes(img, mask)
         out.append((f"{age:.0f} w, {kind}{extra}", planes, mplanes))
-        if twins:
+        if twins:  # the lesion-free twin, cut through the same point
             twin, _, _, tinfo = synth_volume(s, age, (), brain_extracted=False, **kw)
-            point = tuple(int(v) for v in np.argwhere(mask)[len(np.argwhere(mask)) // 2]) if mask.any() else None
-            from ..report import orthogonal_planes
-
             extra = f", ventricular index {max(tinfo['ventricular_index_mm']):.1f} mm" if kind == "phvd" else ""
-            out.append((f"{age:.0f} w, same subject without {kind}{extra}", orthogonal_planes(twin, point), None))
+            out.append((f"{age:.0f} w, same subject without {kind}{extra}", _planes(twin, mask)[0], None))
     return out
