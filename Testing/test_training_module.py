@@ -81,7 +81,7 @@ def nan_equal(values, expected) -> bool:
 
 def test_paper_defaults_cpu_demo_preset_and_the_command_line(tmp_path):
     from GloResNetLib.cli import build_parser
-    from GloResNetLib.training.cli import _given
+    from GloResNetLib.training.options import given_options
 
     paper = ts.TrainingParameters()
     fields = ("arch", "folds", "epochs", "batch_size", "lr", "mixup_alpha", "class_weights", "size", "seed")
@@ -111,7 +111,7 @@ def test_paper_defaults_cpu_demo_preset_and_the_command_line(tmp_path):
                                  tensorboard=False, cache_dir=str(tmp_path / "c"))):
         parsed = build_parser().parse_args(ts.train_args(params))
         assert parsed.command == "train" and parsed.progress_json
-        assert TrainConfig(**_given(parsed)).run_fields() == params.config().run_fields()
+        assert TrainConfig(**given_options(parsed)).run_fields() == params.config().run_fields()
     assert ts.train_args(paper.replace(source="dhcp", dhcp=str(tmp_path), output_folder=str(tmp_path),
                                        run_name="x"))[1:3] == ["--dhcp", str(tmp_path)]
     assert "--widths" in ts.train_args(demo.replace(output_folder=str(tmp_path), run_name="d"))

@@ -61,7 +61,7 @@ from ..models import PRETRAINED_FORMAT, build_model
 from ..models.weights import HEAD_PREFIXES
 from .age_bundle import BUNDLE_DIR, write_age_bundle
 from .cache import VolumeStore
-from .config import TrainConfig
+from .config import FINAL_CHOICES, LOSSES, AgeConfig, TrainConfig
 from .datasets import DatasetReport, load_dataset
 from .folds import Split, make_folds
 from .progress import Reporter
@@ -84,8 +84,6 @@ from .trainer import (
 
 log = logging.getLogger("GloResNetLib.training")
 
-LOSSES = ("smooth_l1", "l1")
-FINAL_CHOICES = ("all", "best-fold")
 WEIGHTS_FILE = "age_backbone.safetensors"
 CONFIG_FILE = "age_config.json"
 AGE_COLUMN = "age_weeks"
@@ -410,19 +408,33 @@ def _prepare_out(cfg: TrainConfig, loss: str, final: str) -> TrainConfig:
 
 def pretrain_age(
     config: TrainConfig,
-    loss: str = "smooth_l1",
-    final: str = "all",
+    loss: str | None = None,
+    final: str | None = None,
     progress: Callable[[dict], None] | None = None,
     stop: threading.Event | None = None,
 ) -> Path:
     """Cross-validate brain-age regression, train the exported model and write ``OUT/age_backbone.*``.
 
-    ``config`` holds the usual training options (``manifest``/``dhcp``, ``out``, ``arch``, ``size``,
-    ``epochs``, ...; ``protocol`` must be 'honest'); ``loss`` is 'smooth_l1' or 'l1'; ``final`` is 'all' (train
-    on all data, keep the last epoch) or 'best-fold' (the fold model with the lowest validation MAE).
-    ``progress``/``stop`` as for :func:`~GloResNetLib.training.run.train_cv`. Returns ``OUT``. Running it
-    again with the same options and ``OUT`` continues a stopped run.
+    Running it again with the same options and ``OUT`` continues a stopped run.
+
+    Args:
+        config: an :class:`AgeConfig` (or a :class:`TrainConfig` with the usual training options:
+            ``manifest``/``dhcp``, ``out``, ``arch``, ``size``, ``epochs``, ...; ``protocol`` must be 'honest').
+        loss: 'smooth_l1' or 'l1' (default: the config's, else :class:`AgeConfig`'s default).
+        final: 'all' (train on all data, keep the last epoch) or 'best-fold' (the fold model with the lowest
+            validation MAE); default as for ``loss``.
+        progress: receives every progress event dict, as for :func:`~GloResNetLib.training.run.train_cv`.
+        stop: a ``threading.Event`` that asks for a clean stop like Ctrl-C.
+    Returns:
+        ``OUT``.
+    Raises:
+        InputError: a bad option; DatasetError: a dataset without usable ages; AgeTrainingStopped: stopped.
     """
+    age = config if isinstance(config, AgeConfig) else AgeConfig()
+    loss = age.loss if loss is None else loss
+    final = age.final if final is None else final
+    if isinstance(config, AgeConfig):
+        config = config.train_config()
     config = config.replace(class_weights=False, select_metric="loss").validate()
     if loss not in LOSSES:
         raise InputError(f"--loss must be one of {LOSSES}")

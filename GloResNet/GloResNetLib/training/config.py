@@ -1,42 +1,138 @@
-"""``TrainConfig``: every option of ``gloresnet train`` (defaults from the GloResNet authors' code).
+"""``TrainConfig``: every option of ``gloresnet train``, each defined once (defaults from the GloResNet authors' code).
+
+Each option is one dataclass field carrying its default and, in the field's metadata (:func:`option`), its
+help text, allowed range or choices, command-line flag and the commands that offer it. The ``train`` and
+``pretrain-age`` parsers (:mod:`.options`), :meth:`TrainConfig.to_argv`, :meth:`TrainConfig.validate` and the
+GUI's field list (:func:`list_options`) are all built from these fields, so no default is written twice.
 
 Torch-free so that the command line can build and validate it cheaply. Fields are either *run-level* (they
 define the experiment and are stored in ``RUN_DIR/config.json``; a resumed or joined run must use the same
 values) or *job-level* (:data:`JOB_FIELDS`: how this process runs it - device, which fold, progress output -
-free to differ between jobs of one run).
+free to differ between jobs of one run). :class:`AgeConfig` (``pretrain-age``) is a ``TrainConfig`` with two
+more options and its own mixup default.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
 
+__all__ = [
+    "AGE",
+    "JOB_FIELDS",
+    "TRAIN",
+    "AgeConfig",
+    "OptionSpec",
+    "Range",
+    "TrainConfig",
+    "list_options",
+    "option",
+]
+
+TRAIN = "train"
+AGE = "pretrain-age"
+BOTH = frozenset({TRAIN, AGE})
 PROTOCOLS = ("honest", "paper")
 SELECT_METRICS = ("auto", "loss", "auc", "accuracy", "balanced_accuracy")
 LABEL_RULES = ("ge3", "3or5")
 SESSION_CHOICES = ("all", "first", "last")
+NORMALIZATIONS = ("zscore", "zscore_foreground")
+LOSSES = ("smooth_l1", "l1")
+FINAL_CHOICES = ("all", "best-fold")
 
-#: Options that describe how one process runs (not what the experiment is); they may differ on resume.
-JOB_FIELDS = frozenset(
-    {
-        "fold",
-        "device",
-        "resume",
-        "progress_json",
-        "progress_bar",
-        "log_to_stderr",
-        "cache_dir",
-        "tensorboard",
-        "amp",
-        "check_only",
-        "num_threads",
+
+@dataclass(frozen=True)
+class Range:
+    """Allowed numeric values: ``low`` / ``high`` bounds (None: unbounded), each open or closed."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def __contains__(self, value: float) -> bool:
+        if not isinstance(value, (int, float)) or (isinstance(value, float) and math.isnan(value)):
+            return False
+        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+            return False
+        return self.high is None or (value < self.high if self.high_open else value <= self.high)
+
+    def text(self) -> str:
+        """The range in words, e.g. 'at least 1', 'positive', 'in [0, 1]', 'in (0, 0.5)'."""
+        if self.high is None:
+            if self.low_open:
+                return "positive" if self.low == 0 else f"above {self.low:g}"
+            return f"at least {self.low:g}"
+        if self.low is None:
+            return f"{'below' if self.high_open else 'at most'} {self.high:g}"
+        left, right = "(" if self.low_open else "[", ")" if self.high_open else "]"
+        return f"in {left}{self.low:g}, {self.high:g}{right}"
+
+
+def option(
+    default: Any = None,
+    help: str = "",  # noqa: A002 - argparse's word
+    *,
+    flag: str | None = None,
+    metavar: str | None = None,
+    choices: tuple[str, ...] | None = None,
+    range: Range | None = None,  # noqa: A002
+    commands: frozenset[str] = BOTH,
+    job: bool = False,
+    data: bool = False,
+    exclusive: str | None = None,
+    default_text: str | None = None,
+    cli: bool = True,
+    default_factory: Any = None,
+) -> Any:
+    """A :class:`TrainConfig` field: its default plus what the parsers and the GUI need to know.
+
+    Args:
+        default: the default value (the only place it is written).
+        help: help text, without the default (appended from ``default`` or ``default_text``).
+        flag: the command-line flag (default ``--name-with-dashes``; ``--no-NAME`` for a boolean that
+            defaults to True).
+        metavar: argparse metavar.
+        choices: allowed string values.
+        range: allowed numeric values (checked by :meth:`TrainConfig.validate`).
+        commands: the commands that offer the option (``train``, ``pretrain-age``).
+        job: a job-level option (:data:`JOB_FIELDS`), free to differ between jobs of one run.
+        data: a dataset option, also offered by ``gloresnet folds``.
+        exclusive: name of a mutually exclusive group of options.
+        default_text: how the help names a None default (e.g. "torch's choice").
+        cli: False for a field that is set by the program, not on the command line.
+        default_factory: a factory instead of ``default`` (mutable defaults).
+    Returns:
+        A ``dataclasses.field``.
+    """
+    meta = {
+        "help": help,
+        "flag": flag,
+        "metavar": metavar,
+        "choices": choices,
+        "range": range,
+        "commands": commands if cli else frozenset(),
+        "job": job,
+        "data": data,
+        "exclusive": exclusive,
+        "default_text": default_text,
     }
-)
+    if default_factory is not None:
+        return field(default_factory=default_factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def _change(name: str, default: Any, **changes: Any) -> Any:
+    """A field of :class:`TrainConfig` with another default (and other metadata) in a subclass."""
+    base = {f.name: f for f in dataclasses.fields(TrainConfig)}[name]
+    return field(default=default, metadata={**base.metadata, **changes})
 
 
 @dataclass
@@ -44,96 +140,135 @@ class TrainConfig:
     """All options of a cross-validated training run (see ``gloresnet train --help``)."""
 
     # data
-    manifest: str | None = None
-    dhcp: str | None = None
-    out: str | None = None
-    skip_bad: bool = False
-    synthetic: bool = False
-    max_volumes: int | None = None
-    dhcp_label_rule: str = "ge3"
-    dhcp_preterm_only: bool = True
-    dhcp_max_birth_age: float = 37.0
-    dhcp_sessions: str = "all"
+    manifest: str | None = option(
+        help="CSV with path,label[,subject,session,age_weeks,site]; label 0 = no BI, 1 = BI (pretrain-age: "
+        "needs age_weeks)", metavar="CSV", data=True, exclusive="source")
+    dhcp: str | None = option(
+        help="dHCP BIDS folder (participants.tsv, sub-*/sub-*_sessions.tsv, sub-*/ses-*/anat/)",
+        metavar="ROOT", data=True, exclusive="source")
+    out: str | None = option(help="run folder to create", metavar="RUN_DIR")
+    skip_bad: bool = option(False, "leave out rows with problems instead of refusing to train", data=True)
+    synthetic: bool = option(
+        False, "mark the training data as synthetic in the bundle (automatic when the data folder has a "
+        "cohort.json from `gloresnet synth`)")
+    max_volumes: int | None = option(
+        help="use a seeded, class-balanced subset of about N volumes (whole subjects)", metavar="N", data=True)
+    dhcp_label_rule: str = option(
+        "ge3", "radiology score -> label: ge3 = 1-2 no BI, 3-5 BI (GloResNet authors); 3or5 = 3 or 5 BI, 4 "
+        "(non-brain finding) excluded. 'Q' sessions are always excluded", choices=LABEL_RULES, data=True)
+    dhcp_preterm_only: bool = option(
+        True, "keep term-born infants too (default: preterm only, birth_age < --dhcp-max-birth-age)",
+        flag="--dhcp-all-ages", data=True)
+    dhcp_max_birth_age: float = option(
+        37.0, "preterm filter: gestational age at birth below this", metavar="WEEKS", data=True)
+    dhcp_sessions: str = option(
+        "all", "which sessions of each infant to use (folds are grouped by infant)", choices=SESSION_CHOICES,
+        data=True)
     # preprocessing (re-applied at prediction from the bundle)
-    size: int = 128
-    normalization: str = "zscore"
-    antialias: bool = False
-    reorient: bool = True
+    size: int = option(128, "network input size per axis", range=Range(8, 512))
+    normalization: str = option(
+        "zscore", "z-score over the whole volume (paper) or the Otsu foreground", choices=NORMALIZATIONS)
+    antialias: bool = option(False, "Gaussian anti-aliasing before shrinking")
+    reorient: bool = option(True, "reorient to the canonical (RAS) axes before resizing", cli=False)
     # model
-    arch: str = "resnet10"
-    arch_params: dict[str, Any] = field(default_factory=dict)
-    pretrained: str | None = None
+    arch: str = option(
+        "resnet10", "architecture (also resnet10_dilated, resnet18, mrf_dsnet, acs_resnet18, slice_resnet18)")
+    arch_params: dict[str, Any] = option(
+        help="extra architecture parameters (--widths W1,W2,W3,W4 sets 'widths')", metavar="JSON",
+        default_factory=dict)
+    pretrained: str | None = option(
+        help="backbone weights, classifier keys dropped: MedicalNet resnet_10*.pth (resnet10/18), a torchvision "
+        "2D resnet18 state dict (acs_resnet18, slice_resnet18) or pretrain-age's age_backbone.safetensors",
+        metavar="WEIGHTS", default_text="random initialisation")
     # cross-validation
-    folds: int = 5
-    seed: int = 42
-    protocol: str = "honest"
-    val_fraction: float = 0.2
-    select_metric: str = "auto"
+    folds: int = option(5, "number of cross-validation folds", data=True, range=Range(low=2))
+    seed: int = option(42, "seed of the split and the training", data=True)
+    protocol: str = option(
+        "honest", "honest: checkpoint chosen on a grouped validation split inside the training fold; paper: "
+        "chosen on the test fold, as the authors' code (OPTIMISTIC figures; train only)", choices=PROTOCOLS,
+        data=True)
+    val_fraction: float = option(
+        0.2, "share of a training fold's subjects held out for validation", data=True,
+        range=Range(0, 0.5, low_open=True, high_open=True))
+    select_metric: str = option(
+        "auto", "checkpoint choice (auto: validation loss; accuracy under --protocol paper)",
+        choices=SELECT_METRICS, commands=frozenset({TRAIN}))
     # optimisation
-    epochs: int = 150
-    batch_size: int = 32
-    lr: float = 2e-3
-    weight_decay: float = 0.01
-    warmup_epochs: int = 0
-    patience: int | None = None
-    grad_accum: int = 1
-    class_weights: bool = True
+    epochs: int = option(150, "epochs per fold (pretrain-age: and for the final model)", range=Range(low=1))
+    batch_size: int = option(32, "optimizer batch size", range=Range(low=2))
+    lr: float = option(2e-3, "AdamW learning rate", range=Range(low=0, low_open=True))
+    weight_decay: float = option(0.01, "AdamW weight decay", range=Range(low=0))
+    warmup_epochs: int = option(0, "linear warm-up epochs before the cosine (below --epochs)", range=Range(low=0))
+    patience: int | None = option(
+        help="early stopping after this many epochs without a better validation score", metavar="EPOCHS",
+        range=Range(low=1), default_text="off")
+    grad_accum: int = option(
+        1, "split each batch into N micro-batches (less memory, same batch)", metavar="N", range=Range(low=1))
+    class_weights: bool = option(
+        True, "unweighted cross-entropy (default: class weights N / (2 N_c) of the training fold)",
+        commands=frozenset({TRAIN}))
     # augmentation
-    mixup_alpha: float = 1.0
-    flip_prob: float = 0.5
-    affine_degrees: float = 0.0
-    affine_scale: float = 0.0
+    mixup_alpha: float = option(1.0, "mixup Beta(alpha, alpha), 0 = off", range=Range(low=0))
+    flip_prob: float = option(0.5, "random left-right flip probability", range=Range(0, 1))
+    affine_degrees: float = option(0.0, "random rotation up to +/- degrees (0 = off)", range=Range(0, 45))
+    affine_scale: float = option(
+        0.0, "random zoom up to +/- this fraction (0 = off)", range=Range(0, 0.5, high_open=True))
     # evaluation and bundle
-    tta: bool = True
-    threshold: float = 0.5
-    name: str | None = None
+    tta: bool = option(True, "evaluate without the left-right flip test-time augmentation")
+    threshold: float = option(
+        0.5, "decision threshold on P(BI)", range=Range(0, 1, low_open=True, high_open=True),
+        commands=frozenset({TRAIN}))
+    name: str | None = option(help="bundle name", default_text="the run folder's name", commands=frozenset({TRAIN}))
     # job-level
-    fold: int | None = None
-    device: str = "auto"
-    resume: str | None = None
-    progress_json: bool = False
-    progress_bar: bool = False
-    log_to_stderr: bool = False
-    cache_dir: str | None = None
-    tensorboard: bool = True
-    amp: bool = True
-    check_only: bool = False
-    num_threads: int | None = None
+    fold: int | None = option(
+        help="train only fold K (0-based) in RUN_DIR; run the others as separate jobs", metavar="K", job=True,
+        commands=frozenset({TRAIN}))
+    device: str = option("auto", "auto (CUDA if available), cpu or cuda", job=True)
+    resume: str | None = option(
+        help="continue a stopped or killed run (finished folds are kept), or merge a finished one; refused "
+        "(exit 2, holder named) while another job holds RUN_DIR", metavar="RUN_DIR", job=True,
+        commands=frozenset({TRAIN}))
+    progress_json: bool = option(
+        False, "one JSON progress event per line on stdout (human log on stderr)", job=True)
+    progress_bar: bool = option(False, "a progress bar on stderr", job=True, cli=False)
+    log_to_stderr: bool = option(False, "the human log on stderr", job=True, cli=False)
+    cache_dir: str | None = option(
+        help="preprocessing cache", metavar="DIR", job=True,
+        default_text="$GLORESNET_CACHE or ~/.cache/gloresnet/preprocessed")
+    tensorboard: bool = option(True, "do not write TensorBoard event files", job=True)
+    amp: bool = option(True, "no mixed precision on CUDA", job=True)
+    check_only: bool = option(
+        False, "read and decode the dataset, print its report and exit (2 if it has problems)", job=True,
+        commands=frozenset({TRAIN}))
+    num_threads: int | None = option(
+        help="CPU threads for torch; stored with the run, --resume reuses it", job=True,
+        default_text="torch's choice")
 
     def validate(self) -> TrainConfig:
-        """Check option values; raises :class:`InputError` naming the bad option."""
+        """Check option values.
+
+        Returns:
+            ``self``.
+        Raises:
+            InputError: naming the bad option.
+        """
         if self.resume is None and self.check_only is False and not self.out:
             raise InputError("--out RUN_DIR is required (or --resume RUN_DIR)")
         if self.resume is None and bool(self.manifest) == bool(self.dhcp):
             raise InputError("give exactly one of --manifest CSV or --dhcp ROOT")
+        for spec in list_options(type(self)):
+            value = getattr(self, spec.name)
+            if spec.range is not None and value is not None and value not in spec.range:
+                raise InputError(f"{spec.flag} must be {spec.range.text()}")
+            if spec.choices is not None and value not in spec.choices:
+                raise InputError(f"{spec.flag} must be one of {spec.choices}")
         checks = [
-            (self.folds >= 2, "--folds must be at least 2"),
-            (self.epochs >= 1, "--epochs must be at least 1"),
-            (self.batch_size >= 2, "--batch-size must be at least 2"),
-            (self.lr > 0, "--lr must be positive"),
-            (self.weight_decay >= 0, "--weight-decay must be >= 0"),
-            (self.mixup_alpha >= 0, "--mixup-alpha must be >= 0 (0 disables mixup)"),
-            (0 <= self.flip_prob <= 1, "--flip-prob must lie in [0, 1]"),
-            (0 <= self.affine_degrees <= 45, "--affine-degrees must lie in [0, 45]"),
-            (0 <= self.affine_scale < 0.5, "--affine-scale must lie in [0, 0.5)"),
-            (0 < self.val_fraction < 0.5, "--val-fraction must lie in (0, 0.5)"),
-            (
-                self.warmup_epochs >= 0 and self.warmup_epochs < self.epochs,
-                "--warmup-epochs must be >= 0 and below --epochs",
-            ),
-            (self.patience is None or self.patience >= 1, "--patience must be at least 1"),
-            (self.grad_accum >= 1, "--grad-accum must be at least 1"),
-            (0 < self.threshold < 1, "--threshold must lie strictly between 0 and 1"),
+            (self.warmup_epochs < self.epochs, "--warmup-epochs must be below --epochs"),
             (
                 self.max_volumes is None or self.max_volumes >= 2 * self.folds,
                 "--max-volumes must be at least twice --folds",
             ),
             (self.fold is None or 0 <= self.fold < self.folds, f"--fold must lie in 0..{self.folds - 1}"),
-            (self.protocol in PROTOCOLS, f"--protocol must be one of {PROTOCOLS}"),
-            (self.select_metric in SELECT_METRICS, f"--select-metric must be one of {SELECT_METRICS}"),
-            (self.dhcp_label_rule in LABEL_RULES, f"--dhcp-label-rule must be one of {LABEL_RULES}"),
-            (self.dhcp_sessions in SESSION_CHOICES, f"--dhcp-sessions must be one of {SESSION_CHOICES}"),
-            (8 <= int(self.size) <= 512, "--size must lie between 8 and 512"),
             (self.batch_size >= 2 * self.grad_accum, "--batch-size must be at least twice --grad-accum"),
         ]
         for ok, message in checks:
@@ -153,7 +288,21 @@ class TrainConfig:
         return {k: v for k, v in dataclasses.asdict(self).items() if k not in JOB_FIELDS}
 
     def to_json(self) -> str:
+        """The run-level options as JSON text."""
         return json.dumps(self.run_fields(), indent=2, sort_keys=True)
+
+    def to_argv(self, command: str | None = None) -> list[str]:
+        """The command line that gives this configuration back (:func:`.options.parse_config`).
+
+        Args:
+            command: ``train`` or ``pretrain-age`` (default: this class's command); not part of the result.
+        Returns:
+            Flags and values of the options that differ from their defaults, in field order (fields the
+            program sets itself, such as ``progress_bar``, are not command-line options and are left out).
+        """
+        from .options import config_argv
+
+        return config_argv(self, command)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
@@ -165,9 +314,98 @@ class TrainConfig:
         return cls(**d)
 
     def replace(self, **changes: Any) -> TrainConfig:
+        """A copy with some options changed."""
         return dataclasses.replace(self, **changes)
 
     @property
     def source(self) -> Path:
         """The dataset source path (manifest file or dHCP root)."""
         return Path(self.manifest or self.dhcp or "")
+
+
+@dataclass
+class AgeConfig(TrainConfig):
+    """The options of ``gloresnet pretrain-age``: the training options it offers, mixup off by default, and
+    the loss and the exported model. :meth:`train_config` gives the ``TrainConfig`` part."""
+
+    mixup_alpha: float = _change(
+        "mixup_alpha", 0.0, help="mixup Beta(alpha, alpha) with linearly mixed ages, 0 = off")
+    loss: str = option(
+        "smooth_l1", "loss on the standardised age: smooth L1 (Huber, beta 1 SD) or L1", choices=LOSSES,
+        commands=frozenset({AGE}))
+    final: str = option(
+        "all", "exported weights: all = a final model trained on all data, last epoch; best-fold = the fold "
+        "model with the lowest inner-validation MAE (no extra training)", choices=FINAL_CHOICES,
+        commands=frozenset({AGE}))
+
+    def train_config(self) -> TrainConfig:
+        """The :class:`TrainConfig` fields of these options."""
+        return TrainConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(TrainConfig)})
+
+
+@dataclass(frozen=True)
+class OptionSpec:
+    """One option as the GUI and the parsers see it.
+
+    Attributes:
+        name: the field name (``batch_size``).
+        flag: the command-line flag (``--batch-size``; ``--no-tta`` for a boolean defaulting to True).
+        type: ``int``, ``float``, ``str``, ``bool`` or ``dict``.
+        optional: None is allowed (off / unset).
+        default: the default value.
+        range: allowed numeric values, or None.
+        choices: allowed string values, or None.
+        help: help text (without the default).
+        default_text: how a None default reads, or None.
+        commands: the commands that offer it (empty: set by the program).
+        job: job-level (may differ between jobs of one run).
+        data: a dataset option (also offered by ``gloresnet folds``).
+        exclusive: name of its mutually exclusive group, or None.
+        metavar: argparse metavar, or None.
+    """
+
+    name: str
+    flag: str
+    type: type
+    optional: bool
+    default: Any
+    range: Range | None
+    choices: tuple[str, ...] | None
+    help: str
+    default_text: str | None
+    commands: frozenset[str]
+    job: bool
+    data: bool
+    exclusive: str | None
+    metavar: str | None
+
+
+def list_options(cls: type[TrainConfig] = TrainConfig, command: str | None = None) -> list[OptionSpec]:
+    """The options of a configuration class, in field order.
+
+    Args:
+        cls: :class:`TrainConfig` or :class:`AgeConfig`.
+        command: only the options this command offers (``train``, ``pretrain-age``); None: every field.
+    Returns:
+        One :class:`OptionSpec` per field (name, flag, type, default, range, choices, help, ...).
+    """
+    hints = typing.get_type_hints(cls)
+    out = []
+    for f in dataclasses.fields(cls):
+        m = f.metadata
+        if command is not None and command not in m["commands"]:
+            continue
+        args = [a for a in typing.get_args(hints[f.name]) if a is not type(None)]
+        kind = typing.get_origin(hints[f.name]) or hints[f.name]
+        optional = type(None) in typing.get_args(hints[f.name])
+        if optional:
+            kind = args[0]
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        flag = m["flag"] or ("--no-" if kind is bool and default is True else "--") + f.name.replace("_", "-")
+        out.append(OptionSpec(f.name, flag, kind, optional, default, m["range"], m["choices"], m["help"],
+                              m["default_text"], m["commands"], m["job"], m["data"], m["exclusive"], m["metavar"]))
+    return out
+
+
+#: Options that describe how one process runs (not what the experiment is); they may differ on resume.
+JOB_FIELDS = frozenset(s.name for s in list_options(TrainConfig) if s.job)
