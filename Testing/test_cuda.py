@@ -41,7 +41,7 @@ def test_predict_in_half_precision_agrees(small_bundle, monkeypatch):
 
 def test_training_on_cuda_with_mixed_precision(tmp_path):
     from GloResNetLib.training import train_cv
-    from GloResNetLib.training.trainer import amp_dtype
+    from GloResNetLib.training.amp import amp_dtype
 
     assert amp_dtype(torch.device("cuda"), True) in (torch.bfloat16, torch.float16)
     manifest = write_cohort(tmp_path / "cohort", n_subjects=12)

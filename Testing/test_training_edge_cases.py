@@ -80,7 +80,7 @@ def test_too_few_subjects_for_a_two_class_validation_split_is_refused():
 
 
 def test_a_diverged_model_is_never_selected(c13, tmp_path):
-    from GloResNetLib.training.trainer import is_improvement
+    from GloResNetLib.training.recipe import is_improvement
 
     assert not is_improvement(float("nan"), None) and not is_improvement(float("nan"), -1.0)
     assert not is_improvement(float("inf"), -1.0) and is_improvement(-0.5, -1.0) and is_improvement(-2.0, None)

@@ -14,7 +14,7 @@ import pytest
 import torch
 from GloResNetLib.cli import main
 from GloResNetLib.training import train_cv
-from GloResNetLib.training.trainer import TrainingStopped
+from GloResNetLib.training.stopping import TrainingStopped
 from training_fixtures import subprocess_env, tiny_cli_args, tiny_config, write_cohort
 
 EPOCHS = 6

@@ -36,58 +36,45 @@ Folder ``OUT``::
     bundle/              the fold models as a brain-age model bundle (task age_regression) for
                          ``gloresnet predict`` (:mod:`.age_bundle`)
     train.log
+
+The fold trainer and its metrics are in :mod:`.age_trainer`, the merge and the export in :mod:`.age_merge`.
 """
 
 from __future__ import annotations
 
 import csv
-import io
 import json
 import logging
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from .. import __version__
 from ..errors import DatasetError, InputError
-from ..io import atomic_path, write_text_atomic
-from ..models import PRETRAINED_FORMAT, build_model
-from ..models.weights import HEAD_PREFIXES
-from .age_bundle import BUNDLE_DIR, write_age_bundle
+from .age_bundle import BUNDLE_DIR
+from .age_merge import WEIGHTS_FILE, finalize_age_run, format_age_table
+from .age_trainer import AgeFoldTrainer
 from .cache import VolumeStore
 from .config import FINAL_CHOICES, LOSSES, AgeConfig, TrainConfig
 from .datasets import DatasetReport, load_dataset
+from .distributed import Dist
 from .folds import Split, make_folds
+from .jobframe import run_job, tensorboard_factory
 from .progress import Reporter
-from .run import (
-    _read_json,
-    _tensorboard_factory,
-    _write_json,
-    check_new_run_dir,
-    prepare_dataset,
-    preprocess_config,
-    run_job,
-)
-from .trainer import (
-    Dist,
-    FoldTrainer,
-    StopSignal,
-    TrainingStopped,
-    load_checkpoint,
-)
+from .run import prepare_dataset
+from .runfolder import check_new_run_dir, read_json, write_json
+from .stopping import StopSignal, TrainingStopped
+
+__all__ = ["BUNDLE_DIR", "WEIGHTS_FILE", "AgeTrainingStopped", "age_folds", "check_ages", "pretrain_age"]
 
 log = logging.getLogger("GloResNetLib.training")
 
-WEIGHTS_FILE = "age_backbone.safetensors"
 CONFIG_FILE = "age_config.json"
 AGE_COLUMN = "age_weeks"
-PRED_COLUMNS = ["index", "path", "subject", "session", "fold", "age_weeks", "predicted_weeks"]
 
 
 class AgeTrainingStopped(TrainingStopped):
@@ -156,220 +143,6 @@ def age_folds(ages: np.ndarray, subjects: list[str], cfg: TrainConfig) -> list[S
     return make_folds(bins, subjects, cfg.folds, cfg.seed, "honest", cfg.val_fraction)
 
 
-# ------------------------------------------------------------------------------------------- metrics
-
-
-def mae(true: np.ndarray, pred: np.ndarray) -> float:
-    """Mean absolute error (same unit as the inputs); 0 for empty inputs."""
-    true, pred = np.asarray(true, dtype=np.float64), np.asarray(pred, dtype=np.float64)
-    return float(np.abs(true - pred).mean()) if len(true) else 0.0
-
-
-def regression_metrics(true: np.ndarray, pred: np.ndarray) -> dict[str, Any]:
-    """MAE, RMSE, mean error (bias, predicted - true) and Pearson r, in weeks."""
-    true, pred = np.asarray(true, dtype=np.float64), np.asarray(pred, dtype=np.float64)
-    r = None
-    if len(true) > 1 and np.std(true) > 0 and np.std(pred) > 0:
-        r = float(np.corrcoef(true, pred)[0, 1])
-    return {
-        "n": int(len(true)),
-        "mae_weeks": mae(true, pred),
-        "rmse_weeks": float(np.sqrt(((true - pred) ** 2).mean())) if len(true) else 0.0,
-        "bias_weeks": float((pred - true).mean()) if len(true) else 0.0,
-        "pearson_r": r,
-    }
-
-
-def mean_sd(values: list[float]) -> dict[str, Any]:
-    """{mean, sd (ddof=1), values}."""
-    v = [float(x) for x in values]
-    return {
-        "mean": float(np.mean(v)) if v else None,
-        "sd": float(np.std(v, ddof=1)) if len(v) > 1 else 0.0,
-        "values": v,
-    }
-
-
-# ------------------------------------------------------------------------------------------- trainer
-
-
-class AgeFoldTrainer(FoldTrainer):
-    """The fold trainer with one output, standardised-age targets, an L1-type loss and MAE checkpoint choice.
-
-    ``final=True`` trains on ``split.train`` (all data) with no validation or test part and keeps the last
-    epoch; its files go to ``RUN_DIR/final``.
-    """
-
-    num_outputs = 1
-
-    def __init__(self, *args: Any, ages: np.ndarray, loss: str = "smooth_l1", final: bool = False, **kw: Any):
-        super().__init__(*args, **kw)
-        self.ages = np.asarray(ages, dtype=np.float64)
-        self.loss_name = loss
-        self.final = final
-        if final:
-            self.fold_dir = self.run_dir / "final"
-        train_ages = self.ages[self.split.train]
-        self.mean = float(train_ages.mean())
-        sd = float(train_ages.std())
-        self.sd = sd if sd > 1e-6 else 1.0
-        self.targets = ((self.ages - self.mean) / self.sd).astype(np.float32)
-
-    def _inputs(self, bidx: np.ndarray, pos: np.ndarray, plan) -> tuple[torch.Tensor, torch.Tensor]:
-        """Augmented (mixed) inputs as for the classifier; standardised ages mixed with the same lambda."""
-        x, _ = super()._inputs(bidx, pos, plan)
-        t = self.targets[bidx[pos]]
-        if plan.mixing:
-            t = plan.lam * t + (1.0 - plan.lam) * self.targets[bidx[plan.perm[pos]]]
-        return x, torch.from_numpy(np.asarray(t, dtype=np.float32)).to(self.device).unsqueeze(1)
-
-    def _per_sample_loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """Smooth L1 (beta 1 SD) or L1 between output and standardised age, per sample (B,)."""
-        fn = F.smooth_l1_loss if self.loss_name == "smooth_l1" else F.l1_loss
-        return fn(outputs.float()[:, :1], targets.float(), reduction="none")[:, 0]
-
-    def predict_weeks(self, indices: np.ndarray) -> np.ndarray:
-        """Predicted ages (weeks) of samples."""
-        raw = self._predict(indices, per_sample=lambda y: y[:, 0]).astype(np.float64)  # standardised
-        return raw * self.sd + self.mean
-
-    def _evaluate(self, indices: np.ndarray, full: bool = False) -> tuple[np.ndarray, dict[str, Any], float]:
-        """(predicted weeks, metrics, MAE in weeks); the MAE is the 'validation loss' that picks the epoch."""
-        if len(indices) == 0:  # the final model has no validation part
-            return np.zeros(0), {"auc": None, "accuracy": None, "balanced_accuracy": None}, 0.0
-        pred = self.predict_weeks(indices)
-        err = mae(self.ages[indices], pred)
-        return pred, {"auc": None, "accuracy": None, "balanced_accuracy": None, "mae_weeks": err}, err
-
-    def _report_epoch(self, r: dict[str, Any], tb) -> None:
-        cfg, e = self.cfg, r["epoch"]
-        units = self.fold_pos * cfg.epochs + (cfg.epochs if self.stopped_early else e + 1)
-        fraction, eta = self.reporter.at(units)
-        val = None if self.final else r["val_loss"]
-        self.reporter.emit(
-            {
-                "event": "epoch",
-                "task": "age",
-                "fold": self.fold,
-                "final": self.final,
-                "epoch": e,
-                "epochs": cfg.epochs,
-                "train_loss": r["train_loss"],
-                "val_loss": val,
-                "val_mae_weeks": val,
-                "val_auc": None,
-                "val_accuracy": None,
-                "lr": r["lr"],
-                "fraction": fraction,
-                "eta_s": eta,
-            }
-        )
-        what = "final model (all data)" if self.final else f"fold {self.fold}"
-        log.info(
-            "%s epoch %d/%d: train loss %.4f (%s, standardised age)%s, lr %.2e, %.1fs%s%s",
-            what,
-            e + 1,
-            cfg.epochs,
-            r["train_loss"],
-            self.loss_name,
-            "" if val is None else f", val MAE {val:.3f} weeks",
-            r["lr"],
-            r["train_s"] + r["eval_s"],
-            " *" if self.best_epoch == e and not self.final else "",
-            " early stop" if self.stopped_early else "",
-        )
-        self.reporter.postfix(
-            f"{'final' if self.final else f'fold {self.fold}'} ep {e + 1} loss {r['train_loss']:.3f}"
-            + ("" if val is None else f" MAE {val:.2f}w")
-        )
-        if tb is not None:
-            tb.add_scalar("train_loss", r["train_loss"], e)
-            if val is not None:
-                tb.add_scalar("val_mae_weeks", val, e)
-            tb.add_scalar("lr", r["lr"], e)
-            tb.flush()
-
-    def _finish(self) -> dict[str, Any]:
-        """Test the selected checkpoint (and the last epoch); write predictions, weights and result.json."""
-        from safetensors.torch import save_file
-
-        test = self.split.test
-        last_pred = self.predict_weeks(test) if len(test) else np.zeros(0)
-        best = self.fold_dir / "best.pt"
-        if best.is_file() and not self.final:
-            self.model.load_state_dict(load_checkpoint(best)["model"])
-        pred = self.predict_weeks(test) if len(test) else np.zeros(0)
-        true = self.ages[test]
-        rows = io.StringIO()
-        w = csv.writer(rows, lineterminator="\n")
-        w.writerow(PRED_COLUMNS)
-        for i, p in zip(test, pred):
-            s = self.samples[int(i)]
-            w.writerow(
-                [int(i), str(s.path), s.subject, s.session, self.fold, repr(float(self.ages[i])), repr(float(p))]
-            )
-        if not self.final:
-            write_text_atomic(self.fold_dir / "predictions.csv", rows.getvalue())
-        state = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
-        with atomic_path(self.fold_dir / "model.safetensors") as tmp:
-            save_file(state, str(tmp))
-        seen = np.concatenate([self.split.train, self.split.val])
-        base = float(self.ages[seen].mean())
-        result = {
-            "task": "age",
-            "fold": None if self.final else self.fold,
-            "final": self.final,
-            "best_epoch": self.history[-1]["epoch"] if self.final and self.history else self.best_epoch,
-            "epochs_run": len(self.history),
-            "stopped_early": self.stopped_early,
-            "selection": "last epoch" if self.final else "lowest validation MAE",
-            "n_train": len(self.split.train),
-            "n_val": len(self.split.val),
-            "n_test": len(test),
-            "target": {"unit": "weeks", "mean": self.mean, "sd": self.sd, "standardised": True},
-            "loss": self.loss_name,
-            "pretrained": self.pretrained_report,
-            "val_mae_weeks": None if self.final or self.best_score is None else -float(self.best_score),
-            "test": regression_metrics(true, pred) if len(test) else None,
-            "test_last_epoch": regression_metrics(true, last_pred) if len(test) else None,
-            "baseline": {
-                "rule": "always predict the mean age of the fold's training data (train + validation)",
-                "prediction_weeks": base,
-                "mae_weeks": mae(true, np.full(len(test), base)) if len(test) else None,
-            },
-            "history_note": "train_loss: training loss on standardised ages; val_loss: validation MAE (weeks)",
-            "history": self.history,
-        }
-        write_text_atomic(self.fold_dir / "result.json", json.dumps(result, indent=1) + "\n")
-        for name in ("last.pt", "best.pt"):
-            (self.fold_dir / name).unlink(missing_ok=True)
-        if self.final:
-            log.info("final model finished (%d epochs on %d volumes)", len(self.history), len(self.split.train))
-            self.reporter.emit({"event": "fold_end", "task": "age", "fold": None, "final": True, "metrics": {}})
-        else:
-            m = result["test"]
-            log.info(
-                "fold %d finished: best epoch %d; test MAE %.3f weeks (last epoch %.3f; mean-age baseline %.3f)",
-                self.fold,
-                self.best_epoch + 1,
-                m["mae_weeks"],
-                result["test_last_epoch"]["mae_weeks"],
-                result["baseline"]["mae_weeks"],
-            )
-            self.reporter.emit(
-                {
-                    "event": "fold_end",
-                    "task": "age",
-                    "fold": self.fold,
-                    "metrics": {
-                        "mae_weeks": m["mae_weeks"],
-                        "baseline_mae_weeks": result["baseline"]["mae_weeks"],
-                    },
-                }
-            )
-        return result
-
-
 # ------------------------------------------------------------------------------------------- run
 
 
@@ -390,7 +163,7 @@ def _prepare_out(cfg: TrainConfig, loss: str, final: str) -> TrainConfig:
     cfg = cfg.replace(**changes)
     out = Path(cfg.out)
     if (out / CONFIG_FILE).is_file():
-        stored = {k: v for k, v in _read_json(out / CONFIG_FILE).items() if not k.startswith("_library")}
+        stored = {k: v for k, v in read_json(out / CONFIG_FILE).items() if not k.startswith("_library")}
         cache_dir = stored.pop("_cache_dir", None)
         if not cfg.cache_dir and cache_dir:  # keep reading the run's own cache unless told otherwise
             cfg = cfg.replace(cache_dir=cache_dir)
@@ -497,21 +270,21 @@ def _pretrain(
         if (run_dir / "dataset.json").is_file():
             old = [
                 (s["path"], s.get("sha256"), s.get("age_weeks"))
-                for s in _read_json(run_dir / "dataset.json")["samples"]
+                for s in read_json(run_dir / "dataset.json")["samples"]
             ]
             new = [(s["path"], s.get("sha256"), s.get("age_weeks")) for s in doc["samples"]]
             if old != new:
                 raise DatasetError(f"{run_dir}: the dataset changed since this run started; choose another --out")
         else:
-            _write_json(
+            write_json(
                 run_dir / CONFIG_FILE,
                 dict(
                     _run_document(cfg, loss, final), _library_version=__version__, _cache_dir=str(cache.root.resolve())
                 ),
             )
-            _write_json(run_dir / "dataset.json", doc)
+            write_json(run_dir / "dataset.json", doc)
         bins, groups = age_bins(ages), np.asarray(report.subjects)
-        _write_json(
+        write_json(
             run_dir / "folds.json",
             {
                 "k": cfg.folds,
@@ -546,7 +319,7 @@ def _pretrain(
         }
     )
     reporter.begin(len(jobs) * cfg.epochs, sum(done) * cfg.epochs)
-    tb = _tensorboard_factory(run_dir, cfg.tensorboard) if dist.main else None
+    tb = tensorboard_factory(run_dir, cfg.tensorboard) if dist.main else None
     labels = np.zeros(len(ages), dtype=np.int64)
     for pos, ((sp, fin), finished) in enumerate(zip(jobs, done)):
         if finished:
@@ -596,184 +369,3 @@ def _pretrain(
 
 def _job_done(run_dir: Path, split: Split, final: bool) -> bool:
     return (run_dir / ("final" if final else f"fold_{split.fold}") / "result.json").is_file()
-
-
-def head_keys(arch: str, arch_params: dict[str, Any]) -> set[str]:
-    """Names of the tensors of an architecture's output head: those whose shape depends on the output count
-    (plus any under :data:`~GloResNetLib.models.weights.HEAD_PREFIXES`)."""
-    one = build_model(arch, 1, **arch_params).state_dict()
-    two = build_model(arch, 2, **arch_params).state_dict()
-    return {k for k in one if k not in two or one[k].shape != two[k].shape or k.startswith(HEAD_PREFIXES)}
-
-
-def finalize_age_run(
-    run_dir: Path, report: DatasetReport, ages: np.ndarray, cfg: TrainConfig, loss: str, final: str
-) -> dict[str, Any]:
-    """Merge the folds (``oof.csv``, ``metrics.json``), export the backbone weights with their metadata and
-    write the fold models' brain-age bundle (``bundle/``)."""
-    from safetensors.torch import load_file, save_file
-
-    results = [_read_json(run_dir / f"fold_{k}" / "result.json") for k in range(cfg.folds)]
-    rows: list[dict[str, Any]] = []
-    for k in range(cfg.folds):
-        with open(run_dir / f"fold_{k}" / "predictions.csv", newline="", encoding="utf-8") as f:
-            rows += list(csv.DictReader(f))
-    rows.sort(key=lambda r: int(r["index"]))
-    true = np.array([float(r["age_weeks"]) for r in rows])
-    pred = np.array([float(r["predicted_weeks"]) for r in rows])
-    per_fold = [
-        {
-            "fold": k,
-            **res["test"],
-            "baseline_mae_weeks": res["baseline"]["mae_weeks"],
-            "baseline_prediction_weeks": res["baseline"]["prediction_weeks"],
-            "last_epoch_mae_weeks": res["test_last_epoch"]["mae_weeks"],
-            "val_mae_weeks": res["val_mae_weeks"],
-            "best_epoch": res["best_epoch"],
-            "epochs_run": res["epochs_run"],
-        }
-        for k, res in enumerate(results)
-    ]
-    if final == "all":
-        source_state = run_dir / "final" / "model.safetensors"
-        exported = (
-            f"final model trained on all {len(ages)} volumes for {cfg.epochs} epochs (last epoch kept); "
-            "its expected error is the CV MAE of the last epoch (last_epoch_mae_weeks)"
-        )
-        expected = mean_sd([m["last_epoch_mae_weeks"] for m in per_fold])
-    else:
-        best = min(per_fold, key=lambda m: m["val_mae_weeks"])
-        source_state = run_dir / f"fold_{best['fold']}" / "model.safetensors"
-        exported = (
-            f"fold {best['fold']} model (lowest inner-validation MAE, {best['val_mae_weeks']:.3f} weeks); "
-            f"its own test MAE {best['mae_weeks']:.3f} weeks"
-        )
-        expected = mean_sd([m["mae_weeks"] for m in per_fold])
-    summary = {
-        "task": "age",
-        "unit": "weeks",
-        "k": cfg.folds,
-        "n": len(rows),
-        "note": "protocol 'honest': each fold's checkpoint was chosen on a grouped validation split inside its "
-        "training fold; baseline = always predicting the mean age of the fold's training data",
-        "per_fold": per_fold,
-        "mae_weeks": mean_sd([m["mae_weeks"] for m in per_fold]),
-        "last_epoch_mae_weeks": mean_sd([m["last_epoch_mae_weeks"] for m in per_fold]),
-        "baseline_mae_weeks": mean_sd([m["baseline_mae_weeks"] for m in per_fold]),
-        "pooled": regression_metrics(true, pred),
-        "pooled_baseline_mae_weeks": mae(
-            true, np.array([m["baseline_prediction_weeks"] for m in per_fold])[[int(r["fold"]) for r in rows]]
-        ),
-        "exported": exported,
-        "library_version": __version__,
-    }
-    lines = [",".join(PRED_COLUMNS)]
-    lines += [",".join(r[c] for c in PRED_COLUMNS) for r in rows]
-    write_text_atomic(run_dir / "oof.csv", "\n".join(lines) + "\n")
-    _write_json(run_dir / "metrics.json", summary)
-
-    state = load_file(str(source_state))
-    drop = head_keys(cfg.arch, cfg.arch_params)
-    backbone = {k: v.contiguous() for k, v in state.items() if k not in drop}
-    pre = preprocess_config(cfg)
-    synthetic = bool(report.synthetic)
-    doc = {
-        "format": PRETRAINED_FORMAT,
-        "format_version": 1,
-        "task": "brain-age regression (gloresnet pretrain-age; after AGE2HIE, arXiv 2411.05188)",
-        "arch": cfg.arch,
-        "arch_params": cfg.arch_params,
-        "input_size": list(pre.size),
-        "preprocess": pre.to_dict(),
-        "tensors": f"{len(backbone)} backbone tensors (architecture's own names); output head dropped: {sorted(drop)}",
-        "data": {
-            "source": str(report.source),
-            "kind": report.kind,
-            "n": len(ages),
-            "n_subjects": len(set(report.subjects)),
-            "age_weeks": {
-                "min": float(ages.min()),
-                "max": float(ages.max()),
-                "mean": float(ages.mean()),
-                "sd": float(ages.std()),
-            },
-            "synthetic": synthetic,
-        },
-        "synthetic": synthetic,
-        "target": "age at scan in weeks, standardised (age - mean) / sd with the training data's mean and sd",
-        "loss": loss,
-        "training": {
-            "epochs": cfg.epochs,
-            "batch_size": cfg.batch_size,
-            "lr": cfg.lr,
-            "weight_decay": cfg.weight_decay,
-            "mixup_alpha": cfg.mixup_alpha,
-            "flip_prob": cfg.flip_prob,
-            "affine_degrees": cfg.affine_degrees,
-            "affine_scale": cfg.affine_scale,
-            "seed": cfg.seed,
-            "tta": cfg.tta,
-            "initialisation": Path(cfg.pretrained).name if cfg.pretrained else "random",
-        },
-        "cv": {
-            "k": cfg.folds,
-            "mae_weeks": {k: summary["mae_weeks"][k] for k in ("mean", "sd")},
-            "baseline_mae_weeks": {k: summary["baseline_mae_weeks"][k] for k in ("mean", "sd")},
-            "last_epoch_mae_weeks": {k: summary["last_epoch_mae_weeks"][k] for k in ("mean", "sd")},
-            "per_fold_mae_weeks": summary["mae_weeks"]["values"],
-        },
-        "mae_weeks": expected["mean"],
-        "exported": exported,
-        "library_version": __version__,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
-    target = _read_json(source_state.parent / "result.json")["target"]
-    doc["target_mean_weeks"], doc["target_sd_weeks"] = target["mean"], target["sd"]
-    weights = run_dir / WEIGHTS_FILE
-    with atomic_path(weights) as tmp:
-        save_file(backbone, str(tmp), metadata={"format": PRETRAINED_FORMAT, "gloresnet_pretrained": json.dumps(doc)})
-    _write_json(weights.with_suffix(".json"), doc)
-    write_age_bundle(run_dir, cfg, loss, summary, ages)
-    return summary
-
-
-def format_age_table(summary: dict[str, Any]) -> str:
-    """Human-readable per-fold MAE table."""
-    per = summary["per_fold"]
-    lines = [
-        f"Brain-age cross-validation: {summary['k']} folds, {summary['n']} volumes (MAE in weeks)",
-        f"{'':<22} {'mean ± sd':>15}  " + " ".join(f"{'fold' + str(m['fold']):>7}" for m in per),
-    ]
-    for key, name in (
-        ("mae_weeks", "MAE (selected epoch)"),
-        ("last_epoch_mae_weeks", "MAE (last epoch)"),
-        ("baseline_mae_weeks", "baseline (mean age)"),
-    ):
-        s = summary[key]
-        lines.append(f"{name:<22} {s['mean']:>7.3f} ± {s['sd']:<6.3f} " + " ".join(f"{v:>7.3f}" for v in s["values"]))
-    p = summary["pooled"]
-    r = "n/a" if p["pearson_r"] is None else f"{p['pearson_r']:.3f}"
-    lines.append(
-        f"pooled out-of-fold: MAE {p['mae_weeks']:.3f}, RMSE {p['rmse_weeks']:.3f}, bias {p['bias_weeks']:+.3f}, "
-        f"r {r}; baseline MAE {summary['pooled_baseline_mae_weeks']:.3f}"
-    )
-    lines.append(f"exported: {summary['exported']}")
-    lines.append(summary["note"])
-    return "\n".join(lines)
-
-
-def read_age_summary(run_dir: str | Path) -> dict[str, Any]:
-    """``RUN_DIR/metrics.json`` of a pretrain-age run."""
-    return _read_json(Path(run_dir) / "metrics.json")
-
-
-__all__ = [
-    "AgeFoldTrainer",
-    "AgeTrainingStopped",
-    "check_ages",
-    "finalize_age_run",
-    "format_age_table",
-    "head_keys",
-    "pretrain_age",
-    "read_age_summary",
-]

@@ -21,7 +21,8 @@ from .. import __version__
 from ..age_target import AGE_REGRESSION, age_target
 from ..bundle import default_metadata, save_bundle
 from .config import TrainConfig
-from .run import _read_json, preprocess_config, training_data
+from .merge import training_data
+from .runfolder import preprocess_config, read_json
 
 BUNDLE_DIR = "bundle"
 
@@ -57,8 +58,8 @@ def write_age_bundle(run_dir: Path, cfg: TrainConfig, loss: str, summary: dict[s
 
     folds = [run_dir / f"fold_{k}" for k in range(cfg.folds)]
     states = [load_file(str(d / "model.safetensors")) for d in folds]
-    targets = [_read_json(d / "result.json")["target"] for d in folds]
-    td = age_training_data(_read_json(run_dir / "dataset.json"), ages)
+    targets = [read_json(d / "result.json")["target"] for d in folds]
+    td = age_training_data(read_json(run_dir / "dataset.json"), ages)
     cv = {
         "protocol": "honest",
         "k": cfg.folds,

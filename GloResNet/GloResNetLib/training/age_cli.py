@@ -44,7 +44,7 @@ def run_pretrain_age(args: argparse.Namespace) -> int:
     progress_json = bool(given.get("progress_json"))
     cfg = AgeConfig(**given, progress_bar=not progress_json, log_to_stderr=True)
     from .age import BUNDLE_DIR, WEIGHTS_FILE, pretrain_age
-    from .trainer import TrainingStopped
+    from .stopping import TrainingStopped
 
     try:
         out = pretrain_age(cfg)

@@ -61,7 +61,7 @@ def add_parser(subparsers) -> None:
 
 def _merge_resume(given: dict) -> dict:
     """With --resume, run options given again must equal the stored ones (only job options may change)."""
-    from .run import read_run_config
+    from .runfolder import read_run_config
 
     run_dir = Path(given["resume"]).expanduser().resolve()
     if not (run_dir / "config.json").is_file():
@@ -93,7 +93,7 @@ def run_train(args: argparse.Namespace) -> int:
     if cfg.check_only:
         return _check_only(cfg)
     from .run import train_cv
-    from .trainer import TrainingStopped
+    from .stopping import TrainingStopped
 
     try:
         run_dir = train_cv(cfg.validate())
@@ -144,8 +144,8 @@ def run_folds(args: argparse.Namespace) -> int:
 
 def run_evaluate(args: argparse.Namespace) -> int:
     """Handler of ``gloresnet evaluate``."""
+    from .merge import evaluate_run
     from .metrics import format_table
-    from .run import evaluate_run
 
     doc = evaluate_run(args.run_dir, merge=args.merge)
     if args.json:

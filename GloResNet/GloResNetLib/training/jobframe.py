@@ -1,15 +1,26 @@
-"""Helpers of the job frame (:func:`~GloResNetLib.training.run.run_job`): the run-folder lock, errors and
-warnings in ``train.log``, and leaving no empty folder behind after a refused start."""
+"""The frame of a training job (:func:`run_job`, shared by ``train`` and ``pretrain-age``): the run-folder
+lock, distributed set-up, threads, the stop signal, ``train.log`` and TensorBoard, errors and warnings in
+``train.log``, and leaving no empty folder behind after a refused start."""
 
 from __future__ import annotations
 
 import logging
 import os
+import threading
+import warnings
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-from ..errors import InputError
+from ..errors import GloResNetError, InputError
 from .config import TrainConfig
-from .lock import RunLock, is_lock_file
+from .distributed import Dist, setup_distributed, teardown_distributed
+from .lock import RunLock, is_lock_file, stale_note
+from .progress import BarSafeHandler, Reporter
+from .stopping import StopSignal, TrainingStopped
+
+__all__ = ["hold_run_folder", "log_error_to_files", "log_warning", "remove_if_empty", "run_job",
+           "tensorboard_factory"]
 
 log = logging.getLogger("GloResNetLib.training")
 
@@ -76,3 +87,112 @@ def log_warning(message, category, filename, lineno, file=None, line=None) -> No
     """``warnings.showwarning`` replacement: a Python warning becomes one log line (it clears the progress
     bar and lands in ``train.log``) instead of text written over the bar."""
     log.warning("%s: %s (%s:%s)", category.__name__, message, Path(filename).name, lineno)
+
+
+def _setup_logging(
+    run_dir: Path | None, dist: Dist, reporter: Reporter, to_stderr: bool
+) -> list[logging.Handler]:
+    handlers: list[logging.Handler] = []
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S")
+    if dist.main and run_dir is not None:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        h = logging.FileHandler(run_dir / "train.log", encoding="utf-8")
+        h.setFormatter(fmt)
+        handlers.append(h)
+    if to_stderr:
+        h = BarSafeHandler(reporter)
+        h.setFormatter(logging.Formatter("%(message)s"))
+        h.setLevel(logging.INFO if dist.main else logging.WARNING)
+        handlers.append(h)
+    for h in handlers:
+        log.addHandler(h)
+    log.setLevel(logging.INFO)
+    return handlers
+
+
+def tensorboard_factory(run_dir: Path, enabled: bool) -> Callable[[int, int], Any] | None:
+    """A factory of TensorBoard writers ``(fold, start epoch) -> SummaryWriter`` under ``RUN_DIR/tensorboard``,
+    or None when disabled or when tensorboard is not installed (said once in the log)."""
+    if not enabled:
+        return None
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except Exception:  # noqa: BLE001 - tensorboard missing or broken: no event files, say so once
+        log.info("tensorboard is not installed: no TensorBoard event files (pip install tensorboard)")
+        return None
+    return lambda fold, start: SummaryWriter(
+        log_dir=str(run_dir / "tensorboard" / f"fold_{fold}"), purge_step=start if start > 0 else None
+    )
+
+
+def run_job(
+    config: TrainConfig,
+    progress: Callable[[dict], None] | None,
+    stop: threading.Event | None,
+    prepare: Callable[[TrainConfig], TrainConfig],
+    body: Callable[[TrainConfig, Path, Dist, Reporter, StopSignal], None],
+    stopped_error: Callable[[Path, TrainingStopped], Exception] | None = None,
+    job_name: str = "gloresnet train",
+) -> Path:
+    """The frame of a training job shared by ``train`` and ``pretrain-age``: ``prepare`` the configuration
+    (run folder), set up distributed training, threads, the stop signal and ``train.log``, run ``body``, emit
+    ``stopped`` / ``error`` events, and restore the caller's threads and torch RNG. The run folder is locked
+    (:mod:`.lock`) from before ``prepare`` to the end: a second job on it raises ``InputError`` naming the
+    first; an error is also written to ``train.log`` when one is open. A stop re-raises
+    :class:`TrainingStopped`, or ``stopped_error(run_dir, exc)`` when given. Returns the run directory."""
+    import torch
+
+    reporter = Reporter(progress, json_stdout=config.progress_json, bar=config.progress_bar)
+    handlers: list[logging.Handler] = []
+    dist = None
+    threads, rng_state = torch.get_num_threads(), torch.get_rng_state()
+    run_dir = Path(config.resume or config.out or ".")
+    lock = None
+    try:
+        lock = hold_run_folder(config, job_name)  # before any check, so that checks see a settled folder
+        config = prepare(config)
+        run_dir = Path(config.out)
+        dist = setup_distributed(config.device)
+        reporter.enabled = dist.main
+        if config.num_threads:
+            torch.set_num_threads(config.num_threads)
+        with StopSignal(stop) as stopper, warnings.catch_warnings():
+            handlers = _setup_logging(run_dir, dist, reporter, config.log_to_stderr)
+            warnings.showwarning = log_warning  # never glued onto the progress bar; kept in train.log
+            if lock is not None and stale_note(lock):
+                log.info("%s", stale_note(lock))
+            try:
+                body(config, run_dir, dist, reporter, stopper)
+            except TrainingStopped as exc:
+                reporter.emit(
+                    {
+                        "event": "stopped",
+                        "run_dir": str(run_dir),
+                        "fold": None if exc.fold < 0 else exc.fold,
+                        "epoch": None if exc.epoch < 0 else exc.epoch,
+                    }
+                )
+                if stopped_error is None:
+                    log.warning("%s", exc)
+                    raise
+                error = stopped_error(run_dir, exc)
+                log.warning("%s", error)
+                raise error from None
+        return run_dir
+    except GloResNetError as exc:
+        log_error_to_files(log, handlers, exc)
+        reporter.emit({"event": "error", "message": str(exc)})
+        raise
+    finally:
+        if lock is not None:
+            lock.release()
+            remove_if_empty(lock)  # a refused first start leaves no folder behind
+        if config.num_threads:
+            torch.set_num_threads(threads)
+        torch.set_rng_state(rng_state)  # training reseeds torch per step; leave the caller's RNG alone
+        reporter.close()
+        for h in handlers:
+            log.removeHandler(h)
+            h.close()
+        if dist is not None:
+            teardown_distributed(dist)

@@ -1,4 +1,5 @@
-"""A cross-validated training run in one folder: ``train_cv``, merging folds, ``evaluate``.
+"""A cross-validated training run in one folder: ``train_cv`` (merging: :mod:`.merge`; files: :mod:`.runfolder`;
+the job frame: :mod:`.jobframe`).
 
 Run directory::
 
@@ -26,13 +27,10 @@ finished - or later by ``gloresnet train --resume RUN_DIR`` (which also trains a
 
 from __future__ import annotations
 
-import contextlib
-import csv
 import json
 import logging
 import threading
 import time
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -40,54 +38,27 @@ from typing import Any
 import numpy as np
 
 from .. import __version__
-from ..errors import DatasetError, GloResNetError, InputError
-from ..io import write_text_atomic
-from ..preprocessing import PreprocessConfig
+from ..errors import DatasetError, InputError
 from .cache import PreprocessCache, VolumeStore
 from .config import JOB_FIELDS, TrainConfig
 from .datasets import DatasetReport, load_dataset
-from .folds import HONEST_NOTE, OPTIMISTIC_NOTE, folds_document, make_folds, splits_from_document, write_folds
+from .distributed import Dist
+from .folds import OPTIMISTIC_NOTE, folds_document, make_folds, splits_from_document, write_folds
 from .integrity import SYNTHETIC_NOTE, flag_identical_content, preflight
-from .jobframe import hold_run_folder, log_error_to_files, log_warning, remove_if_empty
-from .lock import is_lock_file, stale_note
-from .metrics import SUMMARY_METRICS, best_epoch, binary_metrics, event_summary, format_table, summarize
-from .plots import plot_learning_curves, plot_roc
-from .progress import BarSafeHandler, Reporter
-from .trainer import Dist, FoldTrainer, StopSignal, TrainingStopped, setup_distributed, teardown_distributed
+from .jobframe import run_job, tensorboard_factory
+from .merge import finalize_run
+from .metrics import event_summary, format_table, summarize
+from .progress import Reporter
+from .runfolder import check_new_run_dir, fold_done, preprocess_config, read_json, read_run_config, write_json
+from .stopping import StopSignal, TrainingStopped
+from .trainer import FoldTrainer
+
+__all__ = ["check_dataset", "prepare_dataset", "train_cv"]
 
 log = logging.getLogger("GloResNetLib.training")
 
-OOF_COLUMNS = ["index", "path", "subject", "session", "label", "fold", "probability", "predicted"]
 
-
-def preprocess_config(cfg: TrainConfig) -> PreprocessConfig:
-    """The preprocessing a run trains with (stored in its bundle)."""
-    return PreprocessConfig(
-        size=(int(cfg.size),) * 3,
-        reorient=cfg.reorient,
-        antialias=cfg.antialias,
-        normalization=cfg.normalization,
-    )
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InputError(f"{path}: not found (not a training run folder?)") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InputError(f"{path}: invalid JSON ({exc})") from None
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    write_text_atomic(path, json.dumps(obj, indent=1) + "\n")
-
-
-def read_run_config(run_dir: str | Path) -> TrainConfig:
-    """The run-level configuration stored in ``RUN_DIR/config.json``."""
-    doc = _read_json(Path(run_dir) / "config.json")
-    doc = {k: v for k, v in doc.items() if not k.startswith("_")}
-    return TrainConfig.from_dict(doc)
+# ------------------------------------------------------------------------------------------- dataset
 
 
 # ------------------------------------------------------------------------------------------- dataset
@@ -200,7 +171,7 @@ def _config_for_job(cfg: TrainConfig) -> TrainConfig:
             raise InputError(f"{run_dir}: not a training run folder (no config.json) - nothing to resume")
         stored = read_run_config(run_dir)
         job = {k: getattr(cfg, k) for k in JOB_FIELDS if k != "resume"}
-        stored_doc = _read_json(run_dir / "config.json")
+        stored_doc = read_json(run_dir / "config.json")
         if not job["cache_dir"]:  # keep reading the run's own cache unless told otherwise
             job["cache_dir"] = stored_doc.get("_cache_dir")
         if not job["num_threads"]:  # same threads, same floating-point sums: a plain --resume reproduces
@@ -229,52 +200,6 @@ def _config_for_job(cfg: TrainConfig) -> TrainConfig:
     return cfg
 
 
-def check_new_run_dir(run_dir: Path) -> None:
-    """Refuse an ``--out`` that exists and holds anything but a log of a failed start (or lock files)."""
-    if run_dir.exists() and (
-        not run_dir.is_dir() or any(p.name != "train.log" and not is_lock_file(p.name) for p in run_dir.iterdir())
-    ):
-        raise InputError(f"{run_dir}: exists and is not an empty folder; choose another --out")
-
-
-def _setup_logging(
-    run_dir: Path | None, dist: Dist, reporter: Reporter, to_stderr: bool
-) -> list[logging.Handler]:
-    handlers: list[logging.Handler] = []
-    fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S")
-    if dist.main and run_dir is not None:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        h = logging.FileHandler(run_dir / "train.log", encoding="utf-8")
-        h.setFormatter(fmt)
-        handlers.append(h)
-    if to_stderr:
-        h = BarSafeHandler(reporter)
-        h.setFormatter(logging.Formatter("%(message)s"))
-        h.setLevel(logging.INFO if dist.main else logging.WARNING)
-        handlers.append(h)
-    for h in handlers:
-        log.addHandler(h)
-    log.setLevel(logging.INFO)
-    return handlers
-
-
-def _tensorboard_factory(run_dir: Path, enabled: bool) -> Callable[[int, int], Any] | None:
-    if not enabled:
-        return None
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except Exception:  # noqa: BLE001 - tensorboard missing or broken: no event files, say so once
-        log.info("tensorboard is not installed: no TensorBoard event files (pip install tensorboard)")
-        return None
-    return lambda fold, start: SummaryWriter(
-        log_dir=str(run_dir / "tensorboard" / f"fold_{fold}"), purge_step=start if start > 0 else None
-    )
-
-
-def fold_done(run_dir: Path, k: int) -> bool:
-    return (run_dir / f"fold_{k}" / "result.json").is_file()
-
-
 def train_cv(
     config: TrainConfig, progress: Callable[[dict], None] | None = None, stop: threading.Event | None = None
 ) -> Path:
@@ -282,84 +207,11 @@ def train_cv(
 
     ``progress`` receives every event dict (see :mod:`.progress`); ``stop`` (optional ``threading.Event``)
     asks for a clean stop like Ctrl-C. A stop saves a checkpoint, emits ``stopped`` and raises
-    :class:`~GloResNetLib.training.trainer.TrainingStopped`. Dataset problems raise ``DatasetError`` (with the
+    :class:`~GloResNetLib.training.stopping.TrainingStopped`. Dataset problems raise ``DatasetError`` (with the
     full report) before anything trains. Under ``torchrun`` each process calls this; rank 0 writes.
     """
     config = config.validate()
     return run_job(config, progress, stop, _config_for_job, _train)
-
-
-def run_job(
-    config: TrainConfig,
-    progress: Callable[[dict], None] | None,
-    stop: threading.Event | None,
-    prepare: Callable[[TrainConfig], TrainConfig],
-    body: Callable[[TrainConfig, Path, Dist, Reporter, StopSignal], None],
-    stopped_error: Callable[[Path, TrainingStopped], Exception] | None = None,
-    job_name: str = "gloresnet train",
-) -> Path:
-    """The frame of a training job shared by ``train`` and ``pretrain-age``: ``prepare`` the configuration
-    (run folder), set up distributed training, threads, the stop signal and ``train.log``, run ``body``, emit
-    ``stopped`` / ``error`` events, and restore the caller's threads and torch RNG. The run folder is locked
-    (:mod:`.lock`) from before ``prepare`` to the end: a second job on it raises ``InputError`` naming the
-    first; an error is also written to ``train.log`` when one is open. A stop re-raises
-    :class:`TrainingStopped`, or ``stopped_error(run_dir, exc)`` when given. Returns the run directory."""
-    import torch
-
-    reporter = Reporter(progress, json_stdout=config.progress_json, bar=config.progress_bar)
-    handlers: list[logging.Handler] = []
-    dist = None
-    threads, rng_state = torch.get_num_threads(), torch.get_rng_state()
-    run_dir = Path(config.resume or config.out or ".")
-    lock = None
-    try:
-        lock = hold_run_folder(config, job_name)  # before any check, so that checks see a settled folder
-        config = prepare(config)
-        run_dir = Path(config.out)
-        dist = setup_distributed(config.device)
-        reporter.enabled = dist.main
-        if config.num_threads:
-            torch.set_num_threads(config.num_threads)
-        with StopSignal(stop) as stopper, warnings.catch_warnings():
-            handlers = _setup_logging(run_dir, dist, reporter, config.log_to_stderr)
-            warnings.showwarning = log_warning  # never glued onto the progress bar; kept in train.log
-            if lock is not None and stale_note(lock):
-                log.info("%s", stale_note(lock))
-            try:
-                body(config, run_dir, dist, reporter, stopper)
-            except TrainingStopped as exc:
-                reporter.emit(
-                    {
-                        "event": "stopped",
-                        "run_dir": str(run_dir),
-                        "fold": None if exc.fold < 0 else exc.fold,
-                        "epoch": None if exc.epoch < 0 else exc.epoch,
-                    }
-                )
-                if stopped_error is None:
-                    log.warning("%s", exc)
-                    raise
-                error = stopped_error(run_dir, exc)
-                log.warning("%s", error)
-                raise error from None
-        return run_dir
-    except GloResNetError as exc:
-        log_error_to_files(log, handlers, exc)
-        reporter.emit({"event": "error", "message": str(exc)})
-        raise
-    finally:
-        if lock is not None:
-            lock.release()
-            remove_if_empty(lock)  # a refused first start leaves no folder behind
-        if config.num_threads:
-            torch.set_num_threads(threads)
-        torch.set_rng_state(rng_state)  # training reseeds torch per step; leave the caller's RNG alone
-        reporter.close()
-        for h in handlers:
-            log.removeHandler(h)
-            h.close()
-        if dist is not None:
-            teardown_distributed(dist)
 
 
 def _train(cfg: TrainConfig, run_dir: Path, dist: Dist, reporter: Reporter, stop: StopSignal) -> None:
@@ -394,7 +246,7 @@ def _train(cfg: TrainConfig, run_dir: Path, dist: Dist, reporter: Reporter, stop
     fdoc = folds_document(report, splits, cfg.seed, cfg.protocol, cfg.val_fraction)
     preflight(cfg, splits, dist.world)  # what a fold would refuse, refused before the run folder is written
     if dist.main and not (run_dir / "config.json").is_file():
-        _write_json(
+        write_json(
             run_dir / "config.json",
             dict(
                 cfg.run_fields(),
@@ -405,7 +257,7 @@ def _train(cfg: TrainConfig, run_dir: Path, dist: Dist, reporter: Reporter, stop
         )
     if dist.main:
         if (run_dir / "dataset.json").is_file():
-            stored_doc = _read_json(run_dir / "dataset.json")
+            stored_doc = read_json(run_dir / "dataset.json")
             diff = _same_samples(stored_doc, doc)
             if diff:
                 raise DatasetError(
@@ -418,9 +270,9 @@ def _train(cfg: TrainConfig, run_dir: Path, dist: Dist, reporter: Reporter, stop
                     "when the run started (gloresnet was updated); the remaining epochs use the new inputs"
                 )
         else:
-            _write_json(run_dir / "dataset.json", doc)
+            write_json(run_dir / "dataset.json", doc)
         if (run_dir / "folds.json").is_file():
-            stored = splits_from_document(_read_json(run_dir / "folds.json"))
+            stored = splits_from_document(read_json(run_dir / "folds.json"))
             if any(
                 not (
                     np.array_equal(a.train, b.train)
@@ -450,7 +302,7 @@ def _train(cfg: TrainConfig, run_dir: Path, dist: Dist, reporter: Reporter, stop
     reporter.begin(len(todo) * cfg.epochs, done_units)
     if dist.main and len(pending) < len(todo):
         log.info("folds already finished and kept: %s", [k for k in todo if k not in pending])
-    tb = _tensorboard_factory(run_dir, cfg.tensorboard) if dist.main else None
+    tb = tensorboard_factory(run_dir, cfg.tensorboard) if dist.main else None
     for pos, k in enumerate(todo):
         if k not in pending:
             continue
@@ -463,7 +315,7 @@ def _train(cfg: TrainConfig, run_dir: Path, dist: Dist, reporter: Reporter, stop
         missing = [k for k in range(cfg.folds) if not fold_done(run_dir, k)]
         if missing:
             results = [
-                _read_json(run_dir / f"fold_{k}" / "result.json")["test"]
+                read_json(run_dir / f"fold_{k}" / "result.json")["test"]
                 for k in range(cfg.folds)
                 if k not in missing
             ]
@@ -498,180 +350,3 @@ def _train(cfg: TrainConfig, run_dir: Path, dist: Dist, reporter: Reporter, stop
             log.info("bundle: %s", run_dir / "bundle")
     dist.barrier()
 
-
-# ------------------------------------------------------------------------------------------- merge
-
-
-@contextlib.contextmanager
-def _locked(run_dir: Path):
-    try:
-        import fcntl
-    except ImportError:  # Windows: jobs of one run should not finish at the same instant there
-        yield
-        return
-    with open(run_dir / ".merge.lock", "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
-def read_predictions(path: Path) -> list[dict[str, Any]]:
-    with open(path, newline="", encoding="utf-8") as f:
-        return [
-            dict(
-                r,
-                index=int(r["index"]),
-                label=int(r["label"]),
-                fold=int(r["fold"]),
-                probability=float(r["probability"]),
-                predicted=int(r["predicted"]),
-            )
-            for r in csv.DictReader(f)
-        ]
-
-
-def training_data(dataset_doc: dict[str, Any]) -> dict[str, Any]:
-    """The bundle's ``training_data``: description of the dataset, ``synthetic`` flag."""
-    classes = dataset_doc.get("classes", {})
-    synthetic = bool(dataset_doc.get("synthetic"))
-    desc = (
-        f"{'SYNTHETIC data (demonstration only): ' if synthetic else ''}{dataset_doc['n']} volumes of "
-        f"{dataset_doc['n_subjects']} subjects ({', '.join(f'{k} {v}' for k, v in classes.items())}) from "
-        f"{dataset_doc['kind']} {dataset_doc['source']}"
-    )
-    out = {
-        "description": desc,
-        "synthetic": synthetic,
-        "trained": True,
-        "n": dataset_doc["n"],
-        "n_subjects": dataset_doc["n_subjects"],
-        "classes": classes,
-        "source": dataset_doc["source"],
-        "source_kind": dataset_doc["kind"],
-        "excluded": dataset_doc.get("excluded", {}),
-        "skipped": dataset_doc.get("skipped", 0),
-    }
-    if dataset_doc.get("label_rule"):
-        out["label_rule"] = dataset_doc["label_rule"]
-    return out
-
-
-def finalize_run(run_dir: str | Path) -> dict[str, Any]:
-    """Merge finished folds: ``oof.csv``, ``metrics.json``, plots and the ensemble ``bundle/``; idempotent."""
-    from safetensors.torch import load_file
-
-    from ..bundle import default_metadata, save_bundle
-    from ..models import describe_pretrained, pretrained_metadata
-
-    run_dir = Path(run_dir)
-    cfg = read_run_config(run_dir)
-    missing = [k for k in range(cfg.folds) if not fold_done(run_dir, k)]
-    if missing:
-        raise InputError(
-            f"{run_dir}: fold(s) {missing} not finished; train them first "
-            f"(`gloresnet train --resume {run_dir}` or `--fold K`)"
-        )
-    dataset_doc = _read_json(run_dir / "dataset.json")
-    with _locked(run_dir):
-        results = [_read_json(run_dir / f"fold_{k}" / "result.json") for k in range(cfg.folds)]
-        rows: list[dict[str, Any]] = []
-        per_fold = []
-        for k, res in enumerate(results):
-            preds = read_predictions(run_dir / f"fold_{k}" / "predictions.csv")
-            rows += preds
-            m = binary_metrics([r["label"] for r in preds], [r["probability"] for r in preds], cfg.threshold)
-            per_fold.append(
-                {"fold": k, **m, "best_epoch": best_epoch(res), "epochs_run": res["epochs_run"]}
-            )
-        rows.sort(key=lambda r: r["index"])
-        pooled = binary_metrics([r["label"] for r in rows], [r["probability"] for r in rows], cfg.threshold)
-        optimistic = cfg.protocol == "paper"
-        doc = {
-            "protocol": cfg.protocol,
-            "optimistic": optimistic,
-            "note": OPTIMISTIC_NOTE if optimistic else HONEST_NOTE,
-            "selection": cfg.selection,
-            "threshold": cfg.threshold,
-            "k": cfg.folds,
-            "n": len(rows),
-            "per_fold": per_fold,
-            "summary": summarize(per_fold),
-            "pooled": pooled,
-            "dataset": {
-                k: dataset_doc.get(k) for k in ("source", "kind", "n", "n_subjects", "classes", "synthetic")
-            },
-            "bundle": "bundle",
-            "library_version": __version__,
-        }
-        lines = [",".join(OOF_COLUMNS)]
-        out = csv.writer(_Lines(lines), lineterminator="")
-        for r in rows:
-            out.writerow([r[c] if c != "probability" else repr(r[c]) for c in OOF_COLUMNS])
-        write_text_atomic(run_dir / "oof.csv", "\n".join(lines) + "\n")
-        try:
-            plot_roc(run_dir / "roc.png", rows, cfg.folds, optimistic)
-            plot_learning_curves(run_dir / "learning_curves.png", results, cfg.selection, optimistic)
-        except Exception as exc:  # noqa: BLE001 - a plotting failure must not lose the run's results
-            log.warning("could not draw the plots: %s", exc)
-        states = [load_file(str(run_dir / f"fold_{k}" / "model.safetensors")) for k in range(cfg.folds)]
-        pre = preprocess_config(cfg)
-        cv = {
-            "protocol": cfg.protocol,
-            "optimistic": optimistic,
-            "note": doc["note"],
-            "k": cfg.folds,
-            "selection": cfg.selection,
-            "summary": event_summary(doc["summary"]),
-            "pooled": {m: pooled[m] for m in SUMMARY_METRICS},
-        }
-        td = training_data(dataset_doc)
-        init = describe_pretrained(cfg.pretrained, cfg.arch) if cfg.pretrained else "random initialisation"
-        pre_doc = pretrained_metadata(cfg.pretrained) if cfg.pretrained else None  # e.g. pretrain-age weights
-        provenance = (
-            f"GloResNet {cfg.folds}-fold cross-validation ensemble ({cfg.arch}, {cfg.size}^3 input), "
-            f"trained by gloresnet {__version__} on {td['description']}; {cfg.epochs} epochs, AdamW lr "
-            f"{cfg.lr:g} wd {cfg.weight_decay:g}, batch {cfg.batch_size}, mixup alpha {cfg.mixup_alpha:g}, "
-            f"class weights {'on' if cfg.class_weights else 'off'}, {init}, seed {cfg.seed}. "
-            f"{doc['note']}."
-        )
-        meta = default_metadata(
-            cfg.name or run_dir.name,
-            arch=cfg.arch,
-            arch_params=cfg.arch_params,
-            preprocess=pre,
-            training_data=td,
-            provenance=provenance,
-            threshold=cfg.threshold,
-            cv_metrics=cv,
-            tta_axes=(0,),
-            extra={"pretrained": dict(pre_doc, file=Path(cfg.pretrained).name)} if pre_doc else None,
-        )
-        save_bundle(run_dir / "bundle", states, meta, overwrite=True)
-        _write_json(run_dir / "metrics.json", doc)
-    log.info("merged %d folds into %s (metrics.json, oof.csv, bundle/)", cfg.folds, run_dir)
-    return doc
-
-
-class _Lines:
-    """Minimal file-like sink for csv.writer collecting one string per row."""
-
-    def __init__(self, lines: list[str]) -> None:
-        self.lines = lines
-
-    def write(self, text: str) -> None:
-        self.lines.append(text)
-
-
-def evaluate_run(run_dir: str | Path, merge: bool = False) -> dict[str, Any]:
-    """A run's ``metrics.json`` (merged first with ``merge`` or when it is missing but all folds are done)."""
-    run_dir = Path(run_dir)
-    if not (run_dir / "config.json").is_file():
-        raise InputError(f"{run_dir}: not a training run folder (no config.json)")
-    if merge or not (run_dir / "metrics.json").is_file():
-        return finalize_run(run_dir)
-    return _read_json(run_dir / "metrics.json")
-
-
-__all__ = ["check_dataset", "evaluate_run", "finalize_run", "prepare_dataset", "read_run_config", "train_cv"]

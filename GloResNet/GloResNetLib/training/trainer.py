@@ -23,6 +23,9 @@ exactly what a single process would see. The loss is scaled so that DDP's gradie
 single-process gradient, and BatchNorm is synchronised over ranks (``SyncBatchNorm`` on CUDA, the
 differentiable all-reduce :class:`DistBatchNorm3d` on CPU/gloo). The result matches a single process up to
 floating-point summation order. Rank 0 alone evaluates, writes files and reports; decisions are broadcast.
+
+Around it: :mod:`.distributed` (DDP), :mod:`.stopping` (Ctrl-C / SIGTERM), :mod:`.checkpoints`, :mod:`.amp`
+(mixed precision, the evaluation pass) and :mod:`.recipe` (seeds, class weights, schedule, checkpoint choice).
 """
 
 from __future__ import annotations
@@ -32,333 +35,32 @@ import csv
 import io
 import json
 import logging
-import math
-import os
-import signal
-import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import torch.distributed as tdist
-from torch import nn
 
-from ..bundle import resolve_device
 from ..errors import GloResNetError, InputError
 from ..io import atomic_path, write_text_atomic
 from ..models import build_model, load_pretrained_weights
+from .amp import amp_dtype, autocast, predict_outputs
 from .augment import augment, batch_count, one_hot, plan_batch, soft_cross_entropy
 from .cache import VolumeStore
+from .checkpoints import CHECKPOINT_VERSION, load_checkpoint, save_checkpoint
 from .config import TrainConfig
+from .distributed import Dist, sync_batchnorm
 from .folds import Split
 from .metrics import binary_metrics, epoch_metrics, event_metrics
 from .progress import Reporter
+from .recipe import class_weights, is_improvement, lr_factor, seed_for, selection_score, weighted_log_loss
+from .stopping import StopSignal, TrainingStopped
+
+__all__ = ["FoldTrainer"]
 
 log = logging.getLogger("GloResNetLib.training")
-
-CHECKPOINT_VERSION = 1
-
-
-class TrainingStopped(Exception):
-    """Training was stopped on request (Ctrl-C, SIGTERM or a stop event) after saving a checkpoint."""
-
-    def __init__(self, run_dir: Path, fold: int, epoch: int) -> None:
-        super().__init__(
-            f"training stopped at fold {fold}, epoch {epoch}; resume with "
-            f"`gloresnet train --resume {run_dir}`"
-        )
-        self.run_dir, self.fold, self.epoch = run_dir, fold, epoch
-
-
-# ------------------------------------------------------------------------------------------- distributed
-
-
-@dataclass
-class Dist:
-    """This process's place in a (possibly single-process) distributed run."""
-
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-    device: torch.device = torch.device("cpu")
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def active(self) -> bool:
-        return self.world > 1
-
-    def barrier(self) -> None:
-        if self.active:
-            tdist.barrier()
-
-    def all_sum(self, values: list[float]) -> list[float]:
-        """Sum a few floats over ranks."""
-        if not self.active:
-            return list(values)
-        t = torch.tensor(values, dtype=torch.float64, device=self.comm_device)
-        tdist.all_reduce(t)
-        return t.tolist()
-
-    def broadcast(self, values: list[float]) -> list[float]:
-        """Rank 0's values on every rank."""
-        if not self.active:
-            return list(values)
-        t = torch.tensor(values, dtype=torch.float64, device=self.comm_device)
-        tdist.broadcast(t, 0)
-        return t.tolist()
-
-    def gather_objects(self, obj: Any) -> list[Any]:
-        if not self.active:
-            return [obj]
-        out: list[Any] = [None] * self.world
-        tdist.all_gather_object(out, obj)
-        return out
-
-    @property
-    def comm_device(self) -> torch.device:
-        return (
-            self.device if tdist.is_initialized() and tdist.get_backend() == "nccl" else torch.device("cpu")
-        )
-
-
-def setup_distributed(device: str = "auto") -> Dist:
-    """Join the process group under ``torchrun`` (NCCL on CUDA, gloo on CPU); else single process."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return Dist(device=resolve_device(device))
-    rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
-    dev = resolve_device(device)
-    if dev.type == "cuda":
-        dev = torch.device("cuda", local_rank)
-        torch.cuda.set_device(dev)
-    if not tdist.is_initialized():
-        tdist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
-    return Dist(rank=rank, world=world, local_rank=local_rank, device=dev)
-
-
-def teardown_distributed(dist: Dist) -> None:
-    if dist.active and tdist.is_initialized():
-        tdist.destroy_process_group()
-
-
-class _AllReduceSum(torch.autograd.Function):
-    """Differentiable all-reduce (sum): the gradient of every rank's copy is summed too."""
-
-    @staticmethod
-    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:  # noqa: D102
-        out = tensor.clone()
-        tdist.all_reduce(out)
-        return out
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # noqa: D102
-        grad = grad.clone()
-        tdist.all_reduce(grad)
-        return grad
-
-
-def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
-    """Sum of ``tensor`` over ranks, differentiable."""
-    return _AllReduceSum.apply(tensor)
-
-
-class DistBatchNorm3d(nn.BatchNorm3d):
-    """BatchNorm3d whose training statistics are taken over all ranks (differentiable all-reduce).
-
-    ``nn.SyncBatchNorm`` only runs on GPUs; this works with gloo on CPU. Same parameters and buffers as
-    ``BatchNorm3d``, so state dicts are interchangeable. Outside a process group it is a plain BatchNorm3d.
-    """
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not (
-            self.training and tdist.is_available() and tdist.is_initialized() and tdist.get_world_size() > 1
-        ):
-            return super().forward(x)
-        dims = (0, 2, 3, 4)
-        count = torch.tensor([x.numel() / x.shape[1]], dtype=torch.float64, device=x.device)
-        tdist.all_reduce(count)
-        n = float(count[0])
-        mean = all_reduce_sum(x.sum(dims, dtype=torch.float64)) / n
-        centred = x - mean.to(x.dtype).view(1, -1, 1, 1, 1)
-        var = all_reduce_sum((centred.double() ** 2).sum(dims)) / n
-        inv = torch.rsqrt(var + self.eps).to(x.dtype)
-        y = centred * inv.view(1, -1, 1, 1, 1)
-        if self.affine:
-            y = y * self.weight.view(1, -1, 1, 1, 1) + self.bias.view(1, -1, 1, 1, 1)
-        if self.track_running_stats:
-            with torch.no_grad():
-                m = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked + 1)
-                self.running_mean.mul_(1 - m).add_(mean.to(self.running_mean.dtype), alpha=m)
-                unbiased = var * n / max(n - 1.0, 1.0)
-                self.running_var.mul_(1 - m).add_(unbiased.to(self.running_var.dtype), alpha=m)
-                self.num_batches_tracked.add_(1)
-        return y
-
-
-def sync_batchnorm(model: nn.Module, device: torch.device) -> nn.Module:
-    """Replace BatchNorm3d layers by synchronised ones (SyncBatchNorm on CUDA, DistBatchNorm3d elsewhere)."""
-    if device.type == "cuda":
-        return nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    for name, child in model.named_children():
-        if type(child) is nn.BatchNorm3d:
-            new = DistBatchNorm3d(
-                child.num_features, child.eps, child.momentum, child.affine, child.track_running_stats
-            )
-            new.load_state_dict(child.state_dict())
-            setattr(model, name, new)
-        else:
-            sync_batchnorm(child, device)
-    return model
-
-
-# ------------------------------------------------------------------------------------------- stop handling
-
-
-class StopSignal:
-    """Turns SIGINT/SIGTERM (main thread only) and an optional ``threading.Event`` into a polled flag.
-
-    A second Ctrl-C while the checkpoint is being written restores the default handler and interrupts.
-    """
-
-    def __init__(self, event: threading.Event | None = None) -> None:
-        self.event = event
-        self.flag = False
-        self._old: dict[int, Any] = {}
-
-    def __enter__(self) -> StopSignal:
-        if threading.current_thread() is threading.main_thread():
-            # SIGBREAK: what a graceful stop (CTRL_BREAK_EVENT) delivers on Windows
-            for sig in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGBREAK", None)):
-                if sig is not None:
-                    self._old[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum, frame) -> None:
-        if self.flag and signum == signal.SIGINT:
-            signal.signal(signal.SIGINT, signal.default_int_handler)
-            raise KeyboardInterrupt
-        self.flag = True
-        log.warning(
-            "stop requested (%s): saving a checkpoint at the end of this step", signal.Signals(signum).name
-        )
-
-    def __exit__(self, *exc) -> None:
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
-
-    @property
-    def requested(self) -> bool:
-        return self.flag or bool(self.event is not None and self.event.is_set())
-
-
-# ------------------------------------------------------------------------------------------- helpers
-
-
-def seed_for(*parts: int) -> int:
-    """A 63-bit seed derived from integers (seed, fold, epoch, ...)."""
-    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1, dtype=np.uint64)[0]) >> 1
-
-
-def class_weights(labels: np.ndarray, num_classes: int = 2) -> np.ndarray:
-    """``N / (K * N_c)`` per class (balanced weights, as the GloResNet authors)."""
-    counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=num_classes).astype(np.float64)
-    return np.where(counts > 0, counts.sum() / (num_classes * np.maximum(counts, 1)), 0.0)
-
-
-def lr_factor(epoch: int, epochs: int, warmup: int = 0) -> float:
-    """Learning-rate multiplier of an epoch: linear warm-up, then cosine from 1 to 0 over the rest."""
-    if epoch < warmup:
-        return (epoch + 1) / (warmup + 1)
-    span = max(1, epochs - warmup)
-    return 0.5 * (1.0 + math.cos(math.pi * (epoch - warmup) / span))
-
-
-def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """torch.save atomically (a kill never leaves a corrupt file)."""
-    buf = io.BytesIO()
-    torch.save(state, buf)
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as f:
-            f.write(buf.getbuffer())
-            f.flush()
-            os.fsync(f.fileno())
-
-
-def load_checkpoint(path: Path) -> dict[str, Any]:
-    """Read a checkpoint as data (``weights_only=True``)."""
-    try:
-        return torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any failure means the file is unusable
-        raise InputError(f"{path}: unreadable checkpoint ({exc.__class__.__name__}: {exc})") from None
-
-
-def amp_dtype(device: torch.device, enabled: bool) -> torch.dtype | None:
-    """bfloat16 where supported, else float16, on CUDA only; None = full precision."""
-    if not enabled or device.type != "cuda":
-        return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-
-
-def autocast(device: torch.device, dtype: torch.dtype | None):
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
-
-
-@torch.no_grad()
-def predict_outputs(
-    model: nn.Module,
-    store: VolumeStore,
-    indices: np.ndarray,
-    device: torch.device,
-    tta: bool = True,
-    batch_size: int = 8,
-    dtype: torch.dtype | None = None,
-    per_sample: Callable[[torch.Tensor], torch.Tensor] | None = None,
-) -> np.ndarray:
-    """One value per sample (eval mode): ``per_sample(outputs)`` (default: softmax P(class 1)); with ``tta``
-    the mean over the identity and the left-right flip."""
-    per_sample = per_sample or (lambda y: torch.softmax(y, dim=1)[:, 1])
-    model.eval()
-    out = []
-    for start in range(0, len(indices), batch_size):
-        idx = indices[start : start + batch_size]
-        x = torch.from_numpy(store.batch(idx)).unsqueeze(1).to(device)
-        views = [x, x.flip(2)] if tta else [x]
-        with autocast(device, dtype):
-            y = model(torch.cat(views))
-        out.append(per_sample(y.float()).reshape(len(views), len(idx)).mean(0).cpu().numpy())
-    return np.concatenate(out) if out else np.zeros(0)
-
-
-def weighted_log_loss(labels: np.ndarray, prob: np.ndarray, weights: np.ndarray | None) -> float:
-    """Class-weighted mean cross-entropy of predicted P(BI) (weights normalised by their sum)."""
-    p = np.clip(np.where(labels == 1, prob, 1.0 - prob), 1e-7, 1.0)
-    w = weights[labels] if weights is not None else np.ones(len(labels))
-    return float(-(w * np.log(p)).sum() / w.sum())
-
-
-def selection_score(metric: str, val_loss: float, m: dict[str, Any]) -> float:
-    """Higher is better: -loss, or the metric (a missing AUC falls back to -loss)."""
-    if metric == "loss":
-        return -val_loss
-    value = m.get(metric)
-    return -val_loss if value is None else float(value)
-
-
-def is_improvement(score: float, best: float | None) -> bool:
-    """True when ``score`` beats ``best`` (None: nothing chosen yet); a NaN or infinite score never does."""
-    return math.isfinite(score) and (best is None or score > best + 1e-12)
-
-
-# ------------------------------------------------------------------------------------------- fold trainer
 
 
 class FoldTrainer:
