@@ -29,7 +29,7 @@ METRICS = ("accuracy", "sensitivity", "specificity", "auc")
 
 def tiny_runs(tmp_path_factory) -> dict:
     """Two tiny finished runs trained through the real CLI, made once per pytest session (shared by this
-    module and test_arch_lightweight.py through the session's base temporary folder):
+    module and test_models_lightweight.py through the session's base temporary folder):
 
     - ``r10``: resnet10 (tiny widths) from a tiny MedicalNet-layout checkpoint, on a plain cohort;
     - ``mrf``: mrf_dsnet (tiny widths) on a cohort marked as synthetic.

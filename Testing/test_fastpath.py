@@ -12,7 +12,7 @@ from GloResNetLib import fastnet
 from GloResNetLib.inference import network_pass, upsample_cam
 from GloResNetLib.io import read_volume, write_volume
 from GloResNetLib.preprocessing import PreprocessConfig, memory_order_view, preprocess, undo_reorient
-from test_preprocess import flip_axis
+from test_preprocessing import flip_axis
 
 
 @pytest.mark.parametrize("arch", ["resnet10", "resnet10_dilated", "resnet18", "resnet10_dilated-nopool",

@@ -10,7 +10,7 @@ from GloResNetLib import load_bundle, predict
 from GloResNetLib.errors import BundleError
 from GloResNetLib.inference import tta_views
 from GloResNetLib.models import build_model
-from test_preprocess import flip_axis
+from test_preprocessing import flip_axis
 
 
 @pytest.fixture(scope="module")

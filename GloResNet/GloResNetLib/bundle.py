@@ -27,6 +27,7 @@ from .bundle_schema import FORMAT_VERSION, METADATA_FILE, inside, read_metadata_
 from .errors import BundleError
 from .io import atomic_path, write_text_atomic
 from .models import build_model
+from .outputs import staged_folder
 from .preprocessing import PreprocessConfig
 
 DEFAULT_CLASS_NAMES = ["no BI", "BI"]
@@ -92,11 +93,7 @@ def save_bundle(out_dir: str | os.PathLike, state_dicts: list[dict[str, torch.Te
     except (TypeError, ValueError) as exc:
         raise BundleError(f"bundle metadata is not plain JSON ({exc})") from None
     build_model(metadata["arch"], metadata["num_classes"], **(metadata.get("arch_params") or {}))
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = out_dir.parent / f".{out_dir.name}.partial"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
-    try:
+    with staged_folder(out_dir, replace=True) as staging:
         weights = []
         for fname, state in zip(files, state_dicts):
             tensors = {n: t.detach().cpu().contiguous() for n, t in state.items()}
@@ -104,11 +101,6 @@ def save_bundle(out_dir: str | os.PathLike, state_dicts: list[dict[str, torch.Te
             weights.append({"file": fname, "sha256": sha256_file(staging / fname)})
         meta = dict(metadata, weights=weights)
         write_text_atomic(staging / METADATA_FILE, json.dumps(meta, indent=2, sort_keys=False) + "\n")
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(staging, out_dir)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return out_dir
 
 
@@ -267,10 +259,8 @@ def copy_bundle(src: str | os.PathLike, dst_dir: str | os.PathLike) -> Path:
     dst = Path(dst_dir) / src.name
     if dst.exists():
         raise BundleError(f"{dst}: a bundle with this name already exists")
-    staging = Path(dst_dir) / f".{src.name}.partial"
-    shutil.rmtree(staging, ignore_errors=True)
-    shutil.copytree(src, staging)
-    os.replace(staging, dst)
+    with staged_folder(dst) as staging:
+        shutil.copytree(src, staging, dirs_exist_ok=True)
     return dst
 
 

@@ -7,6 +7,9 @@ when every one is complete are the old members of the set moved aside and the ne
 the JSON (which names the others) last. A failure while writing (disk full, read-only folder, a folder in the
 way) leaves the previous set untouched; a failure while renaming puts the previous set back. A member the new
 set does not have (``_cam`` after ``--no-cam``) is removed, so no stale file sits beside a new JSON.
+
+:func:`staged_folder` does the same for a whole folder (a model bundle): it is built in a hidden staging folder
+beside its final place and renamed into place in one step.
 """
 
 from __future__ import annotations
@@ -15,15 +18,48 @@ import contextlib
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 
 from .errors import InputError
 
+__all__ = ["OutputSet", "check_writable_folder", "os_error_text", "staged_folder"]
+
 
 def os_error_text(exc: OSError) -> str:
     """``strerror`` of an OSError (e.g. 'No space left on device'), else its text."""
     return exc.strerror or str(exc)
+
+
+@contextlib.contextmanager
+def staged_folder(target: str | os.PathLike, replace: bool = False) -> Iterator[Path]:
+    """Build a folder atomically: ``with staged_folder(target) as stage:`` fill ``stage``; on a clean exit it
+    is renamed to ``target`` (``os.replace``); on an error it is removed and ``target`` is left as it was.
+
+    Args:
+        target: the folder to create (its parent is created if needed).
+        replace: remove an existing ``target`` just before the rename (otherwise an existing, non-empty
+            ``target`` makes the rename fail).
+    Yields:
+        The staging folder ``.NAME.partial`` beside ``target`` (same file system), empty.
+    Raises:
+        OSError: the staging folder cannot be made, or the rename fails.
+    """
+    target = Path(target)
+    stage = target.parent / f".{target.name}.partial"
+    shutil.rmtree(stage, ignore_errors=True)
+    stage.mkdir(parents=True)
+    try:
+        yield stage
+        if replace and (target.exists() or target.is_symlink()):
+            if target.is_dir() and not target.is_symlink():
+                shutil.rmtree(target)
+            else:
+                target.unlink()
+        os.replace(stage, target)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
 
 
 def check_writable_folder(folder: str | os.PathLike, option: str = "--out") -> Path:
@@ -114,4 +150,3 @@ class OutputSet:
                              f"({os_error_text(exc)}); the previous files were kept") from None
 
 
-__all__ = ["OutputSet", "check_writable_folder", "os_error_text"]

@@ -3,7 +3,7 @@ shapes, the model contract, torchvision-layout 2D weight files (.pth / .safetens
 through ``inference.predict`` in a constructed case, and a tiny CV run through the real CLI with --pretrained.
 
 The helpers :func:`write_2d_weights`, :func:`monotone`, :func:`blob_volume` and :func:`blob_bundle` are shared
-with test_arch_slice.py.
+with test_models_slice_encoder.py.
 """
 
 from __future__ import annotations

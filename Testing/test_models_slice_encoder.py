@@ -19,7 +19,7 @@ from GloResNetLib.io import read_volume
 from GloResNetLib.models import ARCHITECTURES, build_model, load_pretrained_weights
 from GloResNetLib.models.slice_encoder import SliceEncoder
 from safetensors.torch import save_file
-from test_arch_acs import WIDTHS, blob_bundle, blob_volume, one_thread, write_2d_weights  # noqa: F401
+from test_models_acs import WIDTHS, blob_bundle, blob_volume, one_thread, write_2d_weights  # noqa: F401
 from training_fixtures import TINY_WIDTHS, tiny_cli_args, write_cohort
 
 

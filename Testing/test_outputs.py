@@ -168,3 +168,23 @@ def test_standard_output_on_a_full_disk_is_one_line(tmp_path, small_bundle):
                               preexec_fn=_file_size_limit(100))
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [done.stderr.strip()] and "File too large" in done.stderr
+
+
+def test_staged_folder_puts_a_whole_folder_in_place_or_nothing(tmp_path):
+    from GloResNetLib.outputs import staged_folder
+
+    target = tmp_path / "models" / "b"
+    with staged_folder(target) as stage:
+        assert stage.parent == target.parent and stage.name.startswith(".") and not target.exists()
+        (stage / "metadata.json").write_text("{}")
+    assert (target / "metadata.json").read_text() == "{}"
+    with pytest.raises(RuntimeError), staged_folder(target, replace=True) as stage:
+        (stage / "metadata.json").write_text("new")
+        raise RuntimeError("failed while writing")
+    assert (target / "metadata.json").read_text() == "{}"  # the previous folder is untouched
+    with pytest.raises(OSError), staged_folder(target) as stage:  # not replacing: an existing folder stays
+        (stage / "x").write_text("x")
+    with staged_folder(target, replace=True) as stage:
+        (stage / "other.json").write_text("[]")
+    assert sorted(p.name for p in target.parent.iterdir()) == ["b"]  # no staging folder left behind
+    assert sorted(p.name for p in target.iterdir()) == ["other.json"]
