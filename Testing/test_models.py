@@ -8,7 +8,13 @@ import pytest
 import torch
 from conftest import SMALL_WIDTHS
 from GloResNetLib.errors import BundleError
-from GloResNetLib.models import build_model, count_parameters, load_medicalnet_weights, load_state_dict_file
+from GloResNetLib.models import (
+    ARCHITECTURES,
+    build_model,
+    count_parameters,
+    load_medicalnet_weights,
+    load_state_dict_file,
+)
 
 
 def medicalnet_checkpoint(path: Path, model: torch.nn.Module, drop_bn_counters: bool = True) -> Path:
@@ -120,3 +126,28 @@ def test_without_the_stem_pool_the_feature_grid_is_twice_as_fine():
     assert tuple(pooled.features(x).shape[2:]) == (6, 5, 4)
     assert tuple(fine.features(x).shape[2:]) == (12, 10, 8)
     fine.load_state_dict(pooled.state_dict())  # same parameters: MedicalNet weights load into both
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
+def test_every_architecture_keeps_the_backbone_contract(arch):
+    """forward == head(pool(features)) with the shapes of GloResNetLib.models.contracts, for every --arch."""
+    from GloResNetLib.inference import gradcam_map, pool_features
+    from GloResNetLib.models import Backbone, GradCamBackbone, PoolingBackbone, PretrainedLoader
+
+    torch.manual_seed(0)
+    model = build_model(arch, 3, widths=SMALL_WIDTHS).eval()
+    assert isinstance(model, Backbone)
+    x = torch.randn(2, 1, 32, 32, 32)
+    with torch.no_grad():
+        feats = model.features(x)
+        pooled = pool_features(model, feats)
+        logits = model.head(pooled)
+        assert feats.ndim == 5 and feats.shape[0] == 2
+        assert pooled.shape[0] == 2 and pooled.ndim == 2 and logits.shape == (2, 3)
+        torch.testing.assert_close(model(x), logits)
+    cam = gradcam_map(model, feats, 1)
+    assert cam.shape == (2, *feats.shape[2:]) and bool((cam >= 0).all())
+    assert isinstance(model, PoolingBackbone) == (arch in ("resnet10", "resnet10_dilated", "resnet18",
+                                                           "slice_resnet18"))
+    assert isinstance(model, GradCamBackbone) == (arch == "slice_resnet18")
+    assert isinstance(model, PretrainedLoader) == (arch in ("acs_resnet18", "slice_resnet18"))

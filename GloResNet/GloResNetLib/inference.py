@@ -29,6 +29,26 @@ from .preprocessing import Preprocessed, preprocess
 
 if TYPE_CHECKING:
     from .age_inference import AgePrediction
+    from .models.contracts import Backbone
+
+__all__ = [
+    "AXIS_NAMES",
+    "DISCLAIMER",
+    "SALIENCY_METHODS",
+    "PredictionResult",
+    "flip_batch",
+    "gradcam_map",
+    "gradcam_weights",
+    "network_pass",
+    "peak_ras",
+    "pool_features",
+    "predict",
+    "predict_file",
+    "prepare_pass",
+    "tta_views",
+    "upsample_cam",
+    "view_name",
+]
 
 DISCLAIMER = "Research use only. Not a medical device; not for clinical decisions."
 AXIS_NAMES = "xyz"
@@ -37,7 +57,15 @@ SALIENCY_METHODS = ("gradcam", "occlusion", "both")
 
 
 def tta_views(axes: list[int] | tuple[int, ...] | None) -> list[tuple[int, ...]]:
-    """All combinations of flips over ``axes`` (identity first): [0] -> [(), (0,)]; [0,1,2] -> 8 views."""
+    """All combinations of flips over ``axes``, identity first.
+
+    Args:
+        axes: flip axes among 0, 1, 2 (x, y, z of the network grid); None or empty: the identity only.
+    Returns:
+        The views as tuples of flipped axes: [0] -> [(), (0,)]; [0, 1, 2] -> 8 views.
+    Raises:
+        ValueError: an axis outside 0..2.
+    """
     axes = sorted({int(a) for a in (axes or [])})
     if any(a not in (0, 1, 2) for a in axes):
         raise ValueError(f"TTA flip axes must be among 0, 1, 2 (got {axes})")
@@ -45,24 +73,52 @@ def tta_views(axes: list[int] | tuple[int, ...] | None) -> list[tuple[int, ...]]
 
 
 def view_name(view: tuple[int, ...]) -> str:
-    """Readable name of a flip view: () -> 'identity', (0,) -> 'flip_x' (left-right)."""
+    """Readable name of a flip view.
+
+    Args:
+        view: the flipped axes, e.g. ``()`` or ``(0,)``.
+    Returns:
+        ``'identity'``, ``'flip_x'`` (left-right), ``'flip_xz'``, ...
+    """
     return "identity" if not view else "flip_" + "".join(AXIS_NAMES[a] for a in view)
 
 
 def flip_batch(x: torch.Tensor, views: list[tuple[int, ...]]) -> torch.Tensor:
-    """Stack flipped copies of a (1, C, X, Y, Z) tensor: (len(views), C, X, Y, Z)."""
+    """Stack flipped copies of one volume.
+
+    Args:
+        x: shape (1, C, X, Y, Z).
+        views: flip views (:func:`tta_views`).
+    Returns:
+        Shape (V, C, X, Y, Z), V = len(views), in the order of ``views``.
+    """
     return torch.cat([x.flip([2 + a for a in v]) if v else x for v in views], dim=0)
 
 
-def pool_features(model: torch.nn.Module, feats: torch.Tensor) -> torch.Tensor:
-    """The vector the model's head takes: ``model.pool_features(feats)`` when the model defines it (e.g. slice
-    position embeddings and attention pooling), else global average pooling (B, C, x, y, z) -> (B, C)."""
+def pool_features(model: Backbone, feats: torch.Tensor) -> torch.Tensor:
+    """The vector the model's head takes (:mod:`.models.contracts`).
+
+    Args:
+        model: a backbone; its own ``pool_features`` is used when it has one (e.g. slice position embeddings
+            and attention pooling), else global average pooling.
+        feats: the model's ``features``, shape (B, C, x, y, z).
+    Returns:
+        Shape (B, C') (C' = C for global average pooling).
+    """
     pool = getattr(model, "pool_features", None)
     return pool(feats) if pool is not None else torch.flatten(F.adaptive_avg_pool3d(feats, 1), 1)
 
 
-def gradcam_weights(model: torch.nn.Module, pooled: torch.Tensor, class_idx: int) -> torch.Tensor:
-    """d score_c / d pooled for each row of ``pooled`` (B, C): Grad-CAM channel weights up to 1/N."""
+def gradcam_weights(model: Backbone, pooled: torch.Tensor, class_idx: int) -> torch.Tensor:
+    """Grad-CAM channel weights (up to 1/N) from the head alone: d score_c / d pooled.
+
+    Args:
+        model: a backbone (only its ``head`` runs).
+        pooled: globally average-pooled features, shape (B, C).
+        class_idx: the output c whose score is explained.
+    Returns:
+        Shape (B, C).
+    """
     with torch.enable_grad():
         p = pooled.detach().clone().requires_grad_(True)
         score = model.head(p)[:, class_idx].sum()
@@ -70,13 +126,20 @@ def gradcam_weights(model: torch.nn.Module, pooled: torch.Tensor, class_idx: int
     return grad
 
 
-def gradcam_map(model: torch.nn.Module, feats: torch.Tensor, class_idx: int) -> torch.Tensor:
-    """Grad-CAM ``ReLU(sum_k alpha_k A_k)`` of feature maps ``feats`` (B, C, x, y, z) -> (B, x, y, z).
+def gradcam_map(model: Backbone, feats: torch.Tensor, class_idx: int) -> torch.Tensor:
+    """Grad-CAM ``ReLU(sum_k alpha_k A_k)`` of feature maps.
 
     A model may define ``gradcam(feats, class_idx)`` (e.g. per-slice weights for a slice encoder). For models
     with their own ``pool_features`` the weights are the spatial mean of d score / d A, as in
     ``monai.visualize.GradCAM``; with global average pooling that equals :func:`gradcam_weights`, which needs
     only the head.
+
+    Args:
+        model: a backbone (:mod:`.models.contracts`).
+        feats: the model's ``features``, shape (B, C, x, y, z).
+        class_idx: the output whose score is explained.
+    Returns:
+        Non-negative maps on the feature grid, shape (B, x, y, z), float32, not normalised.
     """
     own = getattr(model, "gradcam", None)
     if own is not None:
@@ -94,13 +157,21 @@ def gradcam_map(model: torch.nn.Module, feats: torch.Tensor, class_idx: int) -> 
         return F.relu(torch.einsum("bc,bcxyz->bxyz", alpha.to(feats.dtype), feats).float())
 
 
-def network_pass(model: torch.nn.Module, batch: torch.Tensor, cam_class: int | None = 1,
+def network_pass(model: Backbone, batch: torch.Tensor, cam_class: int | None = 1,
                  cam_rows: int = 1) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """One forward pass over a batch: softmax probabilities (B, K) and raw Grad-CAM maps of the first
-    ``cam_rows`` rows, (cam_rows, x, y, z) on the feature grid (or None when ``cam_class`` is None).
+    """One forward pass over a batch, with Grad-CAM from the same pass.
 
     The features come from :mod:`.fastnet`'s warm inference copy of the model (BatchNorm folded, oneDNN /
-    cuDNN-friendly layout) when it applies, else from the model itself."""
+    cuDNN-friendly layout) when it applies, else from the model itself.
+
+    Args:
+        model: a classifier backbone in eval mode.
+        batch: preprocessed views, shape (B, 1, X, Y, Z).
+        cam_class: the class whose Grad-CAM is computed; None: no map.
+        cam_rows: how many leading rows (views) get a map.
+    Returns:
+        Softmax probabilities (B, K), and raw Grad-CAM maps (cam_rows, x, y, z) on the feature grid or None.
+    """
     with torch.inference_mode():
         feats = fastnet.features(model, batch).float()
         pooled = pool_features(model, feats)
@@ -128,12 +199,19 @@ def _separable(small: torch.Tensor, mats: list[torch.Tensor]) -> torch.Tensor:
 
 
 def upsample_cam(small: torch.Tensor, pre: Preprocessed) -> tuple[np.ndarray, np.ndarray]:
-    """Feature-grid map -> (map on the network grid scaled to max 1, the same on the input grid).
+    """A feature-grid map on the network grid and on the input grid, scaled to max 1.
 
     Equal to trilinear upsampling onto the network grid, division by the maximum, then trilinear
     resampling onto the input grid in storage order (:func:`~.preprocessing.to_input_grid`): both
     resamplings are separable and linear, so each axis's two interpolation matrices are multiplied first
     and the large input-grid map is written once, directly in storage order.
+
+    Args:
+        small: a map on the feature grid, shape (x, y, z).
+        pre: the preprocessed volume (network grid (X, Y, Z), orientation and the input's shape).
+    Returns:
+        (map on the network grid (X, Y, Z), C-ordered; map on the input grid (I, J, K) in storage order,
+        Fortran-ordered), float32, maximum 1 (or all zero).
     """
     dev = small.device
     net_shape = pre.array.shape
@@ -257,6 +335,12 @@ def prepare_pass(bundle: Bundle, array: np.ndarray, affine: np.ndarray, device, 
                  ) -> tuple[torch.device, list, Preprocessed, list[tuple[int, ...]], torch.Tensor, dict[str, float]]:
     """What every prediction does before its network pass (classifier and brain-age bundles alike).
 
+    Args:
+        bundle: the loaded bundle.
+        array: the volume as stored, shape (I, J, K).
+        affine: its 4x4 voxel-to-RAS matrix.
+        device: where to run (None: the bundle's device).
+        tta: use the flip views; tta_axes: their axes (None: the bundle's).
     Returns:
         (device, the bundle's models on it, the preprocessed volume (tensor kept), the TTA views, the batch
         of flipped views (V, 1, X, Y, Z), timings with ``preprocess`` filled in).
@@ -292,6 +376,24 @@ def predict(bundle: Bundle, array: np.ndarray, affine: np.ndarray, tta: bool = T
 
     A brain-age bundle (``task: age_regression``) is handed to :func:`.age_inference.predict_age`, which
     returns an :class:`~.age_inference.AgePrediction` (``age_weeks``; no probability or label).
+
+    Args:
+        bundle: the loaded bundle.
+        array: the volume as stored, shape (I, J, K).
+        affine: its 4x4 voxel-to-RAS matrix.
+        tta: average over the flip views; tta_axes: their axes (None: the bundle's).
+        cam: compute the saliency map(s).
+        device: where to run (None: the bundle's device).
+        cam_class: the class the maps explain.
+        saliency: ``"gradcam"``, ``"occlusion"`` or ``"both"``.
+        occlusion: :class:`~.occlusion.OcclusionConfig` (None: defaults).
+        progress: ``progress(done, total)`` over the occluded copies.
+    Returns:
+        A :class:`PredictionResult` (``cam`` / ``occlusion`` (I, J, K) on the input grid, ``cam_network`` /
+        ``occlusion_network`` (X, Y, Z) on the network grid), or an ``AgePrediction`` for a brain-age bundle.
+    Raises:
+        ValueError: unknown ``saliency``; BundleError: NaN or infinite outputs, or occlusion asked of a
+        brain-age bundle.
     """
     if saliency not in SALIENCY_METHODS:
         raise ValueError(f"saliency must be one of {', '.join(SALIENCY_METHODS)} (got {saliency!r})")
@@ -353,7 +455,15 @@ def predict(bundle: Bundle, array: np.ndarray, affine: np.ndarray, tta: bool = T
 
 
 def predict_file(bundle: Bundle, path: str | os.PathLike, **kwargs: Any) -> PredictionResult:
-    """Read a volume file and :func:`predict` it; the read time is reported as ``timings['load']``."""
+    """Read a volume file and :func:`predict` it.
+
+    Args:
+        bundle: the loaded bundle.
+        path: a NIfTI or NRRD file.
+        **kwargs: options of :func:`predict`.
+    Returns:
+        The prediction, its read time in ``timings['load']``.
+    """
     t0 = time.perf_counter()
     array, affine = read_volume(path)
     load = time.perf_counter() - t0

@@ -1,4 +1,8 @@
-"""Network architectures selectable by name (``--arch``), and pretrained-weight loading."""
+"""Network architectures selectable by name (``--arch``), and pretrained-weight loading.
+
+What every architecture provides (``features``, optional ``pool_features``, ``head``, optional ``gradcam``)
+is written down in :mod:`.contracts`.
+"""
 
 from __future__ import annotations
 
@@ -11,13 +15,33 @@ from torch import nn
 
 from ..errors import BundleError
 from .acs import acs_resnet18
+from .contracts import Backbone, GradCamBackbone, PoolingBackbone, PretrainedLoader
 from .lightweight import mrf_dsnet
 from .resnet import ResNet3D
 from .slice_encoder import slice_resnet18
 from .weights import LoadReport, load_medicalnet_weights, load_state_dict_file
 
-#: name -> (factory, description). Every model maps (B, 1, X, Y, Z) to logits (B, num_classes) and exposes
-#: ``features(x)`` (last conv stage) and ``head(pooled)`` so that Grad-CAM comes from the prediction pass.
+__all__ = [
+    "ARCHITECTURES",
+    "PRETRAINED_FORMAT",
+    "TWO_D_WEIGHT_ARCHS",
+    "Backbone",
+    "GradCamBackbone",
+    "LoadReport",
+    "PoolingBackbone",
+    "PretrainedLoader",
+    "ResNet3D",
+    "build_model",
+    "count_parameters",
+    "describe_pretrained",
+    "load_medicalnet_weights",
+    "load_pretrained_weights",
+    "load_state_dict_file",
+    "pretrained_metadata",
+]
+
+#: name -> (factory, description). Every model maps (B, 1, X, Y, Z) to logits (B, num_classes) and is a
+#: :class:`~.contracts.Backbone` (``features``, ``head``), so that Grad-CAM comes from the prediction pass.
 ARCHITECTURES: dict[str, tuple[Callable[..., nn.Module], str]] = {
     "resnet10": (lambda **kw: ResNet3D((1, 1, 1, 1), **kw),
                  "3D ResNet-10, MedicalNet layout, strided stages (GloResNet)"),
@@ -33,7 +57,17 @@ ARCHITECTURES: dict[str, tuple[Callable[..., nn.Module], str]] = {
 
 
 def build_model(arch: str = "resnet10", num_classes: int = 2, **params: Any) -> nn.Module:
-    """Build an architecture by name; raises :class:`BundleError` for an unknown name or parameter."""
+    """Build an architecture by name.
+
+    Args:
+        arch: a key of :data:`ARCHITECTURES`.
+        num_classes: outputs K (2 for the classifier, 1 for brain-age regression).
+        **params: the architecture's parameters (``--arch-params``), e.g. ``widths``, ``dropout``.
+    Returns:
+        A :class:`~.contracts.Backbone`: (B, 1, X, Y, Z) -> (B, K), randomly initialised, in training mode.
+    Raises:
+        BundleError: an unknown name or parameter.
+    """
     if arch not in ARCHITECTURES:
         raise BundleError(f"unknown architecture '{arch}' (known: {', '.join(sorted(ARCHITECTURES))})")
     try:
@@ -48,7 +82,15 @@ PRETRAINED_FORMAT = "gloresnet-pretrained"
 
 
 def pretrained_metadata(path: str) -> dict[str, Any] | None:
-    """The description stored in a GloResNet-pretrained ``.safetensors`` file; None for any other file."""
+    """The description stored in a GloResNet-pretrained ``.safetensors`` file.
+
+    Args:
+        path: a weights file.
+    Returns:
+        The description (arch, data, cv, ...), or None for any other file.
+    Raises:
+        BundleError: the file claims the format but its description is corrupt.
+    """
     if not str(path).endswith(".safetensors") or not os.path.isfile(path):
         return None
     from safetensors import safe_open
@@ -72,7 +114,13 @@ TWO_D_WEIGHT_ARCHS = ("acs_resnet18", "slice_resnet18")
 
 
 def describe_pretrained(path: str, arch: str | None = None) -> str:
-    """One phrase naming a run's initialisation weights (for provenance)."""
+    """One phrase naming a run's initialisation weights (for provenance).
+
+    Args:
+        path: the weights file; arch: the architecture it initialises.
+    Returns:
+        E.g. "MedicalNet initialisation from resnet_10.pth".
+    """
     name = os.path.basename(str(path))
     try:
         doc = pretrained_metadata(path)
@@ -99,6 +147,15 @@ def load_pretrained_weights(model: nn.Module, path: str, arch: str | None = None
     Weights from GloResNet's own pretraining (:data:`PRETRAINED_FORMAT`, e.g. ``gloresnet pretrain-age``) name
     their architecture: ``arch`` (the model's architecture name) must match it, and every tensor must find
     its place in the model; otherwise :class:`BundleError`.
+
+    Args:
+        model: the model to initialise (in place).
+        path: the weights file.
+        arch: the model's architecture name (checked against GloResNet-pretrained weights).
+    Returns:
+        What was loaded, skipped and missing.
+    Raises:
+        BundleError: unreadable weights, or weights of another architecture.
     """
     doc = pretrained_metadata(path)
     if doc is not None:
@@ -115,10 +172,12 @@ def load_pretrained_weights(model: nn.Module, path: str, arch: str | None = None
 
 
 def count_parameters(model: nn.Module) -> int:
-    """Number of trainable parameters."""
+    """Number of trainable parameters.
+
+    Args:
+        model: any module.
+    Returns:
+        The count of elements of parameters with ``requires_grad``.
+    """
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
-
-__all__ = ["ARCHITECTURES", "PRETRAINED_FORMAT", "LoadReport", "ResNet3D", "build_model", "count_parameters",
-           "describe_pretrained", "load_medicalnet_weights", "load_pretrained_weights", "pretrained_metadata",
-           "load_state_dict_file"]

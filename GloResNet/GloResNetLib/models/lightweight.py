@@ -30,6 +30,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+__all__ = ["DEFAULT_WIDTHS", "DepthwiseSeparable3d", "MRFDSNet", "MRFUnit", "mrf_dsnet"]
+
 #: Default stage widths (the GUI's "half" and "quarter" presets divide them by 2 and 4).
 DEFAULT_WIDTHS = (32, 64, 128, 256)
 ACTIVATIONS = {"relu": nn.ReLU, "hardswish": nn.Hardswish}
@@ -127,6 +129,7 @@ class MRFDSNet(nn.Module):
         return self.fc(self.dropout(pooled))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits (B, num_classes) of volumes x (B, in_channels, X, Y, Z)."""
         return self.head(torch.flatten(nn.functional.adaptive_avg_pool3d(self.features(x), 1), 1))
 
 
@@ -135,5 +138,3 @@ def mrf_dsnet(num_classes: int = 2, in_channels: int = 1, widths: Sequence[int] 
     """Factory registered as ``mrf_dsnet`` (JSON-friendly: lists are accepted for every sequence)."""
     return MRFDSNet(num_classes=num_classes, in_channels=in_channels, widths=widths, **params)
 
-
-__all__ = ["DEFAULT_WIDTHS", "DepthwiseSeparable3d", "MRFDSNet", "MRFUnit", "mrf_dsnet"]

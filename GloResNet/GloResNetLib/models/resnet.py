@@ -13,6 +13,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+__all__ = ["CAM_LAYERS", "BasicBlock", "ResNet3D", "conv3x3x3"]
+
 #: Stages whose activations Grad-CAM can weight (``cam_layer``).
 CAM_LAYERS = ("layer1", "layer2", "layer3", "layer4")
 
@@ -47,6 +49,16 @@ class BasicBlock(nn.Module):
 
 class ResNet3D(nn.Module):
     """MedicalNet-style 3D ResNet classifier: (B, in_channels, X, Y, Z) -> logits (B, num_classes).
+
+    Args:
+        layers: residual blocks per stage ((1, 1, 1, 1): ResNet-10; (2, 2, 2, 2): ResNet-18).
+        num_classes: outputs K.
+        in_channels: input channels C_in.
+        dilated: MedicalNet's dilated layer3/layer4 (stride 1) instead of strided stages.
+        widths: channels of the four stages (MedicalNet weights need 64, 128, 256, 512).
+        dropout: dropout before the linear head (0: none).
+        stem_pool: MedicalNet's stem max-pool (False: every feature grid twice as fine).
+        cam_layer: the stage ``features`` returns (Grad-CAM's layer).
 
     ``features`` returns the activations of ``cam_layer`` (default the last stage, ``layer4``),
     ``pool_features`` runs the stages after it and global average pooling, ``head`` maps the pooled vector to
@@ -115,8 +127,9 @@ class ResNet3D(nn.Module):
         return torch.flatten(self.avgpool(feats), 1)
 
     def head(self, pooled: torch.Tensor) -> torch.Tensor:
-        """Logits from globally pooled features (B, C)."""
+        """Logits (B, num_classes) from globally pooled features (B, widths[3])."""
         return self.fc(self.dropout(pooled))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits (B, num_classes) of volumes x (B, in_channels, X, Y, Z)."""
         return self.head(self.pool_features(self.features(x)))
