@@ -16,8 +16,8 @@ between calls (one per model object, device and dtype; rebuilt when the model's 
 Importing this module also asks PyTorch to back large CPU tensors with transparent huge pages
 (``THP_MEM_ALLOC_ENABLE=1``, a PyTorch setting read at the process's first large allocation, so it only
 takes effect if nothing large was allocated before): every activation here is tens of megabytes, freshly
-mapped at each call, and faulting it in 4 KiB pages cost as much as the convolution writing it (a 134 MB
-copy: 0.12 s -> 0.02 s on the 2-core test machine). Set ``THP_MEM_ALLOC_ENABLE=0`` to opt out.
+mapped at each call, and faulting it in 4 KiB pages cost as much as the convolution writing it (measured
+figures: CHANGELOG.md). Set ``THP_MEM_ALLOC_ENABLE=0`` to opt out.
 
 Every prepared copy is checked against the original model on a small input when it is built; if anything
 disagrees or fails (another torch version, another architecture) the original model is used unchanged.
