@@ -9,7 +9,18 @@ Python API (imported lazily, so that ``gloresnet --help`` does not import torch)
 Modules: :mod:`.config` (``TrainConfig``), :mod:`.datasets` (CSV manifest and dHCP BIDS reader, dataset
 report), :mod:`.cache` (preprocessing cache), :mod:`.folds` (subject-grouped stratified k-fold),
 :mod:`.augment` (mixup, flips, small affine), :mod:`.metrics`, :mod:`.trainer` (one fold, DDP-aware),
-:mod:`.run` (the run directory: ``train_cv``, merge/finalise, ``evaluate``), :mod:`.cli`.
+:mod:`.run` (the run directory: ``train_cv``), :mod:`.merge` (merge/finalise, ``evaluate``), :mod:`.cli`.
+
+Layout by concern::
+
+    options, defined once      config (TrainConfig, AgeConfig, list_options) -> options (argparse, to_argv)
+    commands                   cli (train, folds, evaluate) -> age_cli (pretrain-age)
+    data                       datasets (manifest, load_dataset) -> dhcp, dataset_report; cache; folds
+    one fold                   trainer (FoldTrainer) <- distributed, stopping, checkpoints, amp, recipe,
+                               augment, metrics
+    one job / run folder       run (train_cv) <- jobframe (run_job), runfolder (files), merge (finalize_run)
+    brain-age pretraining      age (pretrain_age) <- age_trainer, age_merge, age_bundle
+
 """
 
 from __future__ import annotations

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from ..io import atomic_path, write_text_atomic
 from .checkpoints import load_checkpoint
+from .config import AgeConfig
 from .trainer import FoldTrainer
 
 __all__ = ["PRED_COLUMNS", "AgeFoldTrainer", "mae", "mean_sd", "regression_metrics"]
@@ -64,7 +65,7 @@ class AgeFoldTrainer(FoldTrainer):
 
     num_outputs = 1
 
-    def __init__(self, *args: Any, ages: np.ndarray, loss: str = "smooth_l1", final: bool = False, **kw: Any):
+    def __init__(self, *args: Any, ages: np.ndarray, loss: str = AgeConfig.loss, final: bool = False, **kw: Any):
         super().__init__(*args, **kw)
         self.ages = np.asarray(ages, dtype=np.float64)
         self.loss_name = loss

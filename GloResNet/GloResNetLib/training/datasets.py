@@ -10,10 +10,10 @@ since repeated scans of one infant could then fall into different folds).
 ``radiology_score``) and ``sub-*/ses-*/anat/*_T2w.nii.gz``. ROOT may be the release root (holding
 ``rawdata/`` and ``derivatives/dhcp_anat_pipeline/``) or any one of those BIDS folders; the bias-corrected
 ``*_desc-restore_T2w.nii.gz`` of the anatomical pipeline is preferred over the raw ``*_T2w.nii.gz``.
-Label rules from ``radiology_score`` (per session): ``ge3`` (default, the GloResNet authors' code): 1-2 -> no
+Label rules from ``radiology_score`` (per session): ``ge3`` (the GloResNet authors' code): 1-2 -> no
 BI, 3-5 -> BI; ``3or5``: 1-2 -> no BI, 3 or 5 -> BI, 4 (a possibly clinical but *non-brain* finding) excluded.
-``Q`` (poor-quality anatomy) sessions are excluded and counted. Preterm filter (default on): gestational age
-at birth < 37 weeks.
+``Q`` (poor-quality anatomy) sessions are excluded and counted. Preterm filter (``dhcp_preterm_only``): gestational age
+at birth below ``dhcp_max_birth_age`` (defaults: :class:`~.config.TrainConfig`).
 
 Problems (missing file, unreadable image, missing or invalid label, duplicate rows) are collected, never
 raised one at a time: :func:`load_dataset` returns a :class:`DatasetReport` and the caller decides

@@ -8,6 +8,7 @@ from collections import Counter
 from pathlib import Path
 
 from ..errors import DatasetError
+from .config import TrainConfig
 from .dataset_report import DatasetReport, Problem, Sample, clean_cell, is_synthetic_folder, parse_float
 
 __all__ = ["find_t2w", "label_from_score", "read_dhcp"]
@@ -53,7 +54,7 @@ def find_t2w(bids_dirs: list[Path], sub: str, ses: str) -> Path | None:
     return plain[0] if plain else None
 
 
-def label_from_score(score: int, rule: str = "ge3") -> int | None:
+def label_from_score(score: int, rule: str = TrainConfig.dhcp_label_rule) -> int | None:
     """Radiology score (1-5) -> label under a rule; None = excluded by the rule."""
     if rule == "3or5":
         return {1: 0, 2: 0, 3: 1, 5: 1}.get(score)
@@ -62,10 +63,10 @@ def label_from_score(score: int, rule: str = "ge3") -> int | None:
 
 def read_dhcp(
     root: str | os.PathLike,
-    label_rule: str = "ge3",
-    preterm_only: bool = True,
-    max_birth_age: float = 37.0,
-    sessions: str = "all",
+    label_rule: str = TrainConfig.dhcp_label_rule,
+    preterm_only: bool = TrainConfig.dhcp_preterm_only,
+    max_birth_age: float = TrainConfig.dhcp_max_birth_age,
+    sessions: str = TrainConfig.dhcp_sessions,
 ) -> DatasetReport:
     """Read the dHCP BIDS layout (see module docstring); ``sessions`` = all | first | last per subject."""
     root = Path(root).resolve()

@@ -24,6 +24,7 @@ import numpy as np
 
 from ..errors import DatasetError
 from ..io import write_text_atomic
+from .config import TrainConfig
 
 OPTIMISTIC_NOTE = (
     "protocol 'paper': each fold's checkpoint was chosen on that fold's own test data (as in "
@@ -119,10 +120,10 @@ def inner_split(
 def make_folds(
     labels: np.ndarray | list[int],
     groups: np.ndarray | list[str],
-    k: int = 5,
-    seed: int = 42,
-    protocol: str = "honest",
-    val_fraction: float = 0.2,
+    k: int = TrainConfig.folds,
+    seed: int = TrainConfig.seed,
+    protocol: str = TrainConfig.protocol,
+    val_fraction: float = TrainConfig.val_fraction,
 ) -> list[Split]:
     """The k outer folds (and inner validation splits) of a dataset; deterministic for a given seed."""
     labels = np.asarray(labels, dtype=np.int64)

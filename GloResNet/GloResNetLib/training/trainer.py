@@ -1,8 +1,8 @@
 """Training one cross-validation fold: AdamW + cosine, mixup, class weights, AMP, checkpoints, resume, DDP.
 
-Defaults follow the GloResNet authors' code: AdamW (lr 2e-3, weight decay 0.01, on all parameters), cosine
-schedule over the epochs (stepped per epoch; optional linear warm-up), batch 32, mixup alpha 1.0 with one
-lambda per batch, class weights ``N / (2 N_c)`` from the training fold, random left-right flip p=0.5.
+The recipe follows the GloResNet authors' code (its defaults: the fields of :class:`~.config.TrainConfig`):
+AdamW on all parameters, cosine schedule over the epochs (stepped per epoch; optional linear warm-up), mixup
+with one lambda per batch, class weights ``N / (2 N_c)`` from the training fold, random left-right flips.
 
 Batches: the training fold is shuffled per epoch and cut into ``ceil(n / batch_size)`` batches of near-equal
 size; where that would leave a batch of one (which BatchNorm cannot use), one step fewer: the remainder is
