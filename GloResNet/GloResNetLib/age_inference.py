@@ -28,13 +28,13 @@ from . import fastnet
 from .age_target import AGE_REGRESSION, AGE_TARGET_NAME, AGE_UNIT, target_scaling
 from .bundle import Bundle
 from .errors import BundleError
-from .inference import (
+from .predict_common import (
     DISCLAIMER,
-    PredictionResult,
-    _sync,
     gradcam_map,
+    peak_ras,
     pool_features,
     prepare_pass,
+    sync_device,
     upsample_cam,
     view_name,
 )
@@ -48,8 +48,7 @@ class AgePrediction:
     """Outcome of :func:`predict_age` for one volume; arrays as in :class:`~.inference.PredictionResult`.
 
     The fields from ``resampled`` on have the names and meaning of PredictionResult's, so the writers of
-    ``gloresnet predict`` and of the Slicer module take either result (a shared base class would mean
-    restructuring PredictionResult; left for when inference.py is not being edited in parallel)."""
+    ``gloresnet predict`` and of the Slicer module take either result."""
 
     age_weeks: float
     view_age_weeks: dict[str, float]
@@ -68,7 +67,10 @@ class AgePrediction:
     cv_mae_weeks: float | None = None
     timings: dict[str, float] = field(default_factory=dict)
 
-    cam_peak_ras = PredictionResult.cam_peak_ras  # the same saliency-peak rule as for classifiers
+    def cam_peak_ras(self) -> list[float] | None:
+        """World (RAS, mm) position of the Grad-CAM maximum on the input grid (the classifiers' rule,
+        :func:`~.predict_common.peak_ras`)."""
+        return peak_ras(self.cam, self.input_affine)
 
     @property
     def is_synthetic(self) -> bool:
@@ -139,7 +141,7 @@ def predict_age(bundle: Bundle, array: np.ndarray, affine: np.ndarray, tta: bool
         if cam_map is not None:
             cams.append(cam_map[0] * scale)
     estimates = torch.stack(weeks).cpu().numpy()  # (M, V)
-    _sync(dev)
+    sync_device(dev)
     timings["network"] = time.perf_counter() - t0
     if not np.isfinite(estimates).all():
         raise BundleError(f"{bundle.path}: the network gave a non-finite age for this volume")
