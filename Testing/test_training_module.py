@@ -111,7 +111,7 @@ def test_paper_defaults_cpu_demo_preset_and_the_command_line(tmp_path):
                                  tensorboard=False, cache_dir=str(tmp_path / "c"))):
         parsed = build_parser().parse_args(ts.train_args(params))
         assert parsed.command == "train" and parsed.progress_json
-        assert TrainConfig(**given_options(parsed)).run_fields() == params.config().run_fields()
+        assert TrainConfig(**given_options(parsed, TrainConfig)).run_fields() == params.config().run_fields()
     assert ts.train_args(paper.replace(source="dhcp", dhcp=str(tmp_path), output_folder=str(tmp_path),
                                        run_name="x"))[1:3] == ["--dhcp", str(tmp_path)]
     assert "--widths" in ts.train_args(demo.replace(output_folder=str(tmp_path), run_name="d"))

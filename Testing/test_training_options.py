@@ -28,7 +28,7 @@ def test_train_round_trip(cfg):
     assert parse_config(cfg.to_argv()) == cfg
     # the real `gloresnet train` parser reads the same arguments into the same configuration
     parsed = build_parser().parse_args(["train", *cfg.to_argv()])
-    assert TrainConfig(**given_options(parsed)) == cfg
+    assert TrainConfig(**given_options(parsed, TrainConfig)) == cfg
 
 
 def test_every_command_line_option_of_train_is_exercised():

@@ -2,8 +2,9 @@
 
 Each option is one dataclass field carrying its default and, in the field's metadata (:func:`option`), its
 help text, allowed range or choices, command-line flag and the commands that offer it. The ``train`` and
-``pretrain-age`` parsers (:mod:`.options`), :meth:`TrainConfig.to_argv`, :meth:`TrainConfig.validate` and the
-GUI's field list (:func:`list_options`) are all built from these fields, so no default is written twice.
+``pretrain-age`` parsers (:mod:`.options`; the generic machinery: :mod:`.optionspec`),
+:meth:`TrainConfig.to_argv`, :meth:`TrainConfig.validate` and the GUI's field list (:func:`list_options`) are
+all built from these fields, so no default is written twice.
 
 Torch-free so that the command line can build and validate it cheaply. Fields are either *run-level* (they
 define the experiment and are stored in ``RUN_DIR/config.json``; a resumed or joined run must use the same
@@ -16,13 +17,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
-import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from ..errors import InputError
+from .optionspec import AGE, TRAIN, OptionSpec, Range, change_option, config_argv, list_options, option
 
 __all__ = [
     "AGE",
@@ -36,9 +36,6 @@ __all__ = [
     "option",
 ]
 
-TRAIN = "train"
-AGE = "pretrain-age"
-BOTH = frozenset({TRAIN, AGE})
 PROTOCOLS = ("honest", "paper")
 SELECT_METRICS = ("auto", "loss", "auc", "accuracy", "balanced_accuracy")
 LABEL_RULES = ("ge3", "3or5")
@@ -48,96 +45,12 @@ LOSSES = ("smooth_l1", "l1")
 FINAL_CHOICES = ("all", "best-fold")
 
 
-@dataclass(frozen=True)
-class Range:
-    """Allowed numeric values: ``low`` / ``high`` bounds (None: unbounded), each open or closed."""
-
-    low: float | None = None
-    high: float | None = None
-    low_open: bool = False
-    high_open: bool = False
-
-    def __contains__(self, value: float) -> bool:
-        if not isinstance(value, (int, float)) or (isinstance(value, float) and math.isnan(value)):
-            return False
-        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
-            return False
-        return self.high is None or (value < self.high if self.high_open else value <= self.high)
-
-    def text(self) -> str:
-        """The range in words, e.g. 'at least 1', 'positive', 'in [0, 1]', 'in (0, 0.5)'."""
-        if self.high is None:
-            if self.low_open:
-                return "positive" if self.low == 0 else f"above {self.low:g}"
-            return f"at least {self.low:g}"
-        if self.low is None:
-            return f"{'below' if self.high_open else 'at most'} {self.high:g}"
-        left, right = "(" if self.low_open else "[", ")" if self.high_open else "]"
-        return f"in {left}{self.low:g}, {self.high:g}{right}"
-
-
-def option(
-    default: Any = None,
-    help: str = "",  # noqa: A002 - argparse's word
-    *,
-    flag: str | None = None,
-    metavar: str | None = None,
-    choices: tuple[str, ...] | None = None,
-    range: Range | None = None,  # noqa: A002
-    commands: frozenset[str] = BOTH,
-    job: bool = False,
-    data: bool = False,
-    exclusive: str | None = None,
-    default_text: str | None = None,
-    cli: bool = True,
-    default_factory: Any = None,
-) -> Any:
-    """A :class:`TrainConfig` field: its default plus what the parsers and the GUI need to know.
-
-    Args:
-        default: the default value (the only place it is written).
-        help: help text, without the default (appended from ``default`` or ``default_text``).
-        flag: the command-line flag (default ``--name-with-dashes``; ``--no-NAME`` for a boolean that
-            defaults to True).
-        metavar: argparse metavar.
-        choices: allowed string values.
-        range: allowed numeric values (checked by :meth:`TrainConfig.validate`).
-        commands: the commands that offer the option (``train``, ``pretrain-age``).
-        job: a job-level option (:data:`JOB_FIELDS`), free to differ between jobs of one run.
-        data: a dataset option, also offered by ``gloresnet folds``.
-        exclusive: name of a mutually exclusive group of options.
-        default_text: how the help names a None default (e.g. "torch's choice").
-        cli: False for a field that is set by the program, not on the command line.
-        default_factory: a factory instead of ``default`` (mutable defaults).
-    Returns:
-        A ``dataclasses.field``.
-    """
-    meta = {
-        "help": help,
-        "flag": flag,
-        "metavar": metavar,
-        "choices": choices,
-        "range": range,
-        "commands": commands if cli else frozenset(),
-        "job": job,
-        "data": data,
-        "exclusive": exclusive,
-        "default_text": default_text,
-    }
-    if default_factory is not None:
-        return field(default_factory=default_factory, metadata=meta)
-    return field(default=default, metadata=meta)
-
-
-def _change(name: str, default: Any, **changes: Any) -> Any:
-    """A field of :class:`TrainConfig` with another default (and other metadata) in a subclass."""
-    base = {f.name: f for f in dataclasses.fields(TrainConfig)}[name]
-    return field(default=default, metadata={**base.metadata, **changes})
-
-
 @dataclass
 class TrainConfig:
     """All options of a cross-validated training run (see ``gloresnet train --help``)."""
+
+    #: the command whose options these are (:meth:`to_argv`)
+    COMMAND: ClassVar[str] = TRAIN
 
     # data
     manifest: str | None = option(
@@ -300,8 +213,6 @@ class TrainConfig:
             Flags and values of the options that differ from their defaults, in field order (fields the
             program sets itself, such as ``progress_bar``, are not command-line options and are left out).
         """
-        from .options import config_argv
-
         return config_argv(self, command)
 
     @classmethod
@@ -328,8 +239,10 @@ class AgeConfig(TrainConfig):
     """The options of ``gloresnet pretrain-age``: the training options it offers, mixup off by default, and
     the loss and the exported model. :meth:`train_config` gives the ``TrainConfig`` part."""
 
-    mixup_alpha: float = _change(
-        "mixup_alpha", 0.0, help="mixup Beta(alpha, alpha) with linearly mixed ages, 0 = off")
+    COMMAND: ClassVar[str] = AGE
+
+    mixup_alpha: float = change_option(
+        TrainConfig, "mixup_alpha", 0.0, help="mixup Beta(alpha, alpha) with linearly mixed ages, 0 = off")
     loss: str = option(
         "smooth_l1", "loss on the standardised age: smooth L1 (Huber, beta 1 SD) or L1", choices=LOSSES,
         commands=frozenset({AGE}))
@@ -341,70 +254,6 @@ class AgeConfig(TrainConfig):
     def train_config(self) -> TrainConfig:
         """The :class:`TrainConfig` fields of these options."""
         return TrainConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(TrainConfig)})
-
-
-@dataclass(frozen=True)
-class OptionSpec:
-    """One option as the GUI and the parsers see it.
-
-    Attributes:
-        name: the field name (``batch_size``).
-        flag: the command-line flag (``--batch-size``; ``--no-tta`` for a boolean defaulting to True).
-        type: ``int``, ``float``, ``str``, ``bool`` or ``dict``.
-        optional: None is allowed (off / unset).
-        default: the default value.
-        range: allowed numeric values, or None.
-        choices: allowed string values, or None.
-        help: help text (without the default).
-        default_text: how a None default reads, or None.
-        commands: the commands that offer it (empty: set by the program).
-        job: job-level (may differ between jobs of one run).
-        data: a dataset option (also offered by ``gloresnet folds``).
-        exclusive: name of its mutually exclusive group, or None.
-        metavar: argparse metavar, or None.
-    """
-
-    name: str
-    flag: str
-    type: type
-    optional: bool
-    default: Any
-    range: Range | None
-    choices: tuple[str, ...] | None
-    help: str
-    default_text: str | None
-    commands: frozenset[str]
-    job: bool
-    data: bool
-    exclusive: str | None
-    metavar: str | None
-
-
-def list_options(cls: type[TrainConfig] = TrainConfig, command: str | None = None) -> list[OptionSpec]:
-    """The options of a configuration class, in field order.
-
-    Args:
-        cls: :class:`TrainConfig` or :class:`AgeConfig`.
-        command: only the options this command offers (``train``, ``pretrain-age``); None: every field.
-    Returns:
-        One :class:`OptionSpec` per field (name, flag, type, default, range, choices, help, ...).
-    """
-    hints = typing.get_type_hints(cls)
-    out = []
-    for f in dataclasses.fields(cls):
-        m = f.metadata
-        if command is not None and command not in m["commands"]:
-            continue
-        args = [a for a in typing.get_args(hints[f.name]) if a is not type(None)]
-        kind = typing.get_origin(hints[f.name]) or hints[f.name]
-        optional = type(None) in typing.get_args(hints[f.name])
-        if optional:
-            kind = args[0]
-        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-        flag = m["flag"] or ("--no-" if kind is bool and default is True else "--") + f.name.replace("_", "-")
-        out.append(OptionSpec(f.name, flag, kind, optional, default, m["range"], m["choices"], m["help"],
-                              m["default_text"], m["commands"], m["job"], m["data"], m["exclusive"], m["metavar"]))
-    return out
 
 
 #: Options that describe how one process runs (not what the experiment is); they may differ on resume.
