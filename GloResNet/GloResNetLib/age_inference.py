@@ -39,6 +39,8 @@ from .predict_common import (
     view_name,
 )
 
+__all__ = ["AgePrediction", "SALIENCY", "age_pass", "age_table", "cv_mae", "predict_age"]
+
 SALIENCY = ("Grad-CAM of the predicted age: where the features raise the age estimate (regions that lower it "
             "are not shown); not a lesion map")
 
@@ -178,6 +180,3 @@ def age_table(rows: list[dict[str, Any]], bundle: Bundle) -> list[str]:
     if bundle.is_synthetic:
         lines.append("NOTE: this model was trained on SYNTHETIC data - demonstration only.")
     return lines
-
-
-__all__ = ["AgePrediction", "SALIENCY", "age_pass", "age_table", "cv_mae", "predict_age"]

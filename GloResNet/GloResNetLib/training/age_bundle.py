@@ -24,6 +24,8 @@ from .config import TrainConfig
 from .merge import training_data
 from .runfolder import preprocess_config, read_json
 
+__all__ = ["BUNDLE_DIR", "age_training_data", "write_age_bundle"]
+
 BUNDLE_DIR = "bundle"
 
 
@@ -102,6 +104,3 @@ def write_age_bundle(run_dir: Path, cfg: TrainConfig, loss: str, summary: dict[s
     for key in ("class_names", "threshold"):  # a regression has neither
         meta.pop(key)
     return save_bundle(run_dir / BUNDLE_DIR, states, meta, overwrite=True)
-
-
-__all__ = ["BUNDLE_DIR", "age_training_data", "write_age_bundle"]

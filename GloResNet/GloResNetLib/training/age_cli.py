@@ -16,9 +16,15 @@ from ..errors import InputError
 from .config import AGE, AgeConfig
 from .options import EPILOG, add_config_options, given_options
 
+__all__ = ["add_parser", "run_pretrain_age"]
+
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    """Register ``pretrain-age``."""
+    """Register ``pretrain-age``.
+
+    Args:
+        subparsers: the ``gloresnet`` parser's subcommands.
+    """
     p = subparsers.add_parser(
         "pretrain-age",
         help="pretrain a backbone on brain-age regression (age_weeks), for train --pretrained",

@@ -17,9 +17,15 @@ from .age_cli import add_parser as add_age_parser
 from .config import JOB_FIELDS, TRAIN, TrainConfig
 from .options import EPILOG, add_config_options, add_data_options, given_options
 
+__all__ = ["add_parser", "run_evaluate", "run_folds", "run_train"]
 
-def add_parser(subparsers) -> None:
-    """Register ``train``, ``folds`` and ``evaluate``."""
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Register ``train``, ``folds``, ``evaluate`` and ``pretrain-age``.
+
+    Args:
+        subparsers: the ``gloresnet`` parser's subcommands.
+    """
     p = subparsers.add_parser(
         "train",
         help="cross-validated training (subject-grouped k-fold) ending in an ensemble bundle",

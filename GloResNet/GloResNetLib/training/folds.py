@@ -26,6 +26,19 @@ from ..errors import DatasetError
 from ..io import write_text_atomic
 from .config import TrainConfig
 
+__all__ = [
+    "HONEST_NOTE",
+    "OPTIMISTIC_NOTE",
+    "Split",
+    "check_splittable",
+    "folds_document",
+    "format_folds",
+    "inner_split",
+    "make_folds",
+    "splits_from_document",
+    "write_folds",
+]
+
 OPTIMISTIC_NOTE = (
     "protocol 'paper': each fold's checkpoint was chosen on that fold's own test data (as in "
     "the GloResNet authors' code), so these figures are OPTIMISTIC (biased upward)"
