@@ -38,7 +38,14 @@ def finalize_age_run(
     run_dir: Path, report: DatasetReport, ages: np.ndarray, cfg: TrainConfig, loss: str, final: str
 ) -> dict[str, Any]:
     """Merge the folds (``oof.csv``, ``metrics.json``), export the backbone weights with their metadata and
-    write the fold models' brain-age bundle (``bundle/``)."""
+    write the fold models' brain-age bundle (``bundle/``).
+
+    Args:
+        run_dir: the pretrain-age folder; report: its dataset; ages: age at scan per sample (N,), weeks.
+        cfg: its options; loss: its loss; final: ``all`` or ``best-fold``.
+    Returns:
+        The ``metrics.json`` document.
+    """
     from safetensors.torch import load_file, save_file
 
     results = [read_json(run_dir / f"fold_{k}" / "result.json") for k in range(cfg.folds)]

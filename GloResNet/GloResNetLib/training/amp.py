@@ -15,7 +15,14 @@ __all__ = ["amp_dtype", "autocast", "predict_outputs"]
 
 
 def amp_dtype(device: torch.device, enabled: bool) -> torch.dtype | None:
-    """bfloat16 where supported, else float16, on CUDA only; None = full precision."""
+    """The autocast dtype of a device.
+
+    Args:
+        device: the training device.
+        enabled: the ``amp`` option.
+    Returns:
+        bfloat16 where supported, else float16, on CUDA only; None = full precision.
+    """
     if not enabled or device.type != "cuda":
         return None
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
@@ -38,8 +45,19 @@ def predict_outputs(
     dtype: torch.dtype | None = None,
     per_sample: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> np.ndarray:
-    """One value per sample (eval mode): ``per_sample(outputs)`` (default: softmax P(class 1)); with ``tta``
-    the mean over the identity and the left-right flip."""
+    """One value per sample, in eval mode.
+
+    Args:
+        model: the network.
+        store: the preprocessed volumes.
+        indices: samples to predict, shape (N,).
+        device: where to run; dtype: autocast dtype (None: full precision).
+        tta: average over the identity and the left-right flip.
+        batch_size: volumes per forward pass.
+        per_sample: outputs (B, K) -> values (B,); default softmax P(class 1).
+    Returns:
+        Shape (N,).
+    """
     per_sample = per_sample or (lambda y: torch.softmax(y, dim=1)[:, 1])
     model.eval()
     out = []

@@ -18,7 +18,12 @@ CHECKPOINT_VERSION = 1
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """torch.save atomically (a kill never leaves a corrupt file)."""
+    """``torch.save`` atomically (a kill never leaves a corrupt file).
+
+    Args:
+        path: the checkpoint file (``last.pt``, ``best.pt``).
+        state: tensors and plain data.
+    """
     buf = io.BytesIO()
     torch.save(state, buf)
     with atomic_path(path) as tmp:
@@ -29,7 +34,15 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
-    """Read a checkpoint as data (``weights_only=True``)."""
+    """Read a checkpoint as data (``weights_only=True``).
+
+    Args:
+        path: the checkpoint file.
+    Returns:
+        The saved state.
+    Raises:
+        InputError: an unreadable checkpoint.
+    """
     try:
         return torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any failure means the file is unusable

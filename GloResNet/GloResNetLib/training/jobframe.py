@@ -139,7 +139,18 @@ def run_job(
     ``stopped`` / ``error`` events, and restore the caller's threads and torch RNG. The run folder is locked
     (:mod:`.lock`) from before ``prepare`` to the end: a second job on it raises ``InputError`` naming the
     first; an error is also written to ``train.log`` when one is open. A stop re-raises
-    :class:`TrainingStopped`, or ``stopped_error(run_dir, exc)`` when given. Returns the run directory."""
+    :class:`TrainingStopped`, or ``stopped_error(run_dir, exc)`` when given.
+
+    Args:
+        config: the job's options.
+        progress: receives every progress event dict; stop: asks for a clean stop.
+        prepare: checks and completes the options (run folder); runs under the lock.
+        body: ``body(config, run_dir, dist, reporter, stop)`` does the work.
+        stopped_error: the exception a stop raises instead of :class:`TrainingStopped`.
+        job_name: names this job in the lock (and so in another job's refusal).
+    Returns:
+        The run folder.
+    """
     import torch
 
     reporter = Reporter(progress, json_stdout=config.progress_json, bar=config.progress_bar)

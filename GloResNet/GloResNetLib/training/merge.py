@@ -40,6 +40,13 @@ def _locked(run_dir: Path):
 
 
 def read_predictions(path: Path) -> list[dict[str, Any]]:
+    """A fold's ``predictions.csv``.
+
+    Args:
+        path: the file.
+    Returns:
+        One dict per row (:data:`OOF_COLUMNS`), numbers parsed.
+    """
     with open(path, newline="", encoding="utf-8") as f:
         return [
             dict(
@@ -81,7 +88,15 @@ def training_data(dataset_doc: dict[str, Any]) -> dict[str, Any]:
 
 
 def finalize_run(run_dir: str | Path) -> dict[str, Any]:
-    """Merge finished folds: ``oof.csv``, ``metrics.json``, plots and the ensemble ``bundle/``; idempotent."""
+    """Merge finished folds: ``oof.csv``, ``metrics.json``, plots and the ensemble ``bundle/``; idempotent.
+
+    Args:
+        run_dir: the run folder.
+    Returns:
+        The ``metrics.json`` document.
+    Raises:
+        InputError: a fold is not finished.
+    """
     from safetensors.torch import load_file
 
     from ..bundle import default_metadata, save_bundle
@@ -187,7 +202,16 @@ class _Lines:
 
 
 def evaluate_run(run_dir: str | Path, merge: bool = False) -> dict[str, Any]:
-    """A run's ``metrics.json`` (merged first with ``merge`` or when it is missing but all folds are done)."""
+    """A run's ``metrics.json``.
+
+    Args:
+        run_dir: the run folder.
+        merge: merge the folds first (also done when ``metrics.json`` is missing).
+    Returns:
+        The ``metrics.json`` document.
+    Raises:
+        InputError: not a run folder, or folds unfinished when a merge is needed.
+    """
     run_dir = Path(run_dir)
     if not (run_dir / "config.json").is_file():
         raise InputError(f"{run_dir}: not a training run folder (no config.json)")

@@ -70,8 +70,16 @@ def prepare_dataset(
     reporter: Reporter | None = None,
     stop: StopSignal | None = None,
 ) -> tuple[DatasetReport, list[str], PreprocessCache]:
-    """Read the dataset, fill the preprocessing cache (this finds unreadable images) and return
-    ``(report, cache keys of report.samples, cache)``; the report then lists every problem found."""
+    """Read the dataset and fill the preprocessing cache (this finds unreadable images).
+
+    Args:
+        cfg: the options naming the dataset and the preprocessing.
+        dist: this process's place in a distributed run (each rank decodes its share).
+        reporter: receives ``stage`` progress events.
+        stop: polled while decoding; a stop raises :class:`TrainingStopped`.
+    Returns:
+        ``(report, cache keys of report.samples, cache)``; the report lists every problem found.
+    """
     dist = dist or Dist()
     report = load_dataset(cfg)
     cache = PreprocessCache(cfg.cache_dir, preprocess_config(cfg))
@@ -123,7 +131,13 @@ def prepare_dataset(
 
 
 def check_dataset(cfg: TrainConfig) -> DatasetReport:
-    """Read and decode a dataset (filling the cache) and return its report; nothing is raised for problems."""
+    """Read and decode a dataset (filling the cache); nothing is raised for problems.
+
+    Args:
+        cfg: the options naming the dataset.
+    Returns:
+        The dataset report (problems included).
+    """
     report, _, _ = prepare_dataset(cfg)
     return report
 
@@ -209,6 +223,15 @@ def train_cv(
     asks for a clean stop like Ctrl-C. A stop saves a checkpoint, emits ``stopped`` and raises
     :class:`~GloResNetLib.training.stopping.TrainingStopped`. Dataset problems raise ``DatasetError`` (with the
     full report) before anything trains. Under ``torchrun`` each process calls this; rank 0 writes.
+
+    Args:
+        config: the run's options (validated here).
+        progress: receives every progress event dict.
+        stop: a ``threading.Event`` that asks for a clean stop.
+    Returns:
+        The run folder.
+    Raises:
+        InputError: bad options or run folder; DatasetError: dataset problems; TrainingStopped: stopped.
     """
     config = config.validate()
     return run_job(config, progress, stop, _config_for_job, _train)
