@@ -97,7 +97,7 @@ set -e
     --device "$DEV" --synthetic --no-tensorboard --cache-dir "$OUT/cache" "${TRAIN_ARGS[@]}"
 "$PY" - "$OUT/train-run" "$DEV" <<"EOF"
 import json, math, sys, torch
-from GloResNetLib.training.trainer import amp_dtype
+from GloResNetLib.training.amp import amp_dtype
 run, dev = sys.argv[1], sys.argv[2]
 m = json.load(open(run + "/metrics.json"))
 auc = m["pooled"].get("auc")
