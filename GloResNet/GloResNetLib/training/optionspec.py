@@ -26,6 +26,7 @@ __all__ = [
     "change_option",
     "config_argv",
     "given_options",
+    "help_text",
     "json_dict",
     "list_options",
     "option",
@@ -238,7 +239,14 @@ def json_dict(text: str) -> dict:
     return value
 
 
-def _help(spec: OptionSpec) -> str:
+def help_text(spec: OptionSpec) -> str:
+    """An option's help with its default, as ``--help`` and a GUI tooltip show it.
+
+    Args:
+        spec: the option.
+    Returns:
+        E.g. "AdamW learning rate (default 0.002)".
+    """
     if spec.type is bool or spec.type is dict:
         return spec.help
     if spec.default is not None:
@@ -261,7 +269,7 @@ def add_option(p: argparse.ArgumentParser, spec: OptionSpec, groups: dict[str, A
         if spec.exclusive not in groups:
             groups[spec.exclusive] = p.add_mutually_exclusive_group()
         target = groups[spec.exclusive]
-    kw: dict[str, Any] = {"dest": spec.name, "default": argparse.SUPPRESS, "help": _help(spec)}
+    kw: dict[str, Any] = {"dest": spec.name, "default": argparse.SUPPRESS, "help": help_text(spec)}
     if spec.type is bool:
         kw["action"] = "store_false" if spec.default else "store_true"
     else:
