@@ -10,12 +10,12 @@ import sys
 import pytest
 import torch
 from conftest import make_bundle, make_small_model, subprocess_env
-from GloResNetLib import process
 from GloResNetLib.bundle import load_bundle, read_metadata, sha256_file
 from GloResNetLib.bundle_schema import ARCH_NAMES, MAX_DEPTH, validate_metadata
 from GloResNetLib.cli import main
 from GloResNetLib.errors import BundleError
 from GloResNetLib.models import ARCHITECTURES
+from GloResNetLib.slicer_side.bundles import bundle_info
 
 
 def _edit(path, edit) -> None:
@@ -104,7 +104,7 @@ def test_bundle_info_refuses_bad_metadata_exit_2_one_line(tmp_path, capsys, edit
     assert main(["bundle", "info", str(path)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and message in err
-    info = process.bundle_info(path)  # the Slicer models list applies the same schema
+    info = bundle_info(path)  # the Slicer models list applies the same schema
     assert info.error and message in info.error
 
 

@@ -13,9 +13,8 @@ import time
 from pathlib import Path
 
 from . import __version__
+from .disclaimer import DISCLAIMER as EPILOG
 from .errors import GloResNetError, InputError
-
-EPILOG = "Research use only. Not a medical device; not for clinical decisions."
 
 #: Subcommands contributed by other modules: module name -> its ``add_parser(subparsers)`` registers them.
 PLUGIN_MODULES = ("synth", "training.cli", "demo", "compare")
