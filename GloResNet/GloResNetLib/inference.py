@@ -23,7 +23,6 @@ import torch.nn.functional as F
 
 from . import fastnet
 from .bundle import Bundle, resolve_device
-from .disclaimer import DISCLAIMER
 from .errors import BundleError
 from .io import read_volume
 from .preprocessing import Preprocessed, preprocess
@@ -31,6 +30,7 @@ from .preprocessing import Preprocessed, preprocess
 if TYPE_CHECKING:
     from .age_inference import AgePrediction
 
+DISCLAIMER = "Research use only. Not a medical device; not for clinical decisions."
 AXIS_NAMES = "xyz"
 #: Saliency methods of :func:`predict`: Grad-CAM, occlusion sensitivity (:mod:`.occlusion`) or both.
 SALIENCY_METHODS = ("gradcam", "occlusion", "both")

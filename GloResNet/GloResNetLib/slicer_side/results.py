@@ -208,7 +208,7 @@ def add_prediction_record(input_node, record: Mapping[str, Any], **kwargs: Any) 
     The output files are read in their stored voxel order (GloResNetLib.io, as the command line wrote
     them), not with Slicer's reader, which would reverse the k axis of left-handed geometries.
     """
-    from .io import read_volume
+    from ..io import read_volume
 
     outputs = record.get("outputs") or {}
     cam = read_volume(outputs["cam"])[0] if outputs.get("cam") else None
@@ -227,8 +227,8 @@ def predict_nodes(volume_nodes: Iterable, bundle, tta: bool = True, device: str 
     ``bundle`` is a loaded :class:`GloResNetLib.bundle.Bundle` or a bundle folder. The GUI uses
     :class:`PredictionJob` instead, which keeps Slicer responsive.
     """
-    from .bundle import Bundle, load_bundle
-    from .inference import predict
+    from ..bundle import Bundle, load_bundle
+    from ..inference import predict
 
     if not isinstance(bundle, Bundle):
         bundle = load_bundle(bundle, device=device or "auto")

@@ -13,9 +13,9 @@ import json
 import sys
 from pathlib import Path
 
-from ..disclaimer import DISCLAIMER as EPILOG
 from ..errors import InputError
 
+EPILOG = "Research use only. Not a medical device; not for clinical decisions."
 S = argparse.SUPPRESS
 
 
