@@ -24,6 +24,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from ..progress_events import ERROR
 from .diagnosis import diagnose
 
 #: Synthetic event emitted once when the process has ended: {"event": "process_exit", "returncode": int, ...}.
@@ -260,7 +261,7 @@ class BackgroundProcess:
             if kind == "stderr":
                 self._stderr_log.append(payload)
             return {"event": LOG, "stream": kind, "line": payload}
-        if event.get("event") == "error":
+        if event.get("event") == ERROR:
             self.errors.append(str(event.get("message", "")))
         return event
 

@@ -63,8 +63,16 @@ def predict_args(inputs: Sequence[str | os.PathLike], model: str | os.PathLike, 
                  device: str = "auto", tta: bool = True, cam: bool = True,
                  tta_axes: Sequence[int] | None = None, saliency: str = "gradcam",
                  occlusion_mask: int | None = None) -> list[str]:
-    """Arguments of ``gloresnet predict`` with JSON results on stdout and progress events on stderr
-    (``saliency``: gradcam, occlusion or both; ``occlusion_mask``: occlusion box edge, network voxels)."""
+    """Arguments of ``gloresnet predict`` with its JSON results and progress events
+    (:mod:`GloResNetLib.progress_events`) on stdout.
+
+    Args:
+        inputs: volume files. model: bundle folder. out: output folder. device: auto, cpu or cuda.
+        tta: test-time augmentation (over ``tta_axes`` if given). cam: a saliency map, by ``saliency``
+            (gradcam, occlusion or both). occlusion_mask: the occlusion box edge, in network voxels.
+    Returns:
+        The arguments after ``gloresnet``.
+    """
     args = ["predict", *(str(p) for p in inputs), "--model", str(model), "--out", str(out),
             "--device", device or "auto", "--json", "--progress-json"]
     if not tta:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
+from ..progress_events import ERROR, STAGE
 from .background import PROCESS_EXIT, RESULT
 from .command import predict_args
 from .files import safe_name
@@ -89,7 +90,7 @@ class PredictionJob(Job):
     def _handle(self, event: dict[str, Any]) -> None:
         kind = event.get("event")
         total = len(self.nodes)
-        if kind == "stage":
+        if kind == STAGE:
             index = event.get("index")
             if isinstance(index, int) and 0 <= index < total:
                 what = "occlusion of" if str(event.get("stage", "")).startswith("occlusion") else "predicting"
@@ -107,7 +108,7 @@ class PredictionJob(Job):
             except InputError as exc:
                 self.errors.append((node.GetName(), str(exc)))
             self.fraction = max(self.fraction, (len(self.results) + len(self.errors)) / total)
-        elif kind == "error":
+        elif kind == ERROR:
             node = self._by_path.get(str(Path(str(event.get("input", "")))))
             self.errors.append((node.GetName() if node is not None else str(event.get("input", "")),
                                 str(event.get("message", ""))))

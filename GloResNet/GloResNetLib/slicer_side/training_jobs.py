@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import InputError
+from ..progress_events import DATASET, DONE, START, STOPPED
 from .background import LOG, PROCESS_EXIT
 from .diagnosis import Diagnosis
 from .jobs import Job
@@ -52,7 +53,7 @@ class DatasetCheck(Job):
         self.report: dict[str, Any] | None = None
 
     def _handle(self, event: dict[str, Any]) -> None:
-        if event.get("event") == "dataset":
+        if event.get("event") == DATASET:
             self.report = dict(event.get("report") or {})
 
     @property
@@ -91,11 +92,11 @@ class TrainingJob(Job):
     def _handle(self, event: dict[str, Any]) -> None:
         kind = str(event.get("event"))
         self.events_seen[kind] = self.events_seen.get(kind, 0) + 1
-        if kind in ("start", "done", "stopped") and event.get("run_dir"):
+        if kind in (START, DONE, STOPPED) and event.get("run_dir"):
             self.run_dir = Path(event["run_dir"])
-        if kind == "done":
+        if kind == DONE:
             self.done = True
-        elif kind == "stopped":
+        elif kind == STOPPED:
             self.stopped = True
         elif kind == PROCESS_EXIT:
             self.exit = event
