@@ -206,7 +206,7 @@ def register_run_bundle(bundle: str | os.PathLike, models_folder: str | os.PathL
                         verify: bool = False, python: str | None = None) -> Path:
     """Install a run's ``bundle/`` in the models folder as ``NAME`` (default: the bundle's name, i.e. the run
     folder's; ``NAME-2``... if another model has it); returns its path. Registering the same bundle again
-    returns the existing copy. Copied by :func:`GloResNetLib.process.register_bundle` (checksums verified in a
+    returns the existing copy. Copied by :func:`register_bundle` (checksums verified in a
     child process with ``verify``; the GloResNet module verifies them again whenever it loads the bundle)."""
     bundle = Path(bundle)
     meta = read_json(bundle / "metadata.json")
