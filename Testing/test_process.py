@@ -315,3 +315,23 @@ def test_device_probe_reports_torch_and_cuda():
     text = describe_devices(info)
     assert ("CUDA" in text) if info["cuda"] else text.startswith("CPU only")
     assert "not installed" in describe_devices({"torch": None})
+
+
+def test_one_job_wrapper_follows_any_gloresnet_command():
+    """slicer_side.jobs.Job, the base of the prediction, dataset-check and training jobs."""
+    from GloResNetLib.slicer_side.jobs import Job
+
+    ok = Job(["--version"])
+    assert not ok.running and ok.poll() == [] and ok.elapsed_s == 0.0
+    events = ok.wait(timeout=120)
+    assert events[-1]["event"] == PROCESS_EXIT and ok.finished and ok.succeeded and not ok.running
+    assert ok.diagnosis() is None and ok.failure_message() is None and ok.elapsed_s > 0
+    with pytest.raises(RuntimeError, match="already started"):
+        ok.start()
+    bad = Job(["predict", "missing.nii.gz", "--model", "nowhere"]).start()
+    seen = []
+    bad.wait(timeout=120, on_event=seen.append)
+    assert seen and not bad.succeeded and bad.diagnosis().kind == "user_error"
+    message = bad.failure_message()
+    assert message.startswith(bad.diagnosis().message) and "Last output:" in message
+    assert not bad.stop() and not bad.cancel()  # ended: nothing to stop
