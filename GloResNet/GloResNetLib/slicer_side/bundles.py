@@ -196,7 +196,6 @@ def register_bundle(src: str | os.PathLike, models_folder: str | os.PathLike, ve
     return dst
 
 
-
 def _same_bundle(a: Path, b: Path) -> bool:
     ma, mb = read_json(a / "metadata.json"), read_json(b / "metadata.json")
     return bool(ma) and ma.get("created") == mb.get("created") and ma.get("weights") == mb.get("weights")
@@ -230,6 +229,7 @@ def register_run_bundle(bundle: str | os.PathLike, models_folder: str | os.PathL
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target
+
 
 __all__ = [
     "MODELS_FOLDER_ENV", "MODELS_FOLDER_SETTING", "BundleInfo", "bundle_info", "default_models_folder",

@@ -225,7 +225,7 @@ def predict_nodes(volume_nodes: Iterable, bundle, tta: bool = True, device: str 
     (see :func:`GloResNetLib.inference.predict`).
 
     ``bundle`` is a loaded :class:`GloResNetLib.bundle.Bundle` or a bundle folder. The GUI uses
-    :class:`PredictionJob` instead, which keeps Slicer responsive.
+    :class:`.prediction_job.PredictionJob` instead, which keeps Slicer responsive.
     """
     from ..bundle import Bundle, load_bundle
     from ..inference import predict
