@@ -114,9 +114,11 @@ class ModuleWidgetHelpers:
             self.initializeParameterNode()
 
     def setStatus(self, text: str) -> None:
+        """Show ``text`` in the status line."""
         self.ui.statusLabel.text = text
 
     def appendLog(self, text: str) -> None:
+        """Append ``text`` (if any) to the log panel."""
         if text:
             self.ui.logTextEdit.appendPlainText(text)
 
@@ -127,6 +129,7 @@ class ModuleWidgetHelpers:
                 self.appendLog(event["line"])
 
     def startDeviceProbe(self) -> None:
+        """Ask a child process what PyTorch sees; the timer polls it (:meth:`pollDeviceProbe`)."""
         try:
             self._probe = DeviceProbe()
         except OSError as exc:
@@ -136,6 +139,7 @@ class ModuleWidgetHelpers:
         self._timer.start()
 
     def pollDeviceProbe(self) -> None:
+        """Show the device probe's answer once it arrives (its log if it failed); called by the widget's timer."""
         probe = self._probe
         if probe is None:
             return

@@ -79,6 +79,7 @@ class DeviceProbe:
         return text
 
     def log_text(self, lines: int = 10) -> str:
+        """The probe's last ``lines`` output lines (why it failed)."""
         return self.process.log_text(lines)
 
 

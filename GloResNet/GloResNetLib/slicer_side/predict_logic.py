@@ -58,6 +58,7 @@ class PredictionLogic:
     # -- prediction ---------------------------------------------------------------------------------------
     @property
     def running(self) -> bool:
+        """A background prediction runs."""
         return self.job is not None and self.job.running
 
     def startPrediction(self, volumeNodes: Iterable, bundlePath: str | Path, device: str = "auto",

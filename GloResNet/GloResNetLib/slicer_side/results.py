@@ -153,6 +153,7 @@ class PredictionNodes:
         return peak_ras(self.overlay) if self.overlay is not None else None
 
     def texts(self) -> dict[str, str]:
+        """The texts the module shows for this result (:func:`result_texts`)."""
         return result_texts(self.summary)
 
 

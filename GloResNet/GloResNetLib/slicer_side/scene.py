@@ -74,6 +74,7 @@ def create_logics(scene=None, color_dirs: Sequence[str | Path] | None = None) ->
 
 
 def scene_nodes(scene, class_name: str, name: str | None = None) -> list:
+    """The nodes of ``class_name`` in ``scene`` (only those named ``name`` if given), in scene order."""
     if name is None:
         count = scene.GetNumberOfNodesByClass(class_name)
         return [scene.GetNthNodeByClass(i, class_name) for i in range(count)]
@@ -93,6 +94,8 @@ def find_node(scene, class_name: str, role: str, name: str | None = None, source
 
 
 def mark_node(node, role: str, source=None) -> None:
+    """Mark ``node`` with its GloResNet ``role`` (and the input volume ``source`` it belongs to) so that a
+    re-run finds it again (:func:`find_node`)."""
     node.SetAttribute(ROLE_ATTRIBUTE, role)
     if source is not None:
         node.SetAttribute(SOURCE_ATTRIBUTE, source.GetID())

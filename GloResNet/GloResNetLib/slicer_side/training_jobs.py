@@ -119,6 +119,7 @@ class TrainingJob(Job):
 
     @property
     def resumable(self) -> bool:
+        """The run folder holds an unfinished run that ``--resume`` continues."""
         return can_resume(self.run_dir)
 
     def diagnosis(self) -> Diagnosis | None:

@@ -111,10 +111,12 @@ class TrainingLogic:
     # -- running ------------------------------------------------------------------------------------------
     @property
     def running(self) -> bool:
+        """A training process runs."""
         return self.job is not None and self.job.running
 
     @property
     def busy(self) -> bool:
+        """A training or a dataset check runs (nothing else may start)."""
         return self.running or (self.check is not None and self.check.running)
 
     def startCheck(self, params):
@@ -189,9 +191,11 @@ class TrainingLogic:
         return job
 
     def stop(self) -> bool:
+        """Ask the training to stop cleanly (checkpoint kept, resumable); False if none runs."""
         return self.job.stop() if self.job is not None else False
 
     def cancel(self) -> bool:
+        """Kill the training and the dataset check now (work since the last checkpoint is lost); True if one ran."""
         cancelled = False
         for job in (self.job, self.check):
             if job is not None:

@@ -106,6 +106,7 @@ class TrainingMonitor:
         self._clear_nodes()
 
     def handle_all(self, events: Iterable[Mapping[str, Any]]) -> None:
+        """:meth:`handle` each event in order."""
         for event in events:
             self.handle(event)
 

@@ -111,6 +111,7 @@ class TrainingParameters:
                             size=_DEFAULTS.size, device=_DEFAULTS.device)
 
     def replace(self, **changes: Any) -> TrainingParameters:
+        """A copy with ``changes`` (field name -> value)."""
         return dataclasses.replace(self, **changes)
 
     @classmethod
