@@ -115,7 +115,7 @@ class GloResNetTrainingParameterNode:
 class GloResNetTrainingWidget(common.ModuleWidgetHelpers, ScriptedLoadableModuleWidget, VTKObservationMixin):
     """GUI wiring only (parameter node, status, log, device probe, reload: common.ModuleWidgetHelpers)."""
 
-    PATH_FIELDS = tuple((f.widget, f.field) for f in paths.TRAINING_PATH_FIELDS)
+    PATH_FIELDS = tuple((f.widget, f.field) for f in paths.TRAINING_PATH_FIELDS)  # synced by hand, never bound
 
     def __init__(self, parent=None) -> None:
         ScriptedLoadableModuleWidget.__init__(self, parent)
