@@ -186,24 +186,30 @@ def test_classifier_only_paths_refuse_or_handle_the_age_bundle(age_run, small_bu
 
 def test_slicer_adapter_records_the_age(age_run):
     slicer = pytest.importorskip("slicer")
-    from GloResNetLib import mrml
+    from GloResNetLib.errors import InputError
+    from GloResNetLib.slicer_side.bundles import bundle_info
+    from GloResNetLib.slicer_side.prediction_job import PredictionJob
+    from GloResNetLib.slicer_side.results import RESULT_COLUMNS, predict_nodes
+    from GloResNetLib.slicer_side.scene import create_logics
+    from GloResNetLib.slicer_side.tables import table_rows
+    from GloResNetLib.slicer_side.volumes import output_volume
 
     previous = getattr(slicer, "mrmlScene", None)
     scene = slicer.vtkMRMLScene()
     slicer.mrmlScene = scene
-    logics = mrml.create_logics(scene)  # noqa: F841 - the colour tables live as long as their logic
+    logics = create_logics(scene)  # noqa: F841 - the colour tables live as long as their logic
     try:
         array, affine = read_volume(age_run["volume"])
-        node = mrml.output_volume(array, "baby T2w", affine=affine, scene=scene)
-        job = mrml.PredictionJob([node], age_run["bundle"], device="cpu", show=False).start()
+        node = output_volume(array, "baby T2w", affine=affine, scene=scene)
+        job = PredictionJob([node], age_run["bundle"], device="cpu", show=False).start()
         (nodes,) = job.wait(timeout=300)
         assert job.succeeded, job.failure_message()
         expected = expected_ages(age_run["bundle"], age_run["volume"]).mean()
         assert nodes.age_weeks == pytest.approx(expected, abs=1e-3)
-        with pytest.raises(mrml.InputError, match="no P\\(BI\\)"):
+        with pytest.raises(InputError, match="no P\\(BI\\)"):
             nodes.probability  # noqa: B018
-        (row,) = mrml.table_rows(nodes.table)
-        assert list(row) == list(mrml.RESULT_COLUMNS)
+        (row,) = table_rows(nodes.table)
+        assert list(row) == list(RESULT_COLUMNS)
         assert row["Age (weeks)"] == pytest.approx(nodes.age_weeks, abs=1e-6)
         assert row["Age spread (weeks)"] == pytest.approx(nodes.summary["spread_weeks"])
         assert np.isnan(row["P(BI)"]) and np.isnan(row["Threshold"]) and row["Label"] == ""
@@ -212,9 +218,9 @@ def test_slicer_adapter_records_the_age(age_run):
         assert texts["caption"] == "Estimated age (PMA):" and texts["probability"].startswith(
             f"{nodes.age_weeks:.1f} weeks")
         assert nodes.cam is not None and nodes.cam.GetImageData().GetDimensions() == array.shape
-        (again,) = mrml.predict_nodes([node], age_run["bundle"], device="cpu", show=False)  # in process
+        (again,) = predict_nodes([node], age_run["bundle"], device="cpu", show=False)  # in process
         assert again.age_weeks == pytest.approx(nodes.age_weeks, abs=1e-4) and again.table.GetNumberOfRows() == 2
-        info = mrml.process.bundle_info(age_run["bundle"])
+        info = bundle_info(age_run["bundle"])
         assert info.task == AGE_REGRESSION and "brain age" in info.label and "mae_weeks" in info.description
     finally:
         slicer.mrmlScene = previous

@@ -10,12 +10,13 @@ import sys
 import pytest
 import torch
 from conftest import make_bundle, make_small_model, subprocess_env
-from GloResNetLib import process
 from GloResNetLib.bundle import load_bundle, read_metadata, sha256_file
+from GloResNetLib.bundle_meta import SYNTHETIC_FLAG, UNTRAINED_FLAG, read_bundle_metadata, training_flag
 from GloResNetLib.bundle_schema import ARCH_NAMES, MAX_DEPTH, validate_metadata
 from GloResNetLib.cli import main
 from GloResNetLib.errors import BundleError
 from GloResNetLib.models import ARCHITECTURES
+from GloResNetLib.slicer_side.bundles import bundle_info
 
 
 def _edit(path, edit) -> None:
@@ -104,7 +105,7 @@ def test_bundle_info_refuses_bad_metadata_exit_2_one_line(tmp_path, capsys, edit
     assert main(["bundle", "info", str(path)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and message in err
-    info = process.bundle_info(path)  # the Slicer models list applies the same schema
+    info = bundle_info(path)  # the Slicer models list applies the same schema
     assert info.error and message in info.error
 
 
@@ -171,3 +172,32 @@ def test_save_bundle_refuses_metadata_that_would_not_load(tmp_path):
     with pytest.raises(BundleError, match="tta_axes"):
         make_bundle(tmp_path / "b", tta_axes=(0, 3))
     assert list(tmp_path.iterdir()) == []  # nothing written, no partial folder
+
+
+@pytest.mark.parametrize("training_data, flag", [
+    ({"description": "dHCP", "synthetic": False, "trained": True}, ""),
+    ({"description": "phantoms", "synthetic": True, "trained": True}, SYNTHETIC_FLAG),
+    ({"description": "none", "synthetic": True, "trained": False}, UNTRAINED_FLAG),  # untrained wins
+])
+def test_loading_and_the_models_list_read_metadata_alike_and_word_the_flags_alike(tmp_path, training_data, flag):
+    path = make_bundle(tmp_path / "b")
+    _edit(path, lambda m: m.update(training_data=training_data))
+    bundle, info, meta = load_bundle(path), bundle_info(path), read_bundle_metadata(path)
+    assert bundle.flag == info.flag == meta.flag == training_flag(training_data) == flag
+    expected = ("b", "classification", 1)
+    assert (bundle.name, bundle.task, bundle.n_models) == (info.name, info.task, info.n_models) == expected
+    assert bundle.metadata == info.meta.metadata == meta.metadata
+    if flag:
+        assert f"[{flag}]" in bundle.describe() and f"[{flag}]" in info.label
+        assert f"WARNING: {flag}." in info.description
+    else:
+        assert "[" not in bundle.describe() + info.label
+
+
+def test_the_models_list_refuses_a_brain_age_target_that_loading_refuses(tmp_path):
+    path = make_bundle(tmp_path / "b")
+    _edit(path, lambda m: m.update(task="age_regression", num_classes=1, target={"name": "pma"}))
+    with pytest.raises(BundleError) as refused:
+        read_metadata(path)
+    info = bundle_info(path)
+    assert info.error and info.error in str(refused.value) and "unusable" in info.label

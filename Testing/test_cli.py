@@ -59,10 +59,13 @@ def test_predict_json_lines_and_progress(tmp_path, small_bundle, capsys):
                  "--no-tta", "--progress-json", "--device", "cpu"])
     captured = capsys.readouterr()
     assert code == 0
-    lines = captured.out.strip().splitlines()
-    assert len(lines) == 1 and json.loads(lines[0])["view_probabilities"].keys() == {"identity"}
-    events = [json.loads(line) for line in captured.err.strip().splitlines()]
+    lines = [json.loads(line) for line in captured.out.strip().splitlines()]  # events and records: one stream
+    records = [line for line in lines if "event" not in line]
+    assert len(records) == 1 and records[0]["view_probabilities"].keys() == {"identity"}
+    events = [line for line in lines if "event" in line]
     assert events[0]["event"] == "stage" and events[-1] == {"event": "done", "fraction": 1.0, "failures": 0}
+    assert lines.index(records[0]) < lines.index(events[-1])  # the record before the final event
+    assert not [line for line in captured.err.splitlines() if line.startswith("{")]  # stderr is for people
 
 
 def test_user_errors_exit_2_with_one_line_and_no_traceback(tmp_path, small_bundle):

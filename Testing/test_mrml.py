@@ -23,13 +23,44 @@ from conftest import make_head_volume
 slicer = pytest.importorskip("slicer")
 vtk = pytest.importorskip("vtk")
 
-from GloResNetLib import mrml, process  # noqa: E402
 from GloResNetLib.bundle import default_metadata, load_bundle, save_bundle  # noqa: E402
 from GloResNetLib.errors import InputError  # noqa: E402
 from GloResNetLib.inference import predict  # noqa: E402
 from GloResNetLib.io import read_volume  # noqa: E402
 from GloResNetLib.models import build_model  # noqa: E402
 from GloResNetLib.preprocessing import PreprocessConfig  # noqa: E402
+from GloResNetLib.slicer_side.command import child_env, gloresnet_command, predict_args  # noqa: E402
+from GloResNetLib.slicer_side.display import (  # noqa: E402
+    DEFAULT_CAM_THRESHOLD,
+    FALLBACK_COLOR_NODE_IDS,
+    HEAT_COLOR_NODE_ID,
+    configure_cam_display,
+    heat_color_node,
+    jump_slices_to,
+    set_cam_threshold,
+    set_slice_layers,
+    slice_layers,
+)
+from GloResNetLib.slicer_side.prediction_job import PredictionJob  # noqa: E402
+from GloResNetLib.slicer_side.results import RESULT_COLUMNS, RESULTS_TABLE_NAME, predict_nodes  # noqa: E402
+from GloResNetLib.slicer_side.scene import (  # noqa: E402
+    CAM_ROLE,
+    RESAMPLED_ROLE,
+    RESULTS_ROLE,
+    ROLE_ATTRIBUTE,
+    create_logics,
+    find_node,
+)
+from GloResNetLib.slicer_side.tables import append_table_row, plot_chart, table_column, table_from_columns, table_rows  # noqa: E402
+from GloResNetLib.slicer_side.volumes import (  # noqa: E402
+    check_volume_node,
+    ijk_to_ras,
+    output_volume,
+    peak_ras,
+    read_volume_file,
+    volume_to_array,
+    write_volume_file,
+)
 
 WIDTHS = (8, 16, 32, 64)
 SIZE = (48, 64, 40)  # not a cube: 2x2x2 feature maps, so the saliency varies along every axis
@@ -75,7 +106,7 @@ def scene():
     previous = getattr(slicer, "mrmlScene", None)
     scene = slicer.vtkMRMLScene()
     slicer.mrmlScene = scene
-    logics = mrml.create_logics(scene)
+    logics = create_logics(scene)
     for name in ("Red", "Yellow", "Green"):  # what the app's layout manager would create
         slice_node = slicer.vtkMRMLSliceNode()
         slice_node.SetName(name)
@@ -94,13 +125,13 @@ def scene():
 @pytest.fixture
 def volume(scene):
     array = make_head_volume(SHAPE, seed=1)
-    node = mrml.output_volume(array, "case T2w", affine=oblique_affine(), scene=scene)
+    node = output_volume(array, "case T2w", affine=oblique_affine(), scene=scene)
     node.array = array
     return node
 
 
 def test_volume_node_round_trip_with_oblique_anisotropic_geometry(scene, volume):
-    array, affine = mrml.volume_to_array(volume)
+    array, affine = volume_to_array(volume)
     assert array.shape == SHAPE and array.dtype == np.float32 and array.flags.c_contiguous
     np.testing.assert_array_equal(array, volume.array)
     np.testing.assert_allclose(affine, oblique_affine(), atol=1e-12)
@@ -122,21 +153,21 @@ def test_volume_node_round_trip_with_oblique_anisotropic_geometry(scene, volume)
 
 def test_unusable_volume_nodes_are_refused(scene):
     with pytest.raises(InputError, match="no input volume"):
-        mrml.volume_to_array(None)
+        volume_to_array(None)
     flat = slicer.util.addVolumeFromArray(np.random.rand(1, 20, 20).astype(np.float32), name="flat")
     with pytest.raises(InputError, match="2D"):
-        mrml.check_volume_node(flat)
+        check_volume_node(flat)
     rgb = slicer.util.addVolumeFromArray(np.random.rand(5, 6, 7, 3).astype(np.float32), name="rgb",
                                          nodeClassName="vtkMRMLVectorVolumeNode")
     with pytest.raises(InputError, match="components|not a scalar"):
-        mrml.check_volume_node(rgb)
+        check_volume_node(rgb)
     labels = slicer.util.addVolumeFromArray(np.ones((5, 6, 7), np.uint8), name="seg",
                                             nodeClassName="vtkMRMLLabelMapVolumeNode")
     with pytest.raises(InputError, match="label map"):
-        mrml.check_volume_node(labels)
+        check_volume_node(labels)
     empty = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "empty")
     with pytest.raises(InputError, match="no image data"):
-        mrml.check_volume_node(empty)
+        check_volume_node(empty)
 
 
 @pytest.mark.parametrize("handed", ["right", "left"])
@@ -161,9 +192,9 @@ def test_slicer_reader_and_library_reader_agree_on_geometry(tmp_path, scene, bun
 
     lib_array, lib_affine = read_volume(path)
     np.testing.assert_allclose(lib_affine, qform, atol=1e-5)  # the library trusts the qform, like Slicer
-    slicer_array, slicer_affine = mrml.read_volume_file(path)
+    slicer_array, slicer_affine = read_volume_file(path)
     node = scene.logics.volumes.AddArchetypeVolume(str(path), "qs")  # as File > Add Data would
-    node_array, node_affine = mrml.volume_to_array(node)
+    node_array, node_affine = volume_to_array(node)
     np.testing.assert_array_equal(node_array, slicer_array)
     np.testing.assert_allclose(node_affine, slicer_affine, atol=1e-12)
     if handed == "left":
@@ -175,40 +206,41 @@ def test_slicer_reader_and_library_reader_agree_on_geometry(tmp_path, scene, bun
     np.testing.assert_array_equal(slicer_array, lib_array)
     if differ and handed == "left":
         # what the user loads in Slicer predicts as the command line predicts the file
-        (nodes,) = mrml.predict_nodes([node], bundle_path, device="cpu", show=False)
+        (nodes,) = predict_nodes([node], bundle_path, device="cpu", show=False)
         direct = predict(load_bundle(bundle_path), *read_volume(path), device="cpu")
         assert nodes.probability == pytest.approx(direct.probability, abs=1e-5)
 
 
 def test_slicer_writer_output_reads_back_in_the_library(tmp_path, volume):
-    path = mrml.write_volume_file(volume, tmp_path / "written.nii")
+    path = write_volume_file(volume, tmp_path / "written.nii")
     array, affine = read_volume(path)
     np.testing.assert_array_equal(array, volume.array)
     np.testing.assert_allclose(affine, oblique_affine(), atol=1e-5)  # NIfTI stores the qform in float32
 
 
 def cam_geometry_is_input_geometry(cam, volume) -> None:
-    assert np.array_equal(mrml.ijk_to_ras(cam), mrml.ijk_to_ras(volume))  # exactly, not approximately
+    assert np.array_equal(ijk_to_ras(cam), ijk_to_ras(volume))  # exactly, not approximately
     assert cam.GetImageData().GetDimensions() == volume.GetImageData().GetDimensions()
     assert cam.GetTransformNodeID() == volume.GetTransformNodeID()
 
 
 def test_in_process_logic_equals_gloresnet_predict_subprocess(tmp_path, scene, volume, bundle_path):
-    (nodes,) = mrml.predict_nodes([volume], bundle_path, tta=True, device="cpu")
+    (nodes,) = predict_nodes([volume], bundle_path, tta=True, device="cpu")
     # the same volume saved by Slicer as NIfTI, predicted by the real command line
-    nifti = mrml.write_volume_file(volume, tmp_path / "case.nii.gz")
-    args = process.predict_args([nifti], bundle_path, tmp_path / "out", device="cpu")
-    done = subprocess.run(process.gloresnet_command(args), env=process.child_env({"OMP_NUM_THREADS": "2"}),
+    nifti = write_volume_file(volume, tmp_path / "case.nii.gz")
+    args = predict_args([nifti], bundle_path, tmp_path / "out", device="cpu")
+    done = subprocess.run(gloresnet_command(args), env=child_env({"OMP_NUM_THREADS": "2"}),
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
-    (record,) = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    lines = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    (record,) = [line for line in lines if "event" not in line]  # progress events share stdout
     assert nodes.probability == pytest.approx(record["probability"], abs=1e-5)
     assert nodes.summary["view_probabilities"] == pytest.approx(record["view_probabilities"], abs=1e-5)
     cli_cam, _ = read_volume(record["outputs"]["cam"])
-    np.testing.assert_allclose(mrml.volume_to_array(nodes.cam)[0], cli_cam, atol=1e-4)
+    np.testing.assert_allclose(volume_to_array(nodes.cam)[0], cli_cam, atol=1e-4)
     cam_geometry_is_input_geometry(nodes.cam, volume)
     # and the library on the same arrays gives the same number
-    array, affine = mrml.volume_to_array(volume)
+    array, affine = volume_to_array(volume)
     direct = predict(load_bundle(bundle_path), array, affine, tta=True, device="cpu")
     assert direct.probability == pytest.approx(nodes.probability, abs=1e-6)
 
@@ -220,7 +252,7 @@ def test_background_job_makes_result_nodes_and_reruns_reuse_them(scene, volume, 
     transform.SetMatrixTransformToParent(matrix)
     volume.SetAndObserveTransformNodeID(transform.GetID())
 
-    job = mrml.PredictionJob([volume], bundle_path, device="cpu", threshold=0.25, opacity=0.6).start()
+    job = PredictionJob([volume], bundle_path, device="cpu", threshold=0.25, opacity=0.6).start()
     with pytest.raises(RuntimeError):
         job.start()  # a second start is refused
     stages = []
@@ -240,19 +272,19 @@ def test_background_job_makes_result_nodes_and_reruns_reuse_them(scene, volume, 
     k_profile = cam.mean(axis=(1, 2))
     assert np.abs(k_profile - k_profile[::-1]).max() > 0.01  # a mirrored map would be noticed
     display = nodes.cam.GetDisplayNode()
-    assert display.GetColorNodeID() == mrml.HEAT_COLOR_NODE_ID
+    assert display.GetColorNodeID() == HEAT_COLOR_NODE_ID
     assert display.GetApplyThreshold() and display.GetLowerThreshold() == pytest.approx(0.25)
     assert (display.GetWindow(), display.GetLevel()) == pytest.approx((1.0, 0.5))
     # resampled network input with its own (true) affine, under the same transform
-    in_process = predict(load_bundle(bundle_path), *mrml.volume_to_array(volume), device="cpu")
+    in_process = predict(load_bundle(bundle_path), *volume_to_array(volume), device="cpu")
     assert nodes.resampled.GetImageData().GetDimensions() == SIZE
-    np.testing.assert_allclose(mrml.ijk_to_ras(nodes.resampled), in_process.resampled_affine, atol=1e-4)
-    np.testing.assert_allclose(mrml.volume_to_array(nodes.resampled)[0], in_process.resampled, atol=1e-4)
+    np.testing.assert_allclose(ijk_to_ras(nodes.resampled), in_process.resampled_affine, atol=1e-4)
+    np.testing.assert_allclose(volume_to_array(nodes.resampled)[0], in_process.resampled, atol=1e-4)
     assert nodes.resampled.GetTransformNodeID() == transform.GetID()
     assert nodes.probability == pytest.approx(in_process.probability, abs=1e-5)
-    np.testing.assert_allclose(mrml.volume_to_array(nodes.cam)[0], in_process.cam, atol=1e-4)  # not mirrored
+    np.testing.assert_allclose(volume_to_array(nodes.cam)[0], in_process.cam, atol=1e-4)  # not mirrored
     # slice views: input as background, saliency as foreground at the requested opacity
-    layers = mrml.slice_layers(scene)
+    layers = slice_layers(scene)
     assert len(layers) == 3 and all(v["background"] == volume.GetID() and v["foreground"] == nodes.cam.GetID()
                                     and v["foreground_opacity"] == pytest.approx(0.6) for v in layers)
     # jump to the saliency peak (world coordinates include the parent transform)
@@ -260,14 +292,14 @@ def test_background_job_makes_result_nodes_and_reruns_reuse_them(scene, volume, 
     k, j, i = np.unravel_index(int(np.argmax(cam)), cam.shape)
     expected = (oblique_affine() @ [i, j, k, 1])[:3] + [4.0, 0, 0]
     np.testing.assert_allclose(peak, expected, atol=1e-6)
-    mrml.jump_slices_to(peak, scene)
+    jump_slices_to(peak, scene)
     red = scene.GetFirstNode("Red", "vtkMRMLSliceNode")
     np.testing.assert_allclose(slicer.util.arrayFromVTKMatrix(red.GetSliceToRAS())[:3, 3], peak, atol=1e-6)
     # results table
     table = nodes.table
-    assert table.GetName() == mrml.RESULTS_TABLE_NAME and table.GetNumberOfRows() == 1
-    row = mrml.table_rows(table)[0]
-    assert list(row) == list(mrml.RESULT_COLUMNS)
+    assert table.GetName() == RESULTS_TABLE_NAME and table.GetNumberOfRows() == 1
+    row = table_rows(table)[0]
+    assert list(row) == list(RESULT_COLUMNS)
     assert row["Volume"] == "case T2w" and row["P(BI)"] == pytest.approx(nodes.probability, abs=1e-6)
     assert "SYNTHETIC" in row["Model"] and row["Training data"] == "pytest random weights"
     assert row["Device"] == "cpu" and row["Time (s)"] > 0 and row["Date"]
@@ -277,93 +309,93 @@ def test_background_job_makes_result_nodes_and_reruns_reuse_them(scene, volume, 
 
     # re-run (process, then in process): no new nodes, same nodes updated, one more row each
     count, ids = scene.GetNumberOfNodes(), (nodes.cam.GetID(), nodes.resampled.GetID(), table.GetID())
-    again = mrml.PredictionJob([volume], bundle_path, device="cpu", tta=False).start()
+    again = PredictionJob([volume], bundle_path, device="cpu", tta=False).start()
     (nodes2,) = again.wait(timeout=300)
-    (nodes3,) = mrml.predict_nodes([volume], bundle_path, tta=True, device="cpu")
+    (nodes3,) = predict_nodes([volume], bundle_path, tta=True, device="cpu")
     assert scene.GetNumberOfNodes() == count
     assert (nodes2.cam.GetID(), nodes2.resampled.GetID(), nodes2.table.GetID()) == ids
     assert (nodes3.cam.GetID(), nodes3.resampled.GetID(), nodes3.table.GetID()) == ids
     assert table.GetNumberOfRows() == 3
-    assert mrml.table_column(table, "TTA spread")[1] == 0.0  # the no-TTA run
+    assert table_column(table, "TTA spread")[1] == 0.0  # the no-TTA run
     assert nodes3.probability == pytest.approx(nodes.probability, abs=1e-5)
 
 
 def test_results_survive_saving_and_reloading_the_scene(tmp_path, scene, volume, bundle_path):
-    (nodes,) = mrml.predict_nodes([volume], bundle_path, tta=False, device="cpu", show=False)
+    (nodes,) = predict_nodes([volume], bundle_path, tta=False, device="cpu", show=False)
     scene.SetURL(str(tmp_path / "scene.mrml"))
     assert scene.Commit()
     reloaded = slicer.vtkMRMLScene()
     reloaded.SetURL(str(tmp_path / "scene.mrml"))
     assert reloaded.Import()
     node = reloaded.GetNodeByID(volume.GetID())
-    cam = node.GetNodeReference(mrml.CAM_ROLE)
+    cam = node.GetNodeReference(CAM_ROLE)
     assert cam is not None and cam.GetName() == nodes.cam.GetName()
-    assert cam.GetAttribute(mrml.ROLE_ATTRIBUTE) == mrml.CAM_ROLE
-    assert node.GetNodeReference(mrml.RESAMPLED_ROLE).GetID() == nodes.resampled.GetID()
-    assert mrml.find_node(reloaded, "vtkMRMLTableNode", mrml.RESULTS_ROLE) is not None
+    assert cam.GetAttribute(ROLE_ATTRIBUTE) == CAM_ROLE
+    assert node.GetNodeReference(RESAMPLED_ROLE).GetID() == nodes.resampled.GetID()
+    assert find_node(reloaded, "vtkMRMLTableNode", RESULTS_ROLE) is not None
 
 
 def test_colour_table_lookup(tmp_path, scene):
     # the shipped Inferno table registered with the colour logic gets Slicer's file-table ID
-    node = mrml.heat_color_node(scene)
-    assert node.GetID() == mrml.HEAT_COLOR_NODE_ID and node.GetNumberOfColors() == 256
+    node = heat_color_node(scene)
+    assert node.GetID() == HEAT_COLOR_NODE_ID and node.GetNumberOfColors() == 256
     # without the colour logic: the shipped file is loaded once into the scene
     bare = slicer.vtkMRMLScene()
-    loaded = mrml.heat_color_node(bare)
+    loaded = heat_color_node(bare)
     assert loaded.GetName() == "GloResNet Inferno" and loaded.GetNumberOfColors() == 256
-    assert mrml.heat_color_node(bare) is loaded and bare.GetNumberOfNodes() == 1
+    assert heat_color_node(bare) is loaded and bare.GetNumberOfNodes() == 1
     rgba = [0.0] * 4
     loaded.GetColor(255, rgba)
     assert rgba[0] > 0.95 and rgba[2] < 0.7  # bright yellow end
     # no Inferno at all: fall back on a built-in heat table, else None
     other = slicer.vtkMRMLScene()
-    keep = mrml.create_logics(other, color_dirs=[])
-    fallback = mrml.heat_color_node(other, path=tmp_path / "missing.txt")
-    assert fallback.GetID() in mrml.FALLBACK_COLOR_NODE_IDS
-    assert mrml.heat_color_node(slicer.vtkMRMLScene(), path=tmp_path / "missing.txt") is None
+    keep = create_logics(other, color_dirs=[])
+    fallback = heat_color_node(other, path=tmp_path / "missing.txt")
+    assert fallback.GetID() in FALLBACK_COLOR_NODE_IDS
+    assert heat_color_node(slicer.vtkMRMLScene(), path=tmp_path / "missing.txt") is None
     del keep
 
 
 def test_display_helpers(scene, volume):
-    cam = mrml.output_volume(np.linspace(0, 1, np.prod(SHAPE)).reshape(SHAPE), "cam", reference=volume,
+    cam = output_volume(np.linspace(0, 1, np.prod(SHAPE)).reshape(SHAPE), "cam", reference=volume,
                              scene=scene)
-    mrml.configure_cam_display(cam, mrml.heat_color_node(scene), threshold=0.4)
-    mrml.set_cam_threshold(cam, 0.7)
+    configure_cam_display(cam, heat_color_node(scene), threshold=0.4)
+    set_cam_threshold(cam, 0.7)
     assert cam.GetDisplayNode().GetLowerThreshold() == pytest.approx(0.7)
-    assert mrml.set_slice_layers(background=volume, foreground=cam, foreground_opacity=0.3, scene=scene) == 3
-    mrml.set_slice_layers(foreground_opacity=0.9, scene=scene)  # other layers kept
+    assert set_slice_layers(background=volume, foreground=cam, foreground_opacity=0.3, scene=scene) == 3
+    set_slice_layers(foreground_opacity=0.9, scene=scene)  # other layers kept
     assert all(v["foreground"] == cam.GetID() and v["foreground_opacity"] == pytest.approx(0.9)
-               for v in mrml.slice_layers(scene))
-    mrml.set_slice_layers(background=None, scene=scene)
-    assert all(v["background"] is None for v in mrml.slice_layers(scene))
-    zero = mrml.output_volume(np.zeros((4, 4, 4)), "zero", affine=np.eye(4), scene=scene)
-    assert mrml.peak_ras(zero) is None
+               for v in slice_layers(scene))
+    set_slice_layers(background=None, scene=scene)
+    assert all(v["background"] is None for v in slice_layers(scene))
+    zero = output_volume(np.zeros((4, 4, 4)), "zero", affine=np.eye(4), scene=scene)
+    assert peak_ras(zero) is None
 
 
 def test_tables_and_plots_update_in_place(scene):
-    table = mrml.table_from_columns("Training curves", {"epoch": [1, 2], "train_loss": [0.9, 0.7],
+    table = table_from_columns("Training curves", {"epoch": [1, 2], "train_loss": [0.9, 0.7],
                                                          "fold": ["0", "0"]})
     assert table.GetTable().GetColumnByName("epoch").IsA("vtkDoubleArray")
     assert table.GetTable().GetColumnByName("fold").IsA("vtkStringArray")
-    chart = mrml.plot_chart("Loss", table, "epoch", ["train_loss", "val_loss"], y_title="loss",
+    chart = plot_chart("Loss", table, "epoch", ["train_loss", "val_loss"], y_title="loss",
                             series_names=["train", "validation"])
     assert table.GetTable().GetColumnByName("val_loss") is None  # plotted before the first value arrives
-    mrml.append_table_row(table, {"epoch": 3, "train_loss": 0.5, "val_loss": 0.6, "val_auc": None})
-    assert mrml.table_column(table, "val_loss")[:2] == [pytest.approx(np.nan, nan_ok=True)] * 2
-    assert mrml.table_column(table, "val_loss")[2] == pytest.approx(0.6)
-    assert np.isnan(mrml.table_column(table, "val_auc")[2])
-    assert mrml.plot_chart("Loss", table, "epoch", ["train_loss", "val_loss"],
+    append_table_row(table, {"epoch": 3, "train_loss": 0.5, "val_loss": 0.6, "val_auc": None})
+    assert table_column(table, "val_loss")[:2] == [pytest.approx(np.nan, nan_ok=True)] * 2
+    assert table_column(table, "val_loss")[2] == pytest.approx(0.6)
+    assert np.isnan(table_column(table, "val_auc")[2])
+    assert plot_chart("Loss", table, "epoch", ["train_loss", "val_loss"],
                            series_names=["train", "validation"]) is chart
     assert chart.GetNumberOfPlotSeriesNodes() == 2
     assert scene.GetNumberOfNodesByClass("vtkMRMLPlotSeriesNode") == 2
     series = chart.GetNthPlotSeriesNode(1)
     assert series.GetName() == "Loss: validation" and series.GetYColumnName() == "val_loss"
     assert series.GetTableNode() is table
-    same = mrml.table_from_columns("Training curves", {"epoch": [1], "train_loss": [0.1]})
+    same = table_from_columns("Training curves", {"epoch": [1], "train_loss": [0.1]})
     assert same is table and table.GetNumberOfRows() == 1
     assert scene.GetNumberOfNodesByClass("vtkMRMLTableNode") == 1
     with pytest.raises(ValueError):
-        mrml.table_from_columns("bad", {"a": [1], "b": [1, 2]})
+        table_from_columns("bad", {"a": [1], "b": [1, 2]})
 
 
 def test_job_failures_are_reported_with_the_log(tmp_path, scene, volume, bundle_path):
@@ -371,17 +403,17 @@ def test_job_failures_are_reported_with_the_log(tmp_path, scene, volume, bundle_
     shutil.copytree(bundle_path, broken)
     weights = next(broken.glob("*.safetensors"))
     weights.write_bytes(weights.read_bytes()[:-4] + b"XXXX")
-    job = mrml.PredictionJob([volume], broken, device="cpu").start()
+    job = PredictionJob([volume], broken, device="cpu").start()
     assert job.wait(timeout=300) == []
     diag = job.diagnosis()
     assert diag.kind == "user_error" and "checksum" in job.failure_message()
     with pytest.raises(InputError, match="not a model bundle"):
-        mrml.PredictionJob([volume], tmp_path)
+        PredictionJob([volume], tmp_path)
     flat = slicer.util.addVolumeFromArray(np.random.rand(1, 9, 9).astype(np.float32), name="flat")
     with pytest.raises(InputError, match="2D"):
-        mrml.PredictionJob([flat], bundle_path)
+        PredictionJob([flat], bundle_path)
 
-    job = mrml.PredictionJob([volume], bundle_path, device="cpu").start()
+    job = PredictionJob([volume], bundle_path, device="cpu").start()
     assert job.running and job.cancel()
     job.wait(timeout=30)
     assert job.stage == "cancelled" and job.results == [] and job.failure_message() is None
@@ -392,7 +424,7 @@ def test_job_failures_are_reported_with_the_log(tmp_path, scene, volume, bundle_
 def test_occlusion_and_gradcam_nodes_from_job_and_in_process(scene, volume, bundle_path):
     from GloResNetLib.occlusion import OcclusionConfig
 
-    job = mrml.PredictionJob([volume], bundle_path, device="cpu", tta=False, saliency="both",
+    job = PredictionJob([volume], bundle_path, device="cpu", tta=False, saliency="both",
                              occlusion_mask=16).start()
     (nodes,) = job.wait(300)
     assert job.succeeded, job.failure_message()
@@ -400,16 +432,16 @@ def test_occlusion_and_gradcam_nodes_from_job_and_in_process(scene, volume, bund
     cam_geometry_is_input_geometry(nodes.cam, volume)
     cam_geometry_is_input_geometry(nodes.occlusion, volume)
     assert nodes.overlay is nodes.occlusion and nodes.cam is not nodes.occlusion
-    assert all(v["foreground"] == nodes.occlusion.GetID() for v in mrml.slice_layers(scene))
+    assert all(v["foreground"] == nodes.occlusion.GetID() for v in slice_layers(scene))
     occ = slicer.util.arrayFromVolume(nodes.occlusion).copy()
     assert np.isfinite(occ).all() and occ.max() > 0
     display = nodes.occlusion.GetDisplayNode()  # threshold: a fraction of the map's own maximum
-    assert display.GetLowerThreshold() == pytest.approx(mrml.DEFAULT_CAM_THRESHOLD * occ.max(), rel=1e-4)
-    assert nodes.peak_ras() == mrml.peak_ras(nodes.occlusion)
+    assert display.GetLowerThreshold() == pytest.approx(DEFAULT_CAM_THRESHOLD * occ.max(), rel=1e-4)
+    assert nodes.peak_ras() == peak_ras(nodes.occlusion)
     # in process, occlusion only, same settings: the same map, no Grad-CAM node
-    (inproc,) = mrml.predict_nodes([volume], bundle_path, tta=False, device="cpu", saliency="occlusion",
+    (inproc,) = predict_nodes([volume], bundle_path, tta=False, device="cpu", saliency="occlusion",
                                    occlusion=OcclusionConfig(mask_size=16), show=False)
     assert inproc.cam is None and inproc.overlay is inproc.occlusion
     np.testing.assert_allclose(slicer.util.arrayFromVolume(inproc.occlusion), occ, atol=1e-5)
     with pytest.raises(InputError, match="saliency"):
-        mrml.PredictionJob([volume], bundle_path, saliency="lime")
+        PredictionJob([volume], bundle_path, saliency="lime")

@@ -203,7 +203,7 @@ def test_requirements_never_pull_torch():
 # ------------------------------------------------------------------------------------------------------------
 
 #: What each module's GUI must offer: widgets (by name), parameter-node bindings, the module file's size limit
-#: (thin: the logic lives in GloResNetLib) and texts its source must contain.
+#: (thin: the logic lives in GloResNetLib.slicer_side, at most 400 lines) and texts its source must contain.
 EXPECTED = {
     "GloResNet": {
         "widgets": {"inputVolumeSelector", "modelComboBox", "browseModelButton", "deviceComboBox",
@@ -212,7 +212,7 @@ EXPECTED = {
                     "deviceValueLabel", "timeValueLabel", "researchNoticeLabel", "jumpToPeakButton",
                     "logTextEdit"},
         "bindings": {"inputVolume", "device", "useTTA", "camOpacity", "camThreshold", "showResampled"},
-        "max_lines": 700,
+        "max_lines": 400,
         "source": ("dependencies.ensure_dependencies",),  # installed on demand, on first Predict
     },
     "GloResNetTraining": {
@@ -228,11 +228,13 @@ EXPECTED = {
                     "researchNoticeLabel", "logTextEdit"},
         "bindings": {"source", "syntheticData", "runName", "arch", "width", "folds", "epochs", "batchSize",
                      "learningRate", "mixupAlpha", "classWeights", "inputSize", "device", "seed"},
-        "max_lines": 800,  # a larger GUI (dataset, settings, run, results); the logic is in training_session
-        "source": ("dependencies.ensure_dependencies", "ensureDependencies", "training_session", "cancel_all",
-                   "shutdown", "views.show_training_results", "paths.sync_field"),
+        "max_lines": 400,  # a larger GUI (dataset, settings, run, results); the logic is in slicer_side
+        "source": ("dependencies.ensure_dependencies", "ensureDependencies", "training_logic", "cancel_all",
+                   "shutdown", "training_gui.setup_path_fields", "paths.sync_field"),
     },
 }
+#: The class of GloResNetLib.slicer_side each module's logic is made of (as the module file names it).
+LOGIC_MIXINS = {"GloResNet": "predict_logic.PredictionLogic", "GloResNetTraining": "training_logic.TrainingLogic"}
 #: Naming convention of the widgets -> Qt class (the longest matching suffix wins).
 SUFFIX_CLASSES = {
     "CollapsibleButton": "ctkCollapsibleButton", "Button": "QPushButton", "Label": "QLabel",
@@ -397,10 +399,11 @@ def test_module_file_follows_the_wizard_layout_and_stays_thin(module: Path):
     assert classes[name] == ["ScriptedLoadableModule"]
     assert classes[f"{name}Widget"] == ["common.ModuleWidgetHelpers", "ScriptedLoadableModuleWidget",
                                         "VTKObservationMixin"]
-    assert classes[f"{name}Logic"] == ["ScriptedLoadableModuleLogic"]
+    # the logic itself is a Qt-free class of GloResNetLib.slicer_side, mixed in before Slicer's base class
+    assert classes[f"{name}Logic"] == [LOGIC_MIXINS[name], "ScriptedLoadableModuleLogic"]
     assert classes[f"{name}Test"] == ["ScriptedLoadableModuleTest"]
     assert f"{name}ParameterNode" in classes
-    assert len(source.splitlines()) < EXPECTED[name]["max_lines"], \
+    assert len(source.splitlines()) <= EXPECTED[name]["max_lines"], \
         "keep the module file thin: move logic to GloResNetLib"
     assert f'loadUI(self.resourcePath("UI/{name}.ui"))' in source and "childWidgetVariables" in source
     assert "Research use only" in source and "not a medical device" in source
@@ -418,12 +421,50 @@ def test_module_file_follows_the_wizard_layout_and_stays_thin(module: Path):
             assert isinstance(node.value, ast.Constant), f"call at import time: {ast.unparse(node)[:60]}"
 
 
+#: Files of GloResNetLib/slicer_side that may touch Qt widgets (``qt`` / ``ctk`` imported inside functions); the
+#: others are tested with slicer-core, which has no Qt.
+QT_FILES = {"common.py", "predict_gui.py", "selftest.py", "training_gui.py"}
+#: Files that need neither the MRML nor the application: processes, jobs, parameters, bundles.
+PLAIN_FILES = {"background.py", "bundles.py", "command.py", "devices.py", "diagnosis.py", "files.py", "jobs.py",
+               "requirements.py", "training_jobs.py", "training_params.py"}
+
+
+def imported_roots(path: Path) -> set[str]:
+    """Top-level names of every module ``path`` imports, inside functions too."""
+    nodes = list(ast.walk(ast.parse(path.read_text())))
+    imported = {a.name.split(".")[0] for n in nodes if isinstance(n, ast.Import) for a in n.names}
+    return imported | {n.module.split(".")[0] for n in nodes if isinstance(n, ast.ImportFrom) and n.module
+                       and not n.level}
+
+
 def test_library_glue_never_imports_qt():
-    rules = (("mrml.py", {"qt", "ctk", "PythonQt"}), ("process.py", {"qt", "ctk", "slicer", "vtk"}),
-             ("training_session.py", {"qt", "ctk", "PythonQt", "slicer", "vtk", "torch"}))
-    for name, forbidden in rules:
-        tree = ast.parse((REPO / "GloResNet" / "GloResNetLib" / name).read_text())
-        nodes = list(ast.walk(tree))
-        imported = {a.name.split(".")[0] for n in nodes if isinstance(n, ast.Import) for a in n.names}
-        imported |= {n.module.split(".")[0] for n in nodes if isinstance(n, ast.ImportFrom) and n.module}
-        assert not imported & forbidden, f"{name} imports {imported & forbidden}"
+    side = REPO / "GloResNet" / "GloResNetLib" / "slicer_side"
+    files = {p.name: p for p in side.glob("*.py")}
+    assert QT_FILES | PLAIN_FILES <= set(files)
+    for name, path in files.items():
+        forbidden = {"torch"} if name != "selftest.py" else set()  # the self-test's tiny bundle needs torch
+        forbidden |= {"qt", "ctk", "PythonQt"} if name not in QT_FILES else set()
+        forbidden |= {"slicer", "vtk"} if name in PLAIN_FILES else set()
+        assert not imported_roots(path) & forbidden, f"{name} imports {imported_roots(path) & forbidden}"
+
+
+def test_widget_helpers_name_widgets_of_the_ui():
+    """The library's widget helpers use the .ui widgets by name: each name exists in that module's .ui."""
+    side = REPO / "GloResNet" / "GloResNetLib" / "slicer_side"
+    from GloResNetLib.slicer_side import paths
+
+    WIDGET_SUFFIXES = (*SUFFIX_CLASSES, "Widget")
+    for module, helper, names in (
+            ("GloResNet", "predict_gui.py", set()),
+            ("GloResNetTraining", "training_gui.py", {f.widget for f in paths.TRAINING_PATH_FIELDS})):
+        tree = ast.parse((side / helper).read_text())
+        names |= {n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute) and isinstance(n.value, ast.Name)
+                  and n.value.id == "ui"}
+        names |= {k.value for n in ast.walk(tree) if isinstance(n, ast.Dict) for k in n.keys
+                  if isinstance(k, ast.Constant) and str(k.value).endswith(WIDGET_SUFFIXES)}
+        names |= {v.value for n in ast.walk(tree) if isinstance(n, ast.Dict) for v in n.values
+                  if isinstance(v, ast.Constant) and str(v.value).endswith(WIDGET_SUFFIXES)}
+        widgets = ui_widgets(ui_file(REPO / module))
+        assert len(names) >= 8, names
+        missing = sorted(names - set(widgets))
+        assert not missing, f"{helper} uses widgets absent from {module}.ui: {missing}"

@@ -221,7 +221,9 @@ def test_training_module_reaches_the_library_and_the_predict_module_slicers_way(
 def test_path_fields_follow_the_line_edit_text():
     """currentPathChanged skips an empty field and names its filters refuse (ctkPathLineEdit.cpp)."""
     source = module_file(REPO / "GloResNetTraining").read_text()
-    assert '"currentPathChanged(QString)"' not in source
-    assert re.search(r'lineEdit\.connect\("textChanged\(QString\)", lambda text, field=field: '
-                     r'self\.onPathChanged\(field, text\)\)', source)
+    helper = (LIB / "slicer_side" / "training_gui.py").read_text()
+    assert '"currentPathChanged(QString)"' not in source + helper
+    assert "training_gui.setup_path_fields(self.ui, self.onPathChanged)" in source
+    assert re.search(r'lineEdit\.connect\("textChanged\(QString\)", lambda text, field=spec\.field: '
+                     r'on_text\(field, text\)\)', helper)
     assert "paths.sync_field(self._parameterNode, field, text)" in source

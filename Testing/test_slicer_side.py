@@ -12,10 +12,11 @@ import pytest
 
 slicer = pytest.importorskip("slicer")
 
-from GloResNetLib import process  # noqa: E402
-from GloResNetLib import training_session as ts  # noqa: E402
 from GloResNetLib.errors import InputError  # noqa: E402
 from GloResNetLib.slicer_side import common, dependencies, paths, views  # noqa: E402
+from GloResNetLib.slicer_side.devices import DEVICE_PROBE, describe_devices  # noqa: E402
+from GloResNetLib.slicer_side.requirements import missing_requirements, pin_installed, read_requirements  # noqa: E402
+from GloResNetLib.slicer_side.training_params import GUI_FIELDS, TRAINING_REQUIREMENTS, TrainingParameters, train_args  # noqa: E402
 from test_slicer_module_files import REPO  # noqa: E402
 
 # ------------------------------------------------------------------------------------------------------------
@@ -119,17 +120,17 @@ def test_a_cleared_field_reaches_the_parameters_and_no_old_weights_are_used(tmp_
     weights = tmp_path / "resnet_10_23dataset.pth"
     weights.write_bytes(b"x")
     holder = FieldHolder(pretrainedPath=str(weights))
-    gui = {name: getattr(holder, name, None) for name in ts.GUI_FIELDS}
-    assert ts.TrainingParameters.from_gui({k: v for k, v in gui.items() if v is not None}).pretrained == str(weights)
+    gui = {name: getattr(holder, name, None) for name in GUI_FIELDS}
+    assert TrainingParameters.from_gui({k: v for k, v in gui.items() if v is not None}).pretrained == str(weights)
     assert paths.sync_field(holder, "pretrainedPath", "") and holder.pretrainedPath == ""
     assert not paths.sync_field(holder, "pretrainedPath", "")  # unchanged: the node is not written again
-    params = ts.TrainingParameters.from_gui({"pretrainedPath": holder.pretrainedPath, "manifestPath": "m.csv",
+    params = TrainingParameters.from_gui({"pretrainedPath": holder.pretrainedPath, "manifestPath": "m.csv",
                                              "outputFolder": str(tmp_path), "runName": "r"})
-    assert params.pretrained == "" and "--pretrained" not in ts.train_args(params)
+    assert params.pretrained == "" and "--pretrained" not in train_args(params)
     # typed text is kept as typed (a space inside a folder name survives); the parameters strip the ends
     assert paths.sync_field(holder, "outputFolder", f" {tmp_path}/my run ")
     assert holder.outputFolder == f" {tmp_path}/my run "
-    assert ts.TrainingParameters.from_gui({"outputFolder": holder.outputFolder}).output_folder == \
+    assert TrainingParameters.from_gui({"outputFolder": holder.outputFolder}).output_folder == \
         f"{tmp_path}/my run"
 
 
@@ -161,7 +162,7 @@ def test_paths_are_checked_with_a_message_naming_the_field(tmp_path):
 def test_the_training_parameters_run_the_path_checks(tmp_path):
     manifest = tmp_path / "cohort.txt"
     manifest.write_text("x")
-    params = ts.TrainingParameters(manifest=str(manifest), output_folder=str(manifest), run_name="r", folds=2,
+    params = TrainingParameters(manifest=str(manifest), output_folder=str(manifest), run_name="r", folds=2,
                                    epochs=1, batch_size=2)
     with pytest.raises(InputError, match="Output folder: .* is a file"):
         params.validate()
@@ -185,10 +186,10 @@ def wait_for(probe: common.DeviceProbe, timeout: float = 120) -> list[str]:
 def test_device_probe_reports_what_torch_sees_in_a_child_process():
     import torch
 
-    probe = common.DeviceProbe([sys.executable, "-c", process.DEVICE_PROBE])
+    probe = common.DeviceProbe([sys.executable, "-c", DEVICE_PROBE])
     texts = wait_for(probe)
     assert not probe.failed and probe.info["torch"] == torch.__version__
-    assert texts == [process.describe_devices(probe.info)] and f"PyTorch {torch.__version__}" in texts[0]
+    assert texts == [describe_devices(probe.info)] and f"PyTorch {torch.__version__}" in texts[0]
 
 
 def test_device_probe_that_fails_says_so_and_keeps_the_log():
@@ -200,7 +201,7 @@ def test_device_probe_that_fails_says_so_and_keeps_the_log():
 def test_installer_pins_torch_and_never_skips_packages(tmp_path):
     import torch
 
-    pins = process.pin_installed(dependencies.PINNED, tmp_path / "constraints.txt")
+    pins = pin_installed(dependencies.PINNED, tmp_path / "constraints.txt")
     assert pins.read_text().strip() == f"torch=={torch.__version__}"
     reqs = ["nibabel>=5.0", "scikit-learn>=1.3"]
     new = dependencies.pip_call(reqs, pins, "GloResNetTraining", True, has_pip_ensure=True)
@@ -212,12 +213,12 @@ def test_installer_pins_torch_and_never_skips_packages(tmp_path):
 
 
 def test_each_module_installs_from_its_own_requirements_file():
-    predict = process.read_requirements(REPO / "GloResNet" / "Resources" / "GloResNet-requirements.txt")
-    training = process.read_requirements(
+    predict = read_requirements(REPO / "GloResNet" / "Resources" / "GloResNet-requirements.txt")
+    training = read_requirements(
         REPO / "GloResNetTraining" / "Resources" / "GloResNetTraining-requirements.txt")
     assert set(predict) <= set(training)  # training runs the prediction code too
-    assert set(ts.TRAINING_REQUIREMENTS) <= set(training)
-    assert not process.missing_requirements(training)  # what the tests here run with
+    assert set(TRAINING_REQUIREMENTS) <= set(training)
+    assert not missing_requirements(training)  # what the tests here run with
 
 
 def test_old_slicer_is_refused_with_a_message():

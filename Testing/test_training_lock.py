@@ -2,7 +2,7 @@
 
 A run is killed (SIGKILL) after its first checkpoint; a ``train --resume`` takes the dead job's stale lock
 over and is frozen (SIGSTOP) while it holds the folder; a second ``train --resume``, and the Slicer module's
-Resume (``training_session.resume_training``), must refuse with exit 2 naming the first; the first then
+Resume (``slicer_side.training_jobs.resume_training``), must refuse with exit 2 naming the first; the first then
 finishes alone. The same for ``pretrain-age``.
 """
 
@@ -68,7 +68,7 @@ def test_two_resumes_on_one_run_folder_one_refuses_naming_the_holder(cohort, tmp
         assert (run_dir / "fold_0" / "last.pt").is_file()  # the refused job touched nothing
         assert not (run_dir / "fold_0" / "result.json").exists()
 
-        slicer = pytest.importorskip("GloResNetLib.training_session")
+        slicer = pytest.importorskip("GloResNetLib.slicer_side.training_jobs")
         job = slicer.resume_training(run_dir, device="cpu", env={"OMP_NUM_THREADS": "1"}, num_threads=1)
         job.wait(timeout=240)
         assert job.outcome == "failed" and job.process.returncode == 2

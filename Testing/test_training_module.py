@@ -1,5 +1,6 @@
-"""The GloResNetTraining module's logic (GloResNetLib.training_session) against real MRML nodes (slicer-core)
-and real ``gloresnet train`` processes on a tiny synthetic dataset (no mocks).
+"""The GloResNetTraining module's logic (GloResNetLib.slicer_side: training_params, training_jobs,
+training_monitor, scene_dataset) against real MRML nodes (slicer-core) and real ``gloresnet train`` processes
+on a tiny synthetic dataset (no mocks).
 
 Covers: the command line built from the GUI parameters (checked against the real CLI parser), recorded and
 live progress events turned into curve tables, plot charts and the metrics table (updated in place), scene
@@ -27,9 +28,42 @@ from training_fixtures import make_volume, write_cohort, write_manifest
 slicer = pytest.importorskip("slicer")
 vtk = pytest.importorskip("vtk")
 
-from GloResNetLib import mrml, process  # noqa: E402
-from GloResNetLib import training_session as ts  # noqa: E402
 from GloResNetLib.errors import InputError  # noqa: E402
+from GloResNetLib.slicer_side import training_params  # noqa: E402
+from GloResNetLib.slicer_side.background import active_processes, cancel_all, descendants, kill_tree, pid_alive  # noqa: E402
+from GloResNetLib.slicer_side.bundles import find_bundles, register_run_bundle  # noqa: E402
+from GloResNetLib.slicer_side.command import LIB_PARENT, child_env  # noqa: E402
+from GloResNetLib.slicer_side.results import predict_nodes  # noqa: E402
+from GloResNetLib.slicer_side.scene import CAM_ROLE, ROLE_ATTRIBUTE, create_logics  # noqa: E402
+from GloResNetLib.slicer_side.scene_dataset import (  # noqa: E402
+    export_scene_dataset,
+    fill_labels_table,
+    input_volumes,
+    labels_table,
+    scene_cases,
+)
+from GloResNetLib.slicer_side.tables import table_column, table_rows  # noqa: E402
+from GloResNetLib.slicer_side.training_jobs import (  # noqa: E402
+    DatasetCheck,
+    TrainingJob,
+    pick_heldout_case,
+    resume_training,
+    start_training,
+)
+from GloResNetLib.slicer_side.training_monitor import TrainingMonitor, format_duration  # noqa: E402
+from GloResNetLib.slicer_side.training_params import (  # noqa: E402
+    GUI_FIELDS,
+    SOURCE_LABELS,
+    STOPPED_EXIT_CODE,
+    TRAINING_REQUIREMENTS,
+    TrainingParameters,
+    can_resume,
+    check_args,
+    read_training_requirements,
+    resume_args,
+    train_args,
+)
+from GloResNetLib.slicer_side.volumes import volume_to_array  # noqa: E402
 from GloResNetLib.training.config import TrainConfig  # noqa: E402
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
@@ -46,7 +80,7 @@ def scene():
     previous = getattr(slicer, "mrmlScene", None)
     scene = slicer.vtkMRMLScene()
     slicer.mrmlScene = scene
-    scene.logics = mrml.create_logics(scene)
+    scene.logics = create_logics(scene)
     yield scene
     slicer.mrmlScene = previous
 
@@ -59,10 +93,10 @@ def cohort(tmp_path_factory):
     return {"root": root, "manifest": manifest, "cache": root / "cache"}
 
 
-def tiny_params(cohort, out: Path, **changes) -> ts.TrainingParameters:
+def tiny_params(cohort, out: Path, **changes) -> TrainingParameters:
     base = dict(source="manifest", manifest=str(cohort["manifest"]), output_folder=str(out), run_name="tiny",
                 cache_dir=str(cohort["cache"]), **TINY)
-    return ts.TrainingParameters(**{**base, **changes})
+    return TrainingParameters(**{**base, **changes})
 
 
 def add_volume(array: np.ndarray, name: str, affine: np.ndarray | None = None):
@@ -83,23 +117,23 @@ def test_paper_defaults_cpu_demo_preset_and_the_command_line(tmp_path):
     from GloResNetLib.cli import build_parser
     from GloResNetLib.training.options import given_options
 
-    paper = ts.TrainingParameters()
+    paper = TrainingParameters()
     fields = ("arch", "folds", "epochs", "batch_size", "lr", "mixup_alpha", "class_weights", "size", "seed")
     assert tuple(getattr(paper, k) for k in fields) == ("resnet10", 5, 150, 32, 2e-3, 1.0, True, 128, 42) \
         == tuple(getattr(TrainConfig(), k) for k in fields)
     assert paper.widths is None and paper.pretrained == "" and paper.device == "auto"
-    demo = ts.TrainingParameters.cpu_demo(manifest="m.csv", seed=7)
+    demo = TrainingParameters.cpu_demo(manifest="m.csv", seed=7)
     assert (demo.arch, demo.widths, demo.size, demo.epochs, demo.batch_size, demo.device, demo.seed) == \
         ("resnet10_dilated", (16, 32, 64, 128), 64, 30, 8, "cpu", 7)
     assert demo.apply_paper_defaults().replace(seed=42, manifest="") == paper.replace(device="auto")
 
     manifest = tmp_path / "data" / "manifest.csv"
     weights = tmp_path / "resnet_10.pth"
-    p = ts.TrainingParameters(manifest=str(manifest), output_folder=str(tmp_path / "runs"), run_name="r1",
+    p = TrainingParameters(manifest=str(manifest), output_folder=str(tmp_path / "runs"), run_name="r1",
                               folds=3, epochs=20, batch_size=8, lr=1e-4, mixup_alpha=0.4, class_weights=False,
                               size=96, pretrained=str(weights), device="cuda", seed=3, synthetic=True,
                               num_threads=2)
-    args = ts.train_args(p)
+    args = train_args(p)
     assert args == ["train", "--manifest", str(manifest), "--out", str(tmp_path / "runs" / "r1"),
                     "--arch", "resnet10", "--folds", "3", "--epochs", "20", "--batch-size", "8",
                     "--lr", "0.0001", "--mixup-alpha", "0.4", "--size", "96", "--device", "cuda",
@@ -109,27 +143,27 @@ def test_paper_defaults_cpu_demo_preset_and_the_command_line(tmp_path):
     for params in (p, demo.replace(output_folder=str(tmp_path), run_name="d", manifest=str(manifest)),
                    paper.replace(source="dhcp", dhcp=str(tmp_path), output_folder=str(tmp_path), run_name="x",
                                  tensorboard=False, cache_dir=str(tmp_path / "c"))):
-        parsed = build_parser().parse_args(ts.train_args(params))
+        parsed = build_parser().parse_args(train_args(params))
         assert parsed.command == "train" and parsed.progress_json
         assert TrainConfig(**given_options(parsed, TrainConfig)).run_fields() == params.config().run_fields()
-    assert ts.train_args(paper.replace(source="dhcp", dhcp=str(tmp_path), output_folder=str(tmp_path),
+    assert train_args(paper.replace(source="dhcp", dhcp=str(tmp_path), output_folder=str(tmp_path),
                                        run_name="x"))[1:3] == ["--dhcp", str(tmp_path)]
-    assert "--widths" in ts.train_args(demo.replace(output_folder=str(tmp_path), run_name="d"))
+    assert "--widths" in train_args(demo.replace(output_folder=str(tmp_path), run_name="d"))
 
-    assert ts.resume_args(tmp_path / "runs" / "r1", device="cpu", num_threads=1) == [
+    assert resume_args(tmp_path / "runs" / "r1", device="cpu", num_threads=1) == [
         "train", "--resume", str(tmp_path / "runs" / "r1"), "--device", "cpu", "--num-threads", "1",
         "--progress-json"]
-    assert ts.check_args(p) == ["train", "--manifest", str(manifest), "--check-only", "--size", "96",
+    assert check_args(p) == ["train", "--manifest", str(manifest), "--check-only", "--size", "96",
                                 "--progress-json"]
-    named = ts.TrainingParameters(output_folder=str(tmp_path)).with_run_name()
+    named = TrainingParameters(output_folder=str(tmp_path)).with_run_name()
     assert named.run_name.startswith("gloresnet-") and named.run_dir.parent == tmp_path
     assert named.with_run_name() is named
     with pytest.raises(InputError, match="run name"):
-        _ = ts.TrainingParameters(output_folder=str(tmp_path)).run_dir
+        _ = TrainingParameters(output_folder=str(tmp_path)).run_dir
     reqs = tmp_path / "requirements.txt"
     reqs.write_text("# comment\nnibabel>=5.0\nscikit-learn>=1.4\n")
-    assert ts.read_requirements(reqs) == ["nibabel>=5.0", "scikit-learn>=1.4", "matplotlib>=3.7"]
-    assert ts.read_requirements(None) == list(ts.TRAINING_REQUIREMENTS)
+    assert read_training_requirements(reqs) == ["nibabel>=5.0", "scikit-learn>=1.4", "matplotlib>=3.7"]
+    assert read_training_requirements(None) == list(TRAINING_REQUIREMENTS)
 
 
 def test_gui_fields_map_to_the_parameters_and_their_defaults_are_the_papers():
@@ -140,11 +174,11 @@ def test_gui_fields_map_to_the_parameters_and_their_defaults_are_the_papers():
     tree = ast.parse(module.read_text())
     (cls,) = [n for n in tree.body if isinstance(n, ast.ClassDef) and n.name.endswith("ParameterNode")]
     fields = {f.target.id: f for f in cls.body if isinstance(f, ast.AnnAssign)}
-    namespace = {"ts": ts, "list": list, "DEFAULTS": ts.TrainingParameters(),
-                 "SOURCE_NAMES": {v: k for k, v in ts.SOURCE_LABELS.items()}}
-    defaults = {name: eval(ast.unparse(fields[name].value), namespace) for name in ts.GUI_FIELDS}
-    assert defaults == ts.TrainingParameters().to_gui()  # the GUI starts with the paper's settings
-    for name, value in ts.TrainingParameters.cpu_demo(source="scene").to_gui().items():
+    namespace = {"tp": training_params, "list": list, "DEFAULTS": TrainingParameters(),
+                 "SOURCE_NAMES": {v: k for k, v in SOURCE_LABELS.items()}}
+    defaults = {name: eval(ast.unparse(fields[name].value), namespace) for name in GUI_FIELDS}
+    assert defaults == TrainingParameters().to_gui()  # the GUI starts with the paper's settings
+    for name, value in TrainingParameters.cpu_demo(source="scene").to_gui().items():
         annotation = fields[name].annotation
         if isinstance(annotation, ast.Subscript):  # Annotated[type, Choice(...) / WithinRange(...)]
             base, *extras = annotation.slice.elts
@@ -156,10 +190,10 @@ def test_gui_fields_map_to_the_parameters_and_their_defaults_are_the_papers():
                     assert args[0] <= value <= args[1], (name, value)
             annotation = base
         assert type(value).__name__ == ast.unparse(annotation), name
-    for params in (ts.TrainingParameters(), ts.TrainingParameters.cpu_demo(source="dhcp", dhcp="/d", seed=5)):
-        assert ts.TrainingParameters.from_gui(params.to_gui()) == params
+    for params in (TrainingParameters(), TrainingParameters.cpu_demo(source="dhcp", dhcp="/d", seed=5)):
+        assert TrainingParameters.from_gui(params.to_gui()) == params
     with pytest.raises(InputError, match="preset"):
-        ts.TrainingParameters(widths=(3, 3, 3, 3)).to_gui()
+        TrainingParameters(widths=(3, 3, 3, 3)).to_gui()
 
 
 def test_bad_parameters_are_refused_before_anything_runs(tmp_path, cohort):
@@ -182,7 +216,7 @@ def test_bad_parameters_are_refused_before_anything_runs(tmp_path, cohort):
     (tmp_path / "tiny" / "config.json").write_text("{}")
     with pytest.raises(InputError, match="already exists"):
         good.validate()
-    assert ts.can_resume(tmp_path / "tiny") and not ts.can_resume(tmp_path) and not ts.can_resume(None)
+    assert can_resume(tmp_path / "tiny") and not can_resume(tmp_path) and not can_resume(None)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -222,7 +256,7 @@ RECORDED = [
 
 
 def test_recorded_events_become_curve_tables_charts_and_a_metrics_table(scene):
-    monitor = ts.TrainingMonitor()
+    monitor = TrainingMonitor()
     states = []
     for event in RECORDED:
         # the JSON round trip is what the events go through between the processes (NaN included)
@@ -236,11 +270,11 @@ def test_recorded_events_become_curve_tables_charts_and_a_metrics_table(scene):
 
     nodes = monitor.nodes()
     fold0, fold1 = nodes["curve_tables"][0], nodes["curve_tables"][1]
-    assert mrml.table_column(fold0, "Epoch") == [1, 2, 3]
-    assert mrml.table_column(fold0, "Training loss") == pytest.approx([0.7, 0.6, 0.5])
-    assert nan_equal(mrml.table_column(fold0, "Validation loss"), [None, 0.65, 0.6])
-    assert nan_equal(mrml.table_column(fold0, "Validation AUC"), [None, 0.75, 1.0])
-    assert mrml.table_column(fold1, "Validation accuracy") == pytest.approx([0.5, 0.5, 0.5])
+    assert table_column(fold0, "Epoch") == [1, 2, 3]
+    assert table_column(fold0, "Training loss") == pytest.approx([0.7, 0.6, 0.5])
+    assert nan_equal(table_column(fold0, "Validation loss"), [None, 0.65, 0.6])
+    assert nan_equal(table_column(fold0, "Validation AUC"), [None, 0.75, 1.0])
+    assert table_column(fold1, "Validation accuracy") == pytest.approx([0.5, 0.5, 0.5])
     for chart, ys in ((nodes["loss_chart"], ("Training loss", "Validation loss")),
                       (nodes["metric_chart"], ("Validation AUC", "Validation accuracy"))):
         assert chart.GetNumberOfPlotSeriesNodes() == 4  # 2 folds x 2 curves
@@ -253,7 +287,7 @@ def test_recorded_events_become_curve_tables_charts_and_a_metrics_table(scene):
     assert nodes["loss_chart"].GetName() == "GloResNet training loss"
 
     table = nodes["metrics_table"]
-    rows = mrml.table_rows(table)
+    rows = table_rows(table)
     assert [r["Fold"] for r in rows] == ["fold 0", "fold 1", "mean", "sd", "best"]
     assert [r["Accuracy"] for r in rows] == pytest.approx([0.5, 0.75, 0.625, 0.1767767, 0.75])
     assert [r["Sensitivity"] for r in rows] == pytest.approx([1.0, 0.5, 0.75, 0.3535534, 1.0])
@@ -269,7 +303,7 @@ def test_recorded_events_become_curve_tables_charts_and_a_metrics_table(scene):
     monitor.handle(epoch_event(1, 2, 0.1, 0.2, 0.9, 1.0, 1.0))
     monitor.handle_all(RECORDED[1:])
     assert {c: scene.GetNumberOfNodesByClass(c) for c in counts} == counts
-    assert mrml.table_column(fold1, "Epoch") == [1, 2, 3] and monitor.nodes()["curve_tables"][1] is fold1
+    assert table_column(fold1, "Epoch") == [1, 2, 3] and monitor.nodes()["curve_tables"][1] is fold1
 
     # a new run reuses and empties the nodes; stopped and error events are reported
     monitor.reset("/runs/r2")
@@ -282,7 +316,7 @@ def test_recorded_events_become_curve_tables_charts_and_a_metrics_table(scene):
     monitor.handle({"event": "error", "message": "dataset x has 2 problem(s)\nmore"})
     assert monitor.errors == ["dataset x has 2 problem(s)\nmore"] and monitor.status == \
         "error: dataset x has 2 problem(s)"
-    assert ts.format_duration(3725) == "1 h 02 min" and ts.format_duration(None) == "?"
+    assert format_duration(3725) == "1 h 02 min" and format_duration(None) == "?"
     assert sys.modules.get("qt") is None
 
 
@@ -295,26 +329,26 @@ def test_scene_volumes_with_typed_labels_become_a_checked_dataset(scene, tmp_pat
     nodes = [add_volume(make_volume(rng, k % 2), f"case {k}") for k in range(8)]
     labelmap = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "seg")
     output = add_volume(np.zeros((5, 5, 5), np.float32), "case 0 GloResNet saliency")
-    output.SetAttribute(mrml.ROLE_ATTRIBUTE, mrml.CAM_ROLE)
-    assert ts.candidate_volumes() == nodes and labelmap not in ts.candidate_volumes() \
-        and output not in ts.candidate_volumes()
+    output.SetAttribute(ROLE_ATTRIBUTE, CAM_ROLE)
+    assert input_volumes() == nodes and labelmap not in input_volumes() \
+        and output not in input_volumes()
 
-    table = ts.labels_table()
-    assert ts.labels_table() is table
-    assert ts.fill_labels_table(table, labels={"case 0": 0, "case 1": "BI"}) == 8
-    assert ts.fill_labels_table(table) == 0  # rows are kept, not duplicated
+    table = labels_table()
+    assert labels_table() is table
+    assert fill_labels_table(table, labels={"case 0": 0, "case 1": "BI"}) == 8
+    assert fill_labels_table(table) == 0  # rows are kept, not duplicated
     labels = ["no BI", "BI", "0", "1", "no", "yes", "", "1"]  # what a user types; "" = not used
     column = table.GetTable().GetColumnByName("Label")
     for row, text in enumerate(labels):
         column.SetValue(row, text)
     table.GetTable().GetColumnByName("Subject").SetValue(7, "case 5")  # a second session of subject "case 5"
-    cases = ts.scene_cases(table)
+    cases = scene_cases(table)
     assert [c.node for c in cases] == [n for n, t in zip(nodes, labels) if t]
     assert [c.label for c in cases] == [0, 1, 0, 1, 0, 1, 1]
     assert cases[-1].subject == "case 5"
 
     params = tiny_params(cohort, tmp_path, source="scene")
-    manifest = ts.export_scene_dataset(cases, params.scene_data_dir, synthetic=True)
+    manifest = export_scene_dataset(cases, params.scene_data_dir, synthetic=True)
     assert manifest == params.dataset_path() == tmp_path / "tiny-scene-data" / "manifest.csv"
     from GloResNetLib.io import read_volume
     from GloResNetLib.training.datasets import read_manifest
@@ -323,11 +357,11 @@ def test_scene_volumes_with_typed_labels_become_a_checked_dataset(scene, tmp_pat
     assert not report.problems and report.class_counts() == {"no BI": 3, "BI": 4}
     assert len(set(report.subjects)) == 6 and report.synthetic
     array, affine = read_volume(report.samples[2].path)
-    expected, expected_affine = mrml.volume_to_array(nodes[2])
+    expected, expected_affine = volume_to_array(nodes[2])
     np.testing.assert_allclose(array, expected, rtol=1e-6)
     np.testing.assert_allclose(affine, expected_affine, atol=1e-5)
 
-    check = ts.DatasetCheck(params.validate(), env=ENV).start()
+    check = DatasetCheck(params.validate(), env=ENV).start()
     assert check.text() == "Checking the dataset..."
     check.wait(timeout=TIMEOUT)
     assert check.ok and check.report["n"] == 7, check.text()
@@ -335,25 +369,25 @@ def test_scene_volumes_with_typed_labels_become_a_checked_dataset(scene, tmp_pat
 
     column.SetValue(0, "maybe")
     with pytest.raises(InputError, match="row 1 .case 0.: label 'maybe'"):
-        ts.scene_cases(table)
+        scene_cases(table)
     with pytest.raises(InputError, match="both classes"):
-        ts.export_scene_dataset([c for c in cases if c.label == 1], tmp_path / "one-class")
+        export_scene_dataset([c for c in cases if c.label == 1], tmp_path / "one-class")
     with pytest.raises(InputError, match="no labelled volume"):
-        ts.export_scene_dataset([], tmp_path / "none")
+        export_scene_dataset([], tmp_path / "none")
     column.SetValue(0, "0")
     scene.RemoveNode(nodes[3])
     table.GetTable().GetColumnByName("Node ID").SetValue(3, "vtkMRMLScalarVolumeNode999")
     with pytest.raises(InputError, match="not in the scene"):
-        ts.scene_cases(table)
+        scene_cases(table)
 
 
 def test_dataset_check_reports_every_problem(tmp_path, cohort):
     existing = sorted((cohort["manifest"].parent / "images").iterdir())[0]
     rows = [{"path": "missing.nii.gz", "label": 1}, {"path": existing, "label": 3}]
     write_manifest(tmp_path / "bad.csv", rows, columns=("path", "label"))
-    params = ts.TrainingParameters(manifest=str(tmp_path / "bad.csv"), output_folder=str(tmp_path),
+    params = TrainingParameters(manifest=str(tmp_path / "bad.csv"), output_folder=str(tmp_path),
                                    run_name="r", size=16)
-    check = ts.DatasetCheck(params, env=ENV)
+    check = DatasetCheck(params, env=ENV)
     check.wait(timeout=TIMEOUT)
     assert not check.ok and check.process.returncode == 2
     text = check.text()
@@ -367,8 +401,8 @@ def test_dataset_check_reports_every_problem(tmp_path, cohort):
 def test_real_training_stopped_resumed_registered_and_used_for_prediction(scene, cohort, tmp_path):
     models = tmp_path / "models"
     params = tiny_params(cohort, tmp_path, epochs=6, synthetic=True)  # fold 1 outlasts the stop's delivery
-    monitor = ts.TrainingMonitor(models_folder=models)
-    job = ts.start_training(params, monitor, env=ENV)
+    monitor = TrainingMonitor(models_folder=models)
+    job = start_training(params, monitor, env=ENV)
     assert job.running and job.run_dir == tmp_path / "tiny" and job.outcome is None
     live_rows = []
 
@@ -379,7 +413,7 @@ def test_real_training_stopped_resumed_registered_and_used_for_prediction(scene,
                 assert job.stop()  # Stop: SIGINT, the run saves a checkpoint and exits 130
 
     job.wait(timeout=TIMEOUT, on_event=on_event)
-    assert job.outcome == "stopped" and job.process.returncode == ts.STOPPED_EXIT_CODE, job.log_text(30)
+    assert job.outcome == "stopped" and job.process.returncode == STOPPED_EXIT_CODE, job.log_text(30)
     assert live_rows[:7] == [1, 2, 3, 4, 5, 6, 1]  # the tables grew while the process ran
     assert job.failure_message() is None and job.resumable
     fold, epoch = monitor.stopped_at
@@ -389,34 +423,34 @@ def test_real_training_stopped_resumed_registered_and_used_for_prediction(scene,
 
     # Resume, as after restarting Slicer: a new scene and a new monitor that first shows what the run holds
     slicer.mrmlScene = fresh = slicer.vtkMRMLScene()
-    fresh.logics = mrml.create_logics(fresh)
-    resumed_monitor = ts.TrainingMonitor(models_folder=models)
-    job2 = ts.resume_training(job.run_dir, resumed_monitor, device="cpu", env=ENV, num_threads=1)
+    fresh.logics = create_logics(fresh)
+    resumed_monitor = TrainingMonitor(models_folder=models)
+    job2 = resume_training(job.run_dir, resumed_monitor, device="cpu", env=ENV, num_threads=1)
     assert resumed_monitor.curve_table(0).GetNumberOfRows() == 6  # fold 0 from its result.json
     events = job2.wait(timeout=TIMEOUT)
     assert job2.outcome == "done", job2.log_text(40)
     resumed_epochs = [(e["fold"], e["epoch"]) for e in events if e["event"] == "epoch"]
     assert resumed_epochs and {f for f, _ in resumed_epochs} == {1} and resumed_epochs[0][1] >= epoch
-    assert mrml.table_column(resumed_monitor.curve_table(1), "Epoch")[-1] == 6
-    rows = mrml.table_rows(resumed_monitor.metrics_table)
+    assert table_column(resumed_monitor.curve_table(1), "Epoch")[-1] == 6
+    rows = table_rows(resumed_monitor.metrics_table)
     assert [r["Fold"] for r in rows] == ["fold 0", "fold 1", "mean", "sd", "best"]
     assert rows[2]["Accuracy"] == pytest.approx(np.mean([rows[0]["Accuracy"], rows[1]["Accuracy"]]))
     metrics = json.loads((job.run_dir / "metrics.json").read_text())
     assert rows[2]["Accuracy"] == pytest.approx(metrics["summary"]["accuracy"]["mean"])
     assert resumed_monitor.loss_chart.GetNumberOfPlotSeriesNodes() == 4
     assert fresh.GetNumberOfNodesByClass("vtkMRMLPlotChartNode") == 2
-    assert not job2.resumable and process.active_processes() == []
+    assert not job2.resumable and active_processes() == []
 
     # the ensemble bundle is in the models folder, listed as the GloResNet module lists it
     registered = resumed_monitor.registered
     assert registered == models / "tiny" and "registered as tiny" in resumed_monitor.status
-    (info,) = process.find_bundles(models)
+    (info,) = find_bundles(models)
     assert info.path == registered and info.error is None and info.n_models == 2 and info.synthetic
     assert info.cv_metrics and "SYNTHETIC" in info.label
-    assert ts.register_run_bundle(job.run_dir / "bundle", models) == registered  # idempotent
+    assert register_run_bundle(job.run_dir / "bundle", models) == registered  # idempotent
 
     # "open in GloResNet": a held-out case, predicted through the GloResNet logic's in-process path
-    case = ts.pick_heldout_case(job.run_dir)
+    case = pick_heldout_case(job.run_dir)
     assert case is not None and case.path.is_file() and case.label == 1 and "held out from fold" in \
         case.description
     from GloResNetLib.bundle import load_bundle
@@ -425,7 +459,7 @@ def test_real_training_stopped_resumed_registered_and_used_for_prediction(scene,
 
     array, affine = read_volume(case.path)
     node = add_volume(array, "held-out case", affine)
-    (result,) = mrml.predict_nodes([node], registered, device="cpu")
+    (result,) = predict_nodes([node], registered, device="cpu")
     direct = predict(load_bundle(registered), array, affine, device="cpu")
     assert 0.0 <= result.probability <= 1.0
     assert result.probability == pytest.approx(direct.probability, abs=1e-5)
@@ -443,22 +477,22 @@ def test_bundle_registration_names_and_idempotence(tmp_path):
         return folder
 
     models = tmp_path / "models"
-    first = ts.register_run_bundle(fake_bundle("a", "2026-01-01"), models)
+    first = register_run_bundle(fake_bundle("a", "2026-01-01"), models)
     assert first == models / "cohort_run" and (first / "w").is_file()
-    assert ts.register_run_bundle(tmp_path / "a" / "bundle", models) == first  # the same bundle again
-    second = ts.register_run_bundle(fake_bundle("b", "2026-02-02"), models)  # another model, same name
+    assert register_run_bundle(tmp_path / "a" / "bundle", models) == first  # the same bundle again
+    second = register_run_bundle(fake_bundle("b", "2026-02-02"), models)  # another model, same name
     assert second == models / "cohort_run-2"
-    assert ts.register_run_bundle(tmp_path / "b" / "bundle", models, name="mine") == models / "mine"
+    assert register_run_bundle(tmp_path / "b" / "bundle", models, name="mine") == models / "mine"
     assert sorted(p.name for p in models.iterdir()) == ["cohort_run", "cohort_run-2", "mine"]  # no leftovers
     with pytest.raises(InputError, match="not a model bundle"):
-        ts.register_run_bundle(tmp_path, models)
+        register_run_bundle(tmp_path, models)
 
 
 def test_failures_are_reported_with_the_last_log_lines(scene, tmp_path, cohort):
     write_manifest(tmp_path / "bad.csv", [{"path": "missing.nii.gz", "label": 1}], columns=("path", "label"))
     params = tiny_params(cohort, tmp_path, manifest=str(tmp_path / "bad.csv"))
-    monitor = ts.TrainingMonitor(models_folder=tmp_path / "models")
-    job = ts.start_training(params, monitor, env=ENV)
+    monitor = TrainingMonitor(models_folder=tmp_path / "models")
+    job = start_training(params, monitor, env=ENV)
     job.wait(timeout=TIMEOUT)
     assert job.outcome == "failed" and job.process.returncode == 2
     assert job.diagnosis().kind == "user_error"
@@ -467,10 +501,10 @@ def test_failures_are_reported_with_the_last_log_lines(scene, tmp_path, cohort):
     assert monitor.errors and "missing file" in monitor.errors[0] and monitor.status.startswith("error:")
     assert monitor.registered is None and not (tmp_path / "models").exists()
     with pytest.raises(InputError, match="nothing to resume"):
-        ts.resume_training(tmp_path / "nowhere")
+        resume_training(tmp_path / "nowhere")
 
 
-def wait_until_training(jobs: list[ts.TrainingJob]) -> None:
+def wait_until_training(jobs: list[TrainingJob]) -> None:
     """Poll the jobs until each has reported a training step."""
     waiting = set(range(len(jobs)))
     deadline = time.monotonic() + TIMEOUT
@@ -484,37 +518,47 @@ def wait_until_training(jobs: list[ts.TrainingJob]) -> None:
 
 
 def test_no_process_is_left_behind(cohort, tmp_path):
-    jobs = [ts.start_training(tiny_params(cohort, tmp_path / name, epochs=500), env=ENV) for name in "ab"]
+    jobs = [start_training(tiny_params(cohort, tmp_path / name, epochs=500), env=ENV) for name in "ab"]
     wait_until_training(jobs)
     pids = [job.process.pid for job in jobs]
     # Slicer quitting or the scene closing: stop cleanly (checkpoint kept), kill only if it does not end
     jobs[0].shutdown(timeout=60)
     jobs[0].wait(timeout=30)
-    assert jobs[0].outcome == "stopped" and not process.pid_alive(pids[0]) and jobs[0].resumable
-    # process.cancel_all (Slicer's aboutToQuit, atexit) kills the trees at once
-    assert process.cancel_all() >= 1
+    assert jobs[0].outcome == "stopped" and not pid_alive(pids[0]) and jobs[0].resumable
+    # cancel_all (Slicer's aboutToQuit, atexit) kills the trees at once
+    assert cancel_all() >= 1
     jobs[1].wait(timeout=30)
     assert jobs[1].outcome == "cancelled" and jobs[1].failure_message() is None
-    assert not process.pid_alive(pids[1]) and not process.descendants(pids[1])
+    assert not pid_alive(pids[1]) and not descendants(pids[1])
 
 
-def test_importing_the_session_module_is_cheap():
-    """The Slicer module imports it at startup: no torch, no MRML until a node is touched."""
-    code = ("import sys; import GloResNetLib.training_session; "
-            "print(sorted(m for m in ('torch', 'slicer', 'vtk', 'qt') if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
-                         env=process.child_env())
-    assert out.returncode == 0 and out.stdout.strip() == "[]", out.stderr
+PLAIN_SLICER_SIDE = ("background", "bundles", "command", "common", "dependencies", "devices", "diagnosis", "files",
+                     "jobs", "paths", "requirements", "training_jobs", "training_params", "views")
+
+
+def test_importing_the_slicer_side_is_cheap():
+    """The Slicer modules import it at startup: no torch anywhere; the parameters, processes, jobs and bundle
+    listing need no MRML either (only the scene, volume, display, table, result and monitor modules do)."""
+    lib = Path(__file__).resolve().parents[1] / "GloResNet" / "GloResNetLib" / "slicer_side"
+    every = sorted(p.stem for p in lib.glob("*.py") if p.stem != "__init__")
+    assert set(PLAIN_SLICER_SIDE) < set(every)
+    for names, forbidden in ((PLAIN_SLICER_SIDE, ("torch", "slicer", "vtk", "qt")), (every, ("torch", "qt"))):
+        code = ("import sys, importlib; "
+                f"[importlib.import_module('GloResNetLib.slicer_side.' + n) for n in {names!r}]; "
+                f"print(sorted(m for m in {forbidden!r} if m in sys.modules))")
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                             env=child_env())
+        assert out.returncode == 0 and out.stdout.strip() == "[]", (names, out.stdout, out.stderr)
 
 
 def test_a_crashed_parent_leaves_no_orphan(cohort, tmp_path):
     """If Slicer itself dies, the training (its own session) ends at its next progress line (broken pipe)."""
-    args = ts.train_args(tiny_params(cohort, tmp_path, epochs=500))
+    args = train_args(tiny_params(cohort, tmp_path, epochs=500))
     script = textwrap.dedent(f"""
         import sys, time
-        sys.path.insert(0, {str(process.LIB_PARENT)!r})
-        from GloResNetLib import process
-        job = process.start_gloresnet({args!r}, env={ENV!r})
+        sys.path.insert(0, {str(LIB_PARENT)!r})
+        from GloResNetLib.slicer_side.command import start_gloresnet
+        job = start_gloresnet({args!r}, env={ENV!r})
         for event in job.follow(120):
             if event.get("event") == "step":
                 print(job.pid, flush=True)
@@ -525,15 +569,15 @@ def test_a_crashed_parent_leaves_no_orphan(cohort, tmp_path):
         line = parent.stdout.readline()
         assert line.strip().isdigit(), "the parent did not report its child"
         child = int(line)
-        assert process.pid_alive(child)
+        assert pid_alive(child)
         parent.send_signal(signal.SIGKILL)
         parent.wait(timeout=30)
         deadline = time.monotonic() + 60
-        while process.pid_alive(child) and time.monotonic() < deadline:
+        while pid_alive(child) and time.monotonic() < deadline:
             time.sleep(0.1)
-        alive = process.pid_alive(child)
+        alive = pid_alive(child)
         if alive:
-            process.kill_tree(child)
+            kill_tree(child)
         assert not alive, "the training outlived its parent"
     finally:
         if parent.poll() is None:
@@ -543,8 +587,8 @@ def test_a_crashed_parent_leaves_no_orphan(cohort, tmp_path):
 def test_gui_offers_every_registered_architecture():
     from GloResNetLib.models import ARCHITECTURES
 
-    assert set(ts.ARCHITECTURES) == set(ARCHITECTURES)
-    for arch in ts.ARCHITECTURES:  # each passes the GUI's own checks and reaches the command line
-        params = ts.TrainingParameters(arch=arch, manifest="m.csv", output_folder="out", run_name="r")
+    assert set(ARCHITECTURES) == set(ARCHITECTURES)
+    for arch in ARCHITECTURES:  # each passes the GUI's own checks and reaches the command line
+        params = TrainingParameters(arch=arch, manifest="m.csv", output_folder="out", run_name="r")
         params.validate(check_files=False)
-        assert ts.train_args(params)[ts.train_args(params).index("--arch") + 1] == arch
+        assert train_args(params)[train_args(params).index("--arch") + 1] == arch

@@ -23,7 +23,8 @@ from torch import nn
 
 from . import __version__
 from .age_target import CLASSIFICATION, check_age_metadata
-from .bundle_schema import FORMAT_VERSION, METADATA_FILE, inside, read_metadata_file, validate_metadata
+from .bundle_meta import BundleMetadata, read_bundle_metadata
+from .bundle_schema import FORMAT_VERSION, METADATA_FILE, inside, validate_metadata
 from .errors import BundleError
 from .io import atomic_path, write_text_atomic
 from .models import build_model
@@ -105,22 +106,13 @@ def save_bundle(out_dir: str | os.PathLike, state_dicts: list[dict[str, torch.Te
 
 
 @dataclass
-class Bundle:
-    """A loaded, verified bundle: ``models`` (eval mode, on ``device``) and their ``metadata``."""
+class Bundle(BundleMetadata):
+    """A loaded, verified bundle: ``models`` (eval mode, on ``device``) and their ``metadata`` (read by
+    :func:`~.bundle_meta.read_bundle_metadata`, which also gives ``name``, ``task``, ``training_data``,
+    ``is_synthetic``, ``is_trained``, ``flag`` and ``provenance``)."""
 
-    path: Path
-    metadata: dict[str, Any]
-    models: list[nn.Module] = field(repr=False)
+    models: list[nn.Module] = field(default_factory=list, repr=False)
     device: torch.device = torch.device("cpu")
-
-    @property
-    def name(self) -> str:
-        return str(self.metadata["name"])
-
-    @property
-    def task(self) -> str:
-        """'classification' (brain injury; metadata without 'task') or 'age_regression' (brain age, weeks)."""
-        return str(self.metadata.get("task", CLASSIFICATION))
 
     @property
     def threshold(self) -> float:
@@ -136,42 +128,24 @@ class Bundle:
     def tta_axes(self) -> list[int]:
         return [int(a) for a in self.metadata.get("tta_axes", [0])]
 
-    @property
-    def training_data(self) -> dict[str, Any]:
-        return dict(self.metadata.get("training_data") or {})
-
-    @property
-    def is_synthetic(self) -> bool:
-        """True when the model was trained on synthetic data (never present it as clinical)."""
-        return bool(self.training_data.get("synthetic", False))
-
-    @property
-    def is_trained(self) -> bool:
-        """False for bundles that only wrap pretrained or random weights with an untrained head."""
-        return bool(self.training_data.get("trained", True))
-
-    @property
-    def provenance(self) -> str:
-        return str(self.metadata.get("provenance", ""))
-
     def describe(self) -> str:
-        """One line: name, architecture, number of models, what data trained it."""
-        td = self.training_data
-        flag = " [SYNTHETIC DATA - demonstration only]" if self.is_synthetic else ""
-        if not self.is_trained:
-            flag = " [UNTRAINED classifier - predictions are meaningless]"
+        """One line: name, architecture, number of models, what data trained it (and its flag)."""
+        flag = f" [{self.flag}]" if self.flag else ""
         task = "" if self.task == CLASSIFICATION else "; brain age in weeks"
-        return (f"{self.name} ({self.metadata['arch']}, {len(self.models)} model(s){task}); trained on: "
-                f"{td.get('description', 'unknown')}{flag}")
+        return (f"{self.name} ({self.arch}, {len(self.models)} model(s){task}); trained on: "
+                f"{self.training_data.get('description', 'unknown')}{flag}")
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
     """Read ``metadata.json`` and validate it against the bundle schema (:mod:`.bundle_schema`) and, for a
-    brain-age bundle, its target (:mod:`.age_target`); no weights are read. Raises :class:`BundleError` (one
-    line) for anything refused."""
-    meta = read_metadata_file(path)
-    check_age_metadata(meta, str(Path(path) / METADATA_FILE), len(meta["weights"]))
-    return meta
+    brain-age bundle, its target (:mod:`.age_target`); no weights are read (:func:`.bundle_meta.read_bundle_metadata`).
+
+    Returns:
+        The metadata dict.
+    Raises:
+        BundleError: one line, for anything refused.
+    """
+    return read_bundle_metadata(path).metadata
 
 
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
@@ -198,7 +172,7 @@ def load_bundle(path: str | os.PathLike, device: str | torch.device | None = "cp
     from safetensors.torch import load_file
 
     path = Path(path)
-    meta = read_metadata(path)
+    meta = read_bundle_metadata(path).metadata
     dev = resolve_device(device)
     models = []
     for entry in meta["weights"]:

@@ -1,8 +1,8 @@
 """The schema of a bundle's ``metadata.json``, checked before anything is built from it (no torch needed).
 
-One function, :func:`validate_metadata`, is used by :func:`~.bundle.read_metadata` (``predict``, ``bundle info``,
-the Slicer module) and by :func:`~.process.bundle_info` (the Slicer models list), so a bundle that one accepts
-the other accepts too. It checks types and ranges of every field that is used, bounds everything that sizes an
+One function, :func:`validate_metadata`, is used through :func:`~.bundle_meta.read_bundle_metadata` by loading
+(``predict``, ``bundle info``, the Slicer module) and by the Slicer models list, so a bundle that one accepts the
+other accepts too. It checks types and ranges of every field that is used, bounds everything that sizes an
 allocation (network widths, input size, number of models) and refuses deep nesting; unknown top-level keys are
 kept (forward compatible) but must be plain, shallow JSON.
 

@@ -13,18 +13,18 @@ import time
 from pathlib import Path
 
 from . import __version__
+from .disclaimer import DISCLAIMER as EPILOG
 from .errors import GloResNetError, InputError
-
-EPILOG = "Research use only. Not a medical device; not for clinical decisions."
+from .progress_events import emit
 
 #: Subcommands contributed by other modules: module name -> its ``add_parser(subparsers)`` registers them.
 PLUGIN_MODULES = ("synth", "training.cli", "demo", "compare")
 
 
 def _progress(enabled: bool, **event) -> None:
-    """One JSON progress event per line on stderr (for GUIs following a background run)."""
+    """One JSON progress event (:mod:`.progress_events`) per line on stdout, with the ``--json`` records."""
     if enabled:
-        print(json.dumps(event), file=sys.stderr, flush=True)
+        emit(event)
 
 
 def _parse_axes(text: str) -> list[int]:
@@ -250,7 +250,8 @@ def build_parser() -> argparse.ArgumentParser:
                    metavar="F",
                    help="overlap of neighbouring occlusion boxes, 0 <= F < 1 (default 0.5: step = half a box)")
     p.add_argument("--json", action="store_true", help="print one JSON object per input instead of a table")
-    p.add_argument("--progress-json", action="store_true", help="JSON progress events on stderr")
+    p.add_argument("--progress-json", action="store_true",
+                   help="JSON progress events on stdout, one per line (with the --json records)")
     p.set_defaults(func=run_predict)
 
     b = sub.add_parser("bundle", help="create or inspect model bundles")

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .disclaimer import DISCLAIMER
 from .errors import GloResNetError, InputError
 
 #: (metrics.json name, column title) of the metrics the table shows.
@@ -390,7 +391,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     """Register ``gloresnet compare``."""
     p = subparsers.add_parser(
         "compare", help="compare finished training runs in one table",
-        epilog="Research use only. Not a medical device; not for clinical decisions.",
+        epilog=DISCLAIMER,
         description="One table of finished cross-validated runs: architecture, parameters, forward GFLOPs at "
                     "the run's input size, CV accuracy / sensitivity / specificity / AUC (mean ± sd over "
                     "folds) and the CPU predict time of the run's bundle (TTA and Grad-CAM on).")

@@ -1,8 +1,25 @@
-"""Helpers the two Slicer modules (GloResNet, GloResNetTraining) share: one copy each of the Slicer version
-check, the device probe, the developer reload, the status/log widgets, the way to reach the predict module, the
-dependency installer, the results layout's view nodes and the path fields' sync and validation.
+"""The Slicer side of GloResNet: everything the two Slicer modules (GloResNet, GloResNetTraining) do besides
+wiring their GUI, one concern per file. It is the only part of GloResNetLib that imports ``slicer``, ``vtk``,
+``qt`` or ``ctk`` (Testing/test_architecture.py); the core below it never imports it.
 
-Nothing here imports Qt or the Slicer application at import time (``slicer``, and ``qt`` for the version
-message, are imported inside the functions that need them), so the parts that do not need the application are
-tested outside it with slicer-core's MRML nodes (Testing/test_slicer_side.py).
+::
+
+    GloResNet.py, GloResNetTraining.py        thin module files: Module, ParameterNode, Widget, Logic, Test
+      |  Logic = predict_logic.PredictionLogic / training_logic.TrainingLogic + ScriptedLoadableModuleLogic
+      |  Widget = common.ModuleWidgetHelpers + predict_gui / training_gui helpers
+      v
+    MRML (slicer, vtk; no Qt)       scene, volumes, display, tables, results, scene_dataset, training_monitor
+    jobs (no slicer, no Qt)         command -> background (BackgroundProcess) -> jobs.Job
+                                    -> prediction_job.PredictionJob, training_jobs.DatasetCheck / TrainingJob
+                                    diagnosis, bundles, requirements, devices, files, training_params
+    shared by both modules          common, dependencies, views, paths, selftest
+      |
+      v
+    core: gloresnet command line (cli, training), bundle_meta, progress_events, disclaimer, errors ...
+
+The job modules run here without Slicer; the MRML modules run with slicer-core's MRML nodes (the PyPI package)
+and are tested that way (Testing/test_mrml.py, test_training_module.py, test_slicer_side.py). Qt (``qt``,
+``ctk``) is imported only inside the functions of ``common``, ``predict_gui``, ``training_gui`` and
+``selftest`` that touch widgets. Nothing imports torch at import time: prediction in Slicer's own Python
+(:func:`.results.predict_nodes`) and the self-test's tiny bundle import it when they run.
 """

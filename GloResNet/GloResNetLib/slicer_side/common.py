@@ -7,7 +7,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .. import process
+from .background import LOG
+from .bundles import MODELS_FOLDER_SETTING, default_models_folder
+from .devices import DeviceProbe, describe_devices
 
 #: Oldest Slicer the extension runs in: 5.10 is the first with Python >= 3.10 (``requires-python`` of the
 #: package; Slicer 5.8 ships Python 3.9). Also in CMakeLists.txt (``find_package(Slicer 5.10 REQUIRED)``).
@@ -37,8 +39,8 @@ def models_folder() -> Path:
     settings), for both modules."""
     import slicer
 
-    default = process.default_models_folder(Path(slicer.app.slicerUserSettingsFilePath).parent)
-    return Path(slicer.util.settingsValue(process.MODELS_FOLDER_SETTING, str(default)))
+    default = default_models_folder(Path(slicer.app.slicerUserSettingsFilePath).parent)
+    return Path(slicer.util.settingsValue(MODELS_FOLDER_SETTING, str(default)))
 
 
 def predict_logic() -> Any:
@@ -58,69 +60,86 @@ def forget_library(modules: dict[str, Any] | None = None) -> list[str]:
     return names
 
 
-class DeviceProbe:
-    """What PyTorch sees in Slicer's Python, asked in a background process (never imports torch here).
-
-    Poll it from a timer: :meth:`poll` returns the text to show when it changes.
-    """
-
-    def __init__(self, command: list[str] | None = None) -> None:
-        self.process = process.BackgroundProcess(command or process.device_probe_command(),
-                                                 env=process.child_env(), name="device probe").start()
-        self.info: dict[str, Any] | None = None
-        self.finished = False
-
-    @property
-    def failed(self) -> bool:
-        """The probe ended without a result."""
-        return self.finished and self.info is None
-
-    def poll(self) -> str | None:
-        """Events since the last call; returns the new device text, or None if nothing changed.
-
-        Returns:
-            "PyTorch ... CUDA ..." / "CPU only ..." once the result arrives, "could not detect devices" if the
-            process ended without one.
-        """
-        text = None
-        for event in self.process.poll():
-            if event.get("event") == process.RESULT:
-                self.info = event["record"]
-                text = process.describe_devices(self.info)
-            elif event.get("event") == process.PROCESS_EXIT:
-                self.finished = True
-                if self.info is None:
-                    text = "could not detect devices"
-        return text
-
-    def log_text(self, lines: int = 10) -> str:
-        return self.process.log_text(lines)
-
-
 class ModuleWidgetHelpers:
-    """Mixed into both module widgets (before ScriptedLoadableModuleWidget): status line, log, device probe
-    and developer reload. Needs ``self.ui`` with ``statusLabel``, ``logTextEdit`` and ``deviceInfoLabel``
-    and a ``self._timer`` (QTimer) that calls :meth:`pollDeviceProbe`."""
+    """Mixed into both module widgets (before ScriptedLoadableModuleWidget): parameter node connection, status
+    line, log, device probe and developer reload. Needs ``self.ui`` with ``statusLabel``, ``logTextEdit`` and
+    ``deviceInfoLabel``, a ``self._timer`` (QTimer) that calls :meth:`pollDeviceProbe`, a ``self.logic`` with
+    ``shutdown()`` (None on a Slicer too old for the GUI), and the widget's own ``initializeParameterNode()`` and
+    ``onParameterNodeModified(caller=None, event=None)``."""
 
     _probe: DeviceProbe | None = None
+    _timer: Any = None
+    logic: Any = None
+    _parameterNode: Any = None
+    _parameterNodeGuiTag: Any = None
+
+    def setParameterNode(self, inputParameterNode) -> None:
+        """Connect the GUI to ``inputParameterNode`` (None: disconnect) and follow its changes."""
+        import vtk
+
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.onParameterNodeModified)
+        self._parameterNode = inputParameterNode
+        if self._parameterNode:
+            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.onParameterNodeModified)
+            self.onParameterNodeModified()
+
+    def exit(self) -> None:
+        """The module is left: the GUI stops following the parameter node."""
+        import vtk
+
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.onParameterNodeModified)
+
+    def cleanup(self) -> None:
+        """The application closes and the widget is destroyed: stop following, end the logic's jobs."""
+        self.removeObservers()
+        if self._timer is not None:
+            self._timer.stop()
+        if self.logic is not None:
+            self.logic.shutdown()
+
+    def enter(self) -> None:
+        """The module is shown: the GUI follows the parameter node (nothing on a Slicer too old for the GUI)."""
+        if self.logic is not None:
+            self.initializeParameterNode()
+
+    def onSceneEndClose(self, caller, event) -> None:
+        """A new scene: a fresh parameter node if the module is shown."""
+        if self.parent.isEntered:
+            self.initializeParameterNode()
 
     def setStatus(self, text: str) -> None:
+        """Show ``text`` in the status line."""
         self.ui.statusLabel.text = text
 
     def appendLog(self, text: str) -> None:
+        """Append ``text`` (if any) to the log panel."""
         if text:
             self.ui.logTextEdit.appendPlainText(text)
 
+    def appendLogEvents(self, events) -> None:
+        """Append the output lines among a job's events (JSON events are not shown)."""
+        for event in events:
+            if event.get("event") == LOG:
+                self.appendLog(event["line"])
+
     def startDeviceProbe(self) -> None:
+        """Ask a child process what PyTorch sees; the timer polls it (:meth:`pollDeviceProbe`)."""
         try:
             self._probe = DeviceProbe()
         except OSError as exc:
             self.ui.deviceInfoLabel.text = f"cannot run Slicer's Python: {exc}"
             return
-        self.ui.deviceInfoLabel.text = process.describe_devices(None)
+        self.ui.deviceInfoLabel.text = describe_devices(None)
         self._timer.start()
 
     def pollDeviceProbe(self) -> None:
+        """Show the device probe's answer once it arrives (its log if it failed); called by the widget's timer."""
         probe = self._probe
         if probe is None:
             return
@@ -150,5 +169,7 @@ class ModuleWidgetHelpers:
         super().onReload()
 
 
-__all__ = ["LIBRARY_PACKAGE", "MINIMUM_SLICER_VERSION", "PREDICT_MODULE", "DeviceProbe", "ModuleWidgetHelpers",
-           "forget_library", "models_folder", "predict_logic", "slicer_version_problem", "version_problem"]
+__all__ = [
+    "LIBRARY_PACKAGE", "MINIMUM_SLICER_VERSION", "PREDICT_MODULE", "DeviceProbe", "ModuleWidgetHelpers",
+    "forget_library", "models_folder", "predict_logic", "slicer_version_problem", "version_problem",
+]

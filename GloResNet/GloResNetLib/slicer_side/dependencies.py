@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .. import process
+from .command import python_executable
+from .requirements import has_module, missing_requirements, pin_installed, read_requirements
 
 #: Passed to PyTorchUtils when PyTorch must be installed.
 TORCH_REQUIREMENT = ">=2.8"
@@ -40,7 +41,7 @@ def pip_call(requirements: Sequence[str], constraints: str | Path | None, reques
     Args:
         requirements: requirement strings (those missing, for ``pip_install``; all, for ``pip_ensure``,
             which checks them itself).
-        constraints: pip constraints file pinning torch (:func:`GloResNetLib.process.pin_installed`), or None.
+        constraints: pip constraints file pinning torch (:func:`.requirements.pin_installed`), or None.
         requester: name shown in Slicer's dialog.
         confirm: ask before installing (pip_ensure's own dialog; the caller's for pip_install).
         has_pip_ensure: ``slicer.packaging.pip_ensure`` exists (Slicer 5.12+).
@@ -56,7 +57,7 @@ def pip_call(requirements: Sequence[str], constraints: str | Path | None, reques
 
 def manual_install_help(requirements_file: str | Path) -> str:
     """What to do offline: download the wheels elsewhere, install them with Slicer's Python."""
-    python = process.python_executable()
+    python = python_executable()
     return ("Offline or behind a proxy? On a computer with internet access download the wheels, then install "
             f"them with Slicer's Python:\n  \"{python}\" -m pip install <torch wheel>\n"
             f"  \"{python}\" -m pip install -r \"{requirements_file}\"\nThen restart Slicer.")
@@ -86,8 +87,8 @@ def _install(requirements: list[str], requester: str, confirm: bool) -> None:
     except ImportError:  # Slicer < 5.12
         packaging = None
     has_pip_ensure = packaging is not None and hasattr(packaging, "pip_ensure")
-    constraints = process.pin_installed(PINNED, Path(tempfile.gettempdir()) / f"{requester}-constraints.txt")
-    missing = process.missing_requirements(requirements)
+    constraints = pin_installed(PINNED, Path(tempfile.gettempdir()) / f"{requester}-constraints.txt")
+    missing = missing_requirements(requirements)
     call = pip_call(requirements if has_pip_ensure else missing, constraints, requester, confirm, has_pip_ensure)
     if call.function == "pip_ensure":
         packaging.pip_ensure(*call.args, **call.kwargs)
@@ -113,14 +114,14 @@ def ensure_dependencies(requirements_file: str | Path, requester: str, confirm: 
     import slicer
 
     help_text = manual_install_help(requirements_file)
-    requirements = process.read_requirements(requirements_file) + [r for r in extra]
+    requirements = read_requirements(requirements_file) + [r for r in extra]
     try:
-        if not process.has_module("torch") and not _install_torch(requester, confirm, help_text):
+        if not has_module("torch") and not _install_torch(requester, confirm, help_text):
             return False
-        if not process.missing_requirements(requirements):
+        if not missing_requirements(requirements):
             return True
         _install(requirements, requester, confirm)
-        missing = process.missing_requirements(requirements)
+        missing = missing_requirements(requirements)
         if missing:
             raise RuntimeError(f"still missing: {', '.join(missing)}")
         return True

@@ -110,5 +110,7 @@ def check_training_paths(values: Mapping[str, str], source: str) -> None:
             raise InputError(problem)
 
 
-__all__ = ["FILE", "FOLDER", "OUTPUT_FOLDER", "TRAINING_PATH_FIELDS", "PathField", "check_training_paths",
-           "path_problem", "path_value", "sync_field"]
+__all__ = [
+    "FILE", "FOLDER", "OUTPUT_FOLDER", "TRAINING_PATH_FIELDS", "PathField", "check_training_paths", "path_problem",
+    "path_value", "sync_field",
+]

@@ -84,6 +84,20 @@ def show_training_results(layout_node, loss_chart=None, metric_chart=None, metri
                            tables={TABLE_VIEW_TAG: metrics_table})
 
 
-__all__ = ["LOSS_VIEW", "METRIC_VIEW", "PLOT_VIEW", "TABLE_VIEW", "TABLE_VIEW_TAG", "TRAINING_RESULTS_LAYOUT",
-           "TRAINING_RESULTS_LAYOUT_ID", "layout_view_node", "layout_views", "place_in_layout", "show_layout",
-           "show_training_results"]
+def show_table(table) -> bool:
+    """Show a table node in Slicer's four-up table layout (the results table); False if there is none."""
+    import slicer
+
+    if not table:
+        return False
+    slicer.app.layoutManager().setLayout(slicer.vtkMRMLLayoutNode.SlicerLayoutFourUpTableView)
+    slicer.app.applicationLogic().GetSelectionNode().SetActiveTableID(table.GetID())
+    slicer.app.applicationLogic().PropagateTableSelection()
+    return True
+
+
+__all__ = [
+    "LOSS_VIEW", "METRIC_VIEW", "PLOT_VIEW", "TABLE_VIEW", "TABLE_VIEW_TAG", "TRAINING_RESULTS_LAYOUT",
+    "TRAINING_RESULTS_LAYOUT_ID", "layout_view_node", "layout_views", "place_in_layout", "show_layout",
+    "show_table", "show_training_results",
+]

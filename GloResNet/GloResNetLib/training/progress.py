@@ -1,27 +1,35 @@
-"""Progress of a training run: JSON events (stdout, one per line), a Python callback and a tqdm bar (stderr).
+"""Progress of a training run: JSON events (:mod:`GloResNetLib.progress_events`, the list of kinds and the
+stream every command shares: stdout, one per line), a Python callback and a tqdm bar (stderr).
 
-Events follow the project's contract (docs in ``DESIGN``): ``start``, ``step``, ``epoch``, ``fold_end``,
-``done``, ``stopped``, ``error``; plus ``stage`` events while the preprocessing cache is filled (before
-``start``; GUIs may ignore them). ``fraction`` runs from 0 to 1 over the epochs this process trains (folds
-already finished when it starts count as done; a fold stopped early jumps to its end). An ``epoch`` event is
+Events: ``start``, ``step``, ``epoch``, ``fold_end``, ``done``, ``stopped``, ``error``; plus ``stage`` events
+while the preprocessing cache is filled (before ``start``; GUIs may ignore them). ``fraction`` runs from 0 to 1
+over the epochs this process trains (folds already finished when it starts count as done; a fold stopped early
+jumps to its end). An ``epoch`` event is
 emitted only after that epoch's checkpoint is on disk, so a process killed after it resumes from there.
 Only DDP rank 0 reports.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 import time
 from collections.abc import Callable
 from typing import Any
 
+from ..progress_events import emit
+
 log = logging.getLogger("GloResNetLib.training")
 
 
 class Reporter:
-    """Fan-out of progress events; computes ``fraction`` and ``eta_s``."""
+    """Fan-out of progress events; computes ``fraction`` and ``eta_s``.
+
+    Args:
+        callback: called with a copy of each event. json_stdout: print each event as a JSON line
+            (:func:`GloResNetLib.progress_events.emit`: on stdout). bar: a tqdm bar on stderr.
+        enabled: False silences every sink (DDP ranks other than 0).
+    """
 
     def __init__(
         self,
@@ -45,7 +53,7 @@ class Reporter:
         if not self.enabled:
             return
         if self.json_stdout:
-            print(json.dumps(event), file=sys.stdout, flush=True)
+            emit(event)
         if self.callback is not None:
             self.callback(dict(event))
 
