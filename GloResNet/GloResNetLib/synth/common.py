@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import numpy as np
 
 GENERATOR_VERSION = "2.0.0"
@@ -42,18 +40,3 @@ def check_common(age_weeks: float, difficulty: float) -> None:
         raise input_error(f"age {age_weeks} weeks is outside 20-50 weeks post-menstrual age")
     if not (0.0 <= float(difficulty) <= 1.0):
         raise input_error(f"difficulty must be in [0, 1] (got {difficulty})")
-
-
-def check_injuries(injuries: Sequence[str] | str | None) -> tuple[str, ...]:
-    """Normalise injury names (``"pwml+ivh"`` or a list) to the canonical order; refuse unknown ones."""
-    from .lesions import INJURY_TYPES
-
-    if injuries is None:
-        return ()
-    if isinstance(injuries, str):
-        injuries = [s for s in injuries.replace("+", ",").split(",") if s.strip()]
-    out = {str(s).strip().lower() for s in injuries}
-    bad = sorted(s for s in out if s not in INJURY_TYPES)
-    if bad:
-        raise input_error(f"unknown injury type(s) {bad}; expected some of {list(INJURY_TYPES)}")
-    return tuple(s for s in INJURY_TYPES if s in out)

@@ -18,11 +18,13 @@ lesion is evaluated at the scan's voxels in template coordinates, clipped to its
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from . import anatomy as A
+from .common import input_error
 
 INJURY_TYPES = ("pwml", "ivh", "phvd", "cpvl", "cbh")
 INJURY_DESCRIPTIONS = {
@@ -40,6 +42,19 @@ LESION_SIZE = (2.6, 0.8)
 #: Host tissues each lesion kind may occupy (the mask is clipped to them).
 HOSTS = {"pwml": (A.WM,), "cpvl": (A.WM,), "gmh": (A.DGM, A.VENTRICLE, A.WM), "clot": (A.VENTRICLE,),
          "cbh": (A.CEREBELLUM, A.CB_WM)}
+
+
+def check_injuries(injuries: Sequence[str] | str | None) -> tuple[str, ...]:
+    """Normalise injury names (``"pwml+ivh"`` or a list) to the canonical order; refuse unknown ones."""
+    if injuries is None:
+        return ()
+    if isinstance(injuries, str):
+        injuries = [s for s in injuries.replace("+", ",").split(",") if s.strip()]
+    out = {str(s).strip().lower() for s in injuries}
+    bad = sorted(s for s in out if s not in INJURY_TYPES)
+    if bad:
+        raise input_error(f"unknown injury type(s) {bad}; expected some of {list(INJURY_TYPES)}")
+    return tuple(s for s in INJURY_TYPES if s in out)
 
 
 @dataclass
@@ -83,8 +98,6 @@ def _find_candidates(t: A.Template, where: str) -> np.ndarray:
         raise ValueError(where)
     ijk = np.argwhere(ok).astype(np.float64)
     if len(ijk) == 0:
-        from .common import input_error
-
         raise input_error(f"the anatomy has no place for a '{where}' lesion (tissue missing from its label map)")
     return (ijk @ t.affine[:3, :3].T + t.affine[:3, 3]).astype(np.float32)
 

@@ -18,7 +18,7 @@ from scipy import ndimage
 from . import acquisition as acq_mod
 from . import anatomy as A
 from . import contrast, lesions
-from .common import DEFAULT_DIFFICULTY, as_rng, check_common, check_injuries, input_error
+from .common import DEFAULT_DIFFICULTY, as_rng, check_common, input_error
 from .geometry import DEFAULT_MAX_DIM, draw_acquisition
 
 #: Fraction of subjects (either class) with diffuse excessive high signal in the white matter (not an injury).
@@ -312,7 +312,7 @@ def synth_volume(rng_or_seed: int | np.random.Generator = 0, age_weeks: float = 
         info: dict with the DRAW-EM label map (``labels``), ``brain_mask``, ventricular index and scan settings.
     """
     check_common(age_weeks, difficulty)
-    injuries = check_injuries(injuries)
+    injuries = lesions.check_injuries(injuries)
     if max_dim is not None and int(max_dim) < 8:
         raise input_error(f"max_dim must be at least 8 (got {max_dim})")
     rng = as_rng(rng_or_seed)
