@@ -27,9 +27,9 @@ import torch
 from . import fastnet
 from .age_target import AGE_REGRESSION, AGE_TARGET_NAME, AGE_UNIT, target_scaling
 from .bundle import Bundle
+from .disclaimer import DISCLAIMER
 from .errors import BundleError
 from .predict_common import (
-    DISCLAIMER,
     gradcam_map,
     peak_ras,
     pool_features,

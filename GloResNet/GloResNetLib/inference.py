@@ -17,11 +17,11 @@ import numpy as np
 import torch
 
 from .bundle import Bundle
+from .disclaimer import DISCLAIMER
 from .errors import BundleError
 from .io import read_volume
 from .predict_common import (
     AXIS_NAMES,
-    DISCLAIMER,
     flip_batch,
     gradcam_map,
     gradcam_weights,

@@ -1,6 +1,6 @@
-"""What classifier and brain-age prediction share (:mod:`.inference`, :mod:`.age_inference`): the disclaimer
-every result carries, the TTA views, the network pass with Grad-CAM from the same pass, the map's upsampling
-onto the network and input grids, the saliency peak, and the prologue before the pass (:func:`prepare_pass`).
+"""What classifier and brain-age prediction share (:mod:`.inference`, :mod:`.age_inference`): the TTA views,
+the network pass with Grad-CAM from the same pass, the map's upsampling onto the network and input grids, the
+saliency peak, and the prologue before the pass (:func:`prepare_pass`).
 
 Grad-CAM needs no second pass: after global average pooling the score is a function of the pooled features
 only, so the Grad-CAM channel weights are the gradient of the head with respect to the pooled vector (for a
@@ -29,7 +29,6 @@ if TYPE_CHECKING:
 
 __all__ = [
     "AXIS_NAMES",
-    "DISCLAIMER",
     "flip_batch",
     "gradcam_map",
     "gradcam_weights",
@@ -43,7 +42,6 @@ __all__ = [
     "view_name",
 ]
 
-DISCLAIMER = "Research use only. Not a medical device; not for clinical decisions."
 AXIS_NAMES = "xyz"
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from ..disclaimer import DISCLAIMER as EPILOG
 from .config import AgeConfig, TrainConfig
 from .optionspec import AGE, TRAIN, add_option, given_options, list_options, widths
 
@@ -23,7 +24,6 @@ __all__ = [
     "parse_config",
 ]
 
-EPILOG = "Research use only. Not a medical device; not for clinical decisions."
 #: Options a command cannot do without.
 REQUIRED = {AGE: frozenset({"out"})}
 
