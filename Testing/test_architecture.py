@@ -2,7 +2,9 @@
 
 - no file of the extension or the benchmarks over 500 lines, and each Slicer module file at most 400 lines of
   wiring (the logic lives in ``GloResNetLib``);
-- no import cycle among the ``GloResNetLib`` modules, imports inside functions included;
+- no import cycle among the ``GloResNetLib`` modules, imports inside functions included, and every library import
+  names a module of the library;
+- no private name (``_x``) imported from another module: a helper two modules use is public in one place;
 - only ``GloResNetLib/slicer_side/`` and the two module files import Slicer's application or GUI libraries
   (``slicer``, ``qt``, ``vtk``, ``ctk``, ``PythonQt`` and their submodules): the core stays pure;
 - the research-use disclaimer is written once (``GloResNetLib/disclaimer.py``) and imported everywhere else.
@@ -135,6 +137,30 @@ def test_every_library_import_names_a_module_of_the_library():
                 continue
             wrong.append(f"{name}: {module} ({', '.join(names)})")
     assert "GloResNetLib" in packages and not wrong, wrong
+
+
+def private_imports(path: Path, modules: dict[str, Path]) -> list[str]:
+    """The private names (``_x``, not ``__x__`` nor a submodule ``_x``) that a file imports from the library."""
+    return [f"{path.relative_to(path.parents[2])} imports {n} from {module}"
+            for module, names in imports(path) if module.startswith("GloResNetLib")
+            for n in names if n.startswith("_") and not n.startswith("__") and f"{module}.{n}" not in modules]
+
+
+def test_no_private_name_is_imported_from_another_module():
+    """``from .run import _read_json``: a helper used by two modules is made public where it lives."""
+    modules = library_modules()
+    folders = (REPO / "GloResNet", REPO / "GloResNetTraining", REPO / "benchmarks")
+    taken = [line for path in python_files(*folders) for line in private_imports(path, modules)]
+    assert not taken, taken
+
+
+def test_the_private_import_reader_sees_a_private_import(tmp_path):
+    sample = tmp_path / "a" / "b" / "sample.py"
+    sample.parent.mkdir(parents=True)
+    sample.write_text("from GloResNetLib.io import read_volume\n\ndef f():\n"
+                      "    from GloResNetLib.training.run import _read_json, __all__\n")
+    assert private_imports(sample, library_modules()) == [
+        "a/b/sample.py imports _read_json from GloResNetLib.training.run"]
 
 
 def test_the_cycle_finder_finds_a_cycle():
