@@ -13,6 +13,7 @@ from typing import Any
 
 from ..bundle_meta import BundleMetadata, read_bundle_metadata
 from ..errors import BundleError, InputError
+from ..outputs import staged_folder
 from .command import child_env, gloresnet_command
 from .files import read_json, safe_name
 
@@ -173,8 +174,10 @@ def verify_bundle(path: str | os.PathLike, python: str | None = None, timeout: f
 
 
 def register_bundle(src: str | os.PathLike, models_folder: str | os.PathLike, verify: bool = True,
-                    python: str | None = None, replace: bool = False) -> Path:
-    """Copy a bundle folder into the models folder (verified first); returns the new path."""
+                    python: str | None = None, replace: bool = False, name: str | None = None) -> Path:
+    """Copy a bundle folder into the models folder as ``NAME`` (default: the folder's name), verified first
+    with ``verify``; returns the new path. The copy is built beside it and renamed into place
+    (:func:`~..outputs.staged_folder`), so the models list never shows half a bundle."""
     src = Path(src)
     if verify:
         verify_bundle(src, python=python)
@@ -182,17 +185,13 @@ def register_bundle(src: str | os.PathLike, models_folder: str | os.PathLike, ve
         raise ValueError(f"{src}: not a model bundle (no metadata.json)")
     models_folder = Path(models_folder)
     models_folder.mkdir(parents=True, exist_ok=True)
-    dst = models_folder / src.name
+    dst = models_folder / (name or src.name)
     if dst.resolve() == src.resolve():
         return dst
     if dst.exists() and not replace:
         raise ValueError(f"{dst}: a model with this name is already installed")
-    staging = models_folder / f".{src.name}.partial"
-    shutil.rmtree(staging, ignore_errors=True)
-    shutil.copytree(src, staging)
-    if dst.exists():
-        shutil.rmtree(dst)
-    os.replace(staging, dst)
+    with staged_folder(dst, replace=replace) as stage:
+        shutil.copytree(src, stage, dirs_exist_ok=True)
     return dst
 
 
@@ -221,14 +220,7 @@ def register_run_bundle(bundle: str | os.PathLike, models_folder: str | os.PathL
         target = models / f"{base}-{n}"
     if target.exists() and _same_bundle(target, bundle):
         return target
-    staging = models / f".{target.name}.register"
-    shutil.rmtree(staging, ignore_errors=True)
-    try:
-        copied = register_bundle(bundle, staging, verify=verify, python=python)
-        os.replace(copied, target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return target
+    return register_bundle(bundle, models, verify=verify, python=python, name=target.name)
 
 
 __all__ = [

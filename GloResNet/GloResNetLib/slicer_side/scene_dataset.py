@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
+from ..io import atomic_path
 from .files import safe_name
 from .scene import find_node, get_scene
 from .tables import append_table_row, table_column, table_from_columns, table_rows
@@ -122,12 +123,10 @@ def export_scene_dataset(cases: Sequence[SceneCase], folder: str | os.PathLike,
         rows.append({"path": rel, "label": case.label, "subject": case.subject,
                      "session": case.session or f"v{index:03d}"})
     manifest = folder / "manifest.csv"
-    tmp = manifest.with_suffix(".csv.tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
+    with atomic_path(manifest) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=["path", "label", "subject", "session"])
         writer.writeheader()
         writer.writerows(rows)
-    os.replace(tmp, manifest)
     if synthetic:
         (folder / "cohort.json").write_text(json.dumps({"synthetic": True, "source": "Slicer scene"}) + "\n",
                                             encoding="utf-8")
