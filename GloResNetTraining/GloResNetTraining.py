@@ -1,11 +1,10 @@
 """GloResNetTraining: cross-validated training of GloResNet models from 3D Slicer, followed live.
 
-Research use only; not a medical device; not for clinical decisions. Extension Wizard layout (module,
-parameter node, widget over ``Resources/UI/GloResNetTraining.ui``, logic, self-test), all thin: the logic,
-parameters, scene dataset, background ``gloresnet train --progress-json`` jobs and live nodes are in
-``GloResNetLib.slicer_side`` (tested with slicer-core), which Slicer finds on ``sys.path`` with the GloResNet
-module's folder. Nothing is installed at import time. Needs Slicer 5.10 or later; this file still imports on
-Slicer 5.8 (Python 3.9) to say so.
+Extension Wizard layout (module, parameter node, widget over ``Resources/UI/GloResNetTraining.ui``, logic,
+self-test), all thin: the logic, parameters, scene dataset, background ``gloresnet train --progress-json`` jobs
+and live nodes are in ``GloResNetLib.slicer_side`` (tested with slicer-core), which Slicer finds on ``sys.path``
+with the GloResNet module's folder. Nothing is installed at import time. Needs Slicer 5.10 or later; this file
+still imports on Slicer 5.8 (Python 3.9) to say so. Research use only; not a medical device.
 """
 
 import logging
@@ -43,8 +42,7 @@ from slicer.util import VTKObservationMixin
 MODULE_DIR = Path(__file__).resolve().parent
 # unique name: both modules' Resources share one folder
 REQUIREMENTS_FILE = MODULE_DIR / "Resources" / "GloResNetTraining-requirements.txt"
-DEFAULTS = tp.TrainingParameters()
-SOURCE_NAMES = {v: k for k, v in tp.SOURCE_LABELS.items()}
+DEFAULTS = tp.TrainingParameters()  # the parameter node's defaults: those of gloresnet train (TrainConfig)
 
 
 #
@@ -81,15 +79,15 @@ class GloResNetTrainingParameterNode:
     """GUI state, saved with the scene: dataset, output, settings (defaults: the paper's), the last run
     (runDir), its registered model (bundlePath), a case to inspect and the live-view nodes."""
 
-    source: Annotated[str, Choice(list(tp.SOURCE_LABELS))] = SOURCE_NAMES["manifest"]
+    source: Annotated[str, Choice(list(tp.SOURCE_LABELS))] = DEFAULTS.to_gui()["source"]
     manifestPath: str = ""
     dhcpFolder: str = ""
     labelsTable: vtkMRMLTableNode
-    syntheticData: bool = False
+    syntheticData: bool = DEFAULTS.synthetic
     outputFolder: str = ""
     runName: str = ""
     arch: Annotated[str, Choice(list(tp.ARCHITECTURES))] = DEFAULTS.arch
-    width: Annotated[str, Choice(list(tp.WIDTH_PRESETS))] = "full"
+    width: Annotated[str, Choice(list(tp.WIDTH_PRESETS))] = DEFAULTS.to_gui()["width"]
     folds: Annotated[int, WithinRange(2, 20)] = DEFAULTS.folds
     epochs: Annotated[int, WithinRange(1, 10000)] = DEFAULTS.epochs
     batchSize: Annotated[int, WithinRange(2, 1024)] = DEFAULTS.batch_size
@@ -143,6 +141,7 @@ class GloResNetTrainingWidget(common.ModuleWidgetHelpers, ScriptedLoadableModule
 
         self.ui.researchNoticeLabel.text = DISCLAIMER
         training_gui.setup_path_fields(self.ui, self.onPathChanged)  # every text, validated by the logic
+        training_gui.set_option_tooltips(self.ui)  # from the options' one definition (TrainConfig)
 
         self.ui.addSceneVolumesButton.connect("clicked(bool)", self.onAddSceneVolumes)
         self.ui.checkDatasetButton.connect("clicked()", lambda: self.onCheckDataset(startAfter=False))

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import signal
 import subprocess
 import sys
@@ -134,11 +135,12 @@ def test_paper_defaults_cpu_demo_preset_and_the_command_line(tmp_path):
                               size=96, pretrained=str(weights), device="cuda", seed=3, synthetic=True,
                               num_threads=2)
     args = train_args(p)
-    assert args == ["train", "--manifest", str(manifest), "--out", str(tmp_path / "runs" / "r1"),
-                    "--arch", "resnet10", "--folds", "3", "--epochs", "20", "--batch-size", "8",
-                    "--lr", "0.0001", "--mixup-alpha", "0.4", "--size", "96", "--device", "cuda",
-                    "--seed", "3", "--no-class-weights", "--pretrained", str(weights), "--synthetic",
-                    "--num-threads", "2", "--progress-json"]
+    # TrainConfig.to_argv: the options that differ from their defaults, in TrainConfig's field order
+    assert args == ["train", "--manifest", str(manifest), "--out", str(tmp_path / "runs" / "r1"), "--synthetic",
+                    "--size", "96", "--pretrained", str(weights), "--folds", "3", "--seed", "3", "--epochs", "20",
+                    "--batch-size", "8", "--lr", "0.0001", "--no-class-weights", "--mixup-alpha", "0.4",
+                    "--device", "cuda", "--progress-json", "--num-threads", "2"]
+    assert args == ["train", *p.config().to_argv()]
     # the real command-line parser reads these arguments back into exactly the GUI's configuration
     for params in (p, demo.replace(output_folder=str(tmp_path), run_name="d", manifest=str(manifest)),
                    paper.replace(source="dhcp", dhcp=str(tmp_path), output_folder=str(tmp_path), run_name="x",
@@ -151,10 +153,10 @@ def test_paper_defaults_cpu_demo_preset_and_the_command_line(tmp_path):
     assert "--widths" in train_args(demo.replace(output_folder=str(tmp_path), run_name="d"))
 
     assert resume_args(tmp_path / "runs" / "r1", device="cpu", num_threads=1) == [
-        "train", "--resume", str(tmp_path / "runs" / "r1"), "--device", "cpu", "--num-threads", "1",
-        "--progress-json"]
-    assert check_args(p) == ["train", "--manifest", str(manifest), "--check-only", "--size", "96",
-                                "--progress-json"]
+        "train", "--device", "cpu", "--resume", str(tmp_path / "runs" / "r1"), "--progress-json",
+        "--num-threads", "1"]
+    assert check_args(p) == ["train", "--manifest", str(manifest), "--size", "96", "--progress-json",
+                             "--check-only"]
     named = TrainingParameters(output_folder=str(tmp_path)).with_run_name()
     assert named.run_name.startswith("gloresnet-") and named.run_dir.parent == tmp_path
     assert named.with_run_name() is named
@@ -188,12 +190,22 @@ def test_gui_fields_map_to_the_parameters_and_their_defaults_are_the_papers():
                     assert value in args[0], (name, value)
                 else:
                     assert args[0] <= value <= args[1], (name, value)
+                    option_range = training_params.OPTIONS[GUI_FIELDS[name]].range  # the GUI's is narrower
+                    assert option_range is None or (args[0] in option_range and args[1] in option_range), name
             annotation = base
         assert type(value).__name__ == ast.unparse(annotation), name
     for params in (TrainingParameters(), TrainingParameters.cpu_demo(source="dhcp", dhcp="/d", seed=5)):
         assert TrainingParameters.from_gui(params.to_gui()) == params
     with pytest.raises(InputError, match="preset"):
         TrainingParameters(widths=(3, 3, 3, 3)).to_gui()
+    tips = training_params.option_tooltips()  # from TrainConfig's help and defaults, not restated in the .ui
+    assert tips["epochs"] == "epochs per fold (pretrain-age: and for the final model) (default 150)"
+    assert tips["classWeights"].startswith("Unchecked (--no-class-weights): ") and "width" not in tips
+    ui = (module.parent / "Resources" / "UI" / "GloResNetTraining.ui").read_text()
+    for widget in re.findall(r'<widget class="\w+" name="(\w+)">\n(.*?)</widget>', ui, re.S):
+        bound = re.search(r'"SlicerParameterName".*?<string>(\w+)</string>', widget[1], re.S)
+        if bound and bound.group(1) in tips:
+            assert "toolTip" not in widget[1], widget[0]
 
 
 def test_bad_parameters_are_refused_before_anything_runs(tmp_path, cohort):
@@ -585,10 +597,11 @@ def test_a_crashed_parent_leaves_no_orphan(cohort, tmp_path):
 
 
 def test_gui_offers_every_registered_architecture():
-    from GloResNetLib.models import ARCHITECTURES
+    from GloResNetLib.models import ARCHITECTURES as REGISTERED
+    from GloResNetLib.training.options import parse_config
 
-    assert set(ARCHITECTURES) == set(ARCHITECTURES)
-    for arch in ARCHITECTURES:  # each passes the GUI's own checks and reaches the command line
+    assert set(REGISTERED) == set(training_params.ARCHITECTURES)
+    for arch in REGISTERED:  # each passes the GUI's own checks and reaches the command line
         params = TrainingParameters(arch=arch, manifest="m.csv", output_folder="out", run_name="r")
         params.validate(check_files=False)
-        assert train_args(params)[train_args(params).index("--arch") + 1] == arch
+        assert parse_config(train_args(params)[1:]).arch == arch

@@ -9,7 +9,7 @@ from typing import Any
 
 from .paths import FILE, FOLDER, TRAINING_PATH_FIELDS
 from .scene_dataset import labels_table
-from .training_params import SOURCE_LABELS
+from .training_params import SOURCE_LABELS, option_tooltips
 
 #: Name filters of the file fields (widget name -> filters of the file dialog).
 NAME_FILTERS = {"manifestPathLineEdit": ["CSV manifest (*.csv)", "All files (*)"],
@@ -35,6 +35,16 @@ def setup_path_fields(ui: Any, on_text: Callable[[str, str], None]) -> None:
         combo = pathLineEdit.comboBox()
         lineEdit = combo.lineEdit() if combo else slicer.util.findChildren(pathLineEdit, className="QLineEdit")[0]
         lineEdit.connect("textChanged(QString)", lambda text, field=spec.field: on_text(field, text))
+
+
+def set_option_tooltips(ui: Any) -> None:
+    """Give each widget bound to a training option (``SlicerParameterName`` in the ``.ui``) the option's help
+    and default from their one definition (:func:`.training_params.option_tooltips`); the ``.ui`` has none."""
+    tips = option_tooltips()
+    for widget in vars(ui).values():
+        name = widget.property("SlicerParameterName") if hasattr(widget, "property") else None
+        if name in tips:
+            widget.toolTip = tips[name]
 
 
 def show_paths_and_source(ui: Any, parameterNode: Any) -> str:

@@ -1,6 +1,8 @@
 """The training GUI's choices (:class:`TrainingParameters`) -> the arguments of the same ``gloresnet train
 ... --progress-json`` command a researcher runs in a terminal (:func:`train_args`, :func:`resume_args`,
-:func:`check_args`). Plain Python: never imports slicer or torch."""
+:func:`check_args`, all written by :meth:`TrainConfig.to_argv`). The options' defaults and tooltips come from
+their one definition, the fields of :class:`~GloResNetLib.training.config.TrainConfig` (:data:`OPTIONS`).
+Plain Python: never imports slicer or torch."""
 
 from __future__ import annotations
 
@@ -14,11 +16,17 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
-from ..training.config import TrainConfig
+from ..training.config import TRAIN, TrainConfig, list_options
+from ..training.optionspec import help_text
 from . import requirements
 from .paths import check_training_paths
 
-_DEFAULTS = TrainConfig()
+#: ``gloresnet train``'s options by field name (default, range, choices, help): their one definition.
+OPTIONS = {spec.name: spec for spec in list_options(TrainConfig, TRAIN)}
+
+
+def _default(name: str) -> Any:
+    return OPTIONS[name].default
 
 
 #: Architectures offered by the GUI (``gloresnet train --arch``; every name of ``models.ARCHITECTURES``, listed
@@ -43,6 +51,22 @@ GUI_FIELDS = {"source": "source", "manifestPath": "manifest", "dhcpFolder": "dhc
               "mixupAlpha": "mixup_alpha", "classWeights": "class_weights", "inputSize": "size",
               "pretrainedPath": "pretrained", "device": "device", "seed": "seed",
               "syntheticData": "synthetic"}
+#: The training settings the presets set (:meth:`TrainingParameters.apply_paper_defaults`, ``apply_cpu_demo``).
+PRESET_FIELDS = ("arch", "folds", "epochs", "batch_size", "lr", "mixup_alpha", "class_weights", "size", "device")
+
+
+def option_tooltips() -> dict[str, str]:
+    """Parameter-node field -> tooltip of the ``gloresnet train`` option it sets: the option's help with its
+    default, as ``--help`` shows it (a check box names the flag it stands for)."""
+    tips = {}
+    for name, field in GUI_FIELDS.items():
+        if field in OPTIONS:
+            spec = OPTIONS[field]
+            text = help_text(spec)
+            if spec.type is bool:
+                text = f"{'Unchecked' if spec.default else 'Checked'} ({spec.flag}): {text}"
+            tips[name] = text
+    return tips
 
 
 #: Python packages training needs in Slicer's Python besides the predict module's requirements and PyTorch
@@ -59,7 +83,8 @@ def default_run_name(now: _dt.datetime | None = None) -> str:
 
 @dataclass
 class TrainingParameters:
-    """What the researcher chooses in the GloResNetTraining module (defaults: the paper's settings).
+    """What the researcher chooses in the GloResNetTraining module (defaults: the paper's settings, those of
+    ``gloresnet train``: :data:`OPTIONS`).
 
     ``source`` is "manifest" (``manifest``: CSV file), "dhcp" (``dhcp``: BIDS folder) or "scene" (volumes of
     the scene, exported by :func:`export_scene_dataset` to :attr:`scene_data_dir`). The run folder is
@@ -71,22 +96,22 @@ class TrainingParameters:
     dhcp: str = ""
     output_folder: str = ""
     run_name: str = ""
-    arch: str = _DEFAULTS.arch
-    widths: tuple[int, ...] | None = None
-    folds: int = _DEFAULTS.folds
-    epochs: int = _DEFAULTS.epochs
-    batch_size: int = _DEFAULTS.batch_size
-    lr: float = _DEFAULTS.lr
-    mixup_alpha: float = _DEFAULTS.mixup_alpha
-    class_weights: bool = _DEFAULTS.class_weights
-    size: int = _DEFAULTS.size
-    pretrained: str = ""
-    device: str = _DEFAULTS.device
-    seed: int = _DEFAULTS.seed
-    synthetic: bool = False
-    num_threads: int | None = None
+    arch: str = _default("arch")
+    widths: tuple[int, ...] | None = None  # the architecture's (``arch_params`` has no widths by default)
+    folds: int = _default("folds")
+    epochs: int = _default("epochs")
+    batch_size: int = _default("batch_size")
+    lr: float = _default("lr")
+    mixup_alpha: float = _default("mixup_alpha")
+    class_weights: bool = _default("class_weights")
+    size: int = _default("size")
+    pretrained: str = ""  # path fields hold the text ("": the option's None)
+    device: str = _default("device")
+    seed: int = _default("seed")
+    synthetic: bool = _default("synthetic")
+    num_threads: int | None = _default("num_threads")
     cache_dir: str = ""
-    tensorboard: bool = True
+    tensorboard: bool = _default("tensorboard")
     extra_args: tuple[str, ...] = ()
 
     @classmethod
@@ -98,17 +123,14 @@ class TrainingParameters:
         return cls().apply_cpu_demo().replace(**changes)
 
     def apply_cpu_demo(self) -> TrainingParameters:
-        """These parameters with the CPU demo settings (dataset, output, seed and flags kept)."""
-        return self.replace(arch="resnet10_dilated", widths=WIDTH_PRESETS["quarter"], folds=5, epochs=30,
-                            batch_size=8, lr=2e-3, mixup_alpha=1.0, class_weights=True, size=64,
-                            pretrained="", device="cpu")
+        """These parameters with the CPU demo settings (dataset, output, seed and flags kept; the settings it
+        does not name are the paper's)."""
+        return self.apply_paper_defaults().replace(arch="resnet10_dilated", widths=WIDTH_PRESETS["quarter"],
+                                                   epochs=30, batch_size=8, size=64, pretrained="", device="cpu")
 
     def apply_paper_defaults(self) -> TrainingParameters:
         """These parameters with the paper's training settings (dataset, output, seed and flags kept)."""
-        return self.replace(arch=_DEFAULTS.arch, widths=None, folds=_DEFAULTS.folds, epochs=_DEFAULTS.epochs,
-                            batch_size=_DEFAULTS.batch_size, lr=_DEFAULTS.lr,
-                            mixup_alpha=_DEFAULTS.mixup_alpha, class_weights=_DEFAULTS.class_weights,
-                            size=_DEFAULTS.size, device=_DEFAULTS.device)
+        return self.replace(widths=None, **{name: _default(name) for name in PRESET_FIELDS})
 
     def replace(self, **changes: Any) -> TrainingParameters:
         """A copy with ``changes`` (field name -> value)."""
@@ -172,18 +194,16 @@ class TrainingParameters:
         raise InputError(f"unknown dataset source '{self.source}' (one of {', '.join(SOURCES)})")
 
     def config(self) -> TrainConfig:
-        """The :class:`~GloResNetLib.training.config.TrainConfig` the command line builds from these."""
-        data = self.dataset_path()
+        """The :class:`~GloResNetLib.training.config.TrainConfig` of these parameters (paths absolute, JSON
+        progress events on): what :func:`train_args` writes and the command line reads back."""
         return TrainConfig(
-            manifest=None if self.source == "dhcp" else str(data),
-            dhcp=str(data) if self.source == "dhcp" else None,
-            out=str(self.run_dir), arch=self.arch,
-            arch_params={"widths": list(self.widths)} if self.widths else {}, folds=int(self.folds),
+            **_data_options(self), out=str(self.run_dir), arch=self.arch,
+            arch_params={"widths": [int(w) for w in self.widths]} if self.widths else {}, folds=int(self.folds),
             epochs=int(self.epochs), batch_size=int(self.batch_size), lr=float(self.lr),
             mixup_alpha=float(self.mixup_alpha), class_weights=bool(self.class_weights), size=int(self.size),
-            pretrained=self.pretrained or None, device=self.device, seed=int(self.seed),
-            synthetic=bool(self.synthetic), num_threads=self.num_threads, cache_dir=self.cache_dir or None,
-            tensorboard=self.tensorboard, progress_json=True)
+            pretrained=_absolute(self.pretrained), device=self.device or "auto", seed=int(self.seed),
+            synthetic=bool(self.synthetic), num_threads=self.num_threads or None,
+            cache_dir=_absolute(self.cache_dir), tensorboard=bool(self.tensorboard), progress_json=True)
 
     def validate(self, check_files: bool = True) -> TrainingParameters:
         """Refuse bad values with the command line's own messages (:class:`InputError`), before any run."""
@@ -215,55 +235,37 @@ class TrainingParameters:
         return self
 
 
-def _data_args(p: TrainingParameters) -> list[str]:
-    data = p.dataset_path()
-    return ["--dhcp", str(data)] if p.source == "dhcp" else ["--manifest", str(data)]
+def _absolute(path: str | None) -> str | None:
+    """A path field's text as an absolute path ("" or None: None)."""
+    return str(Path(path).expanduser().resolve()) if path else None
+
+
+def _data_options(p: TrainingParameters) -> dict[str, str]:
+    data = str(p.dataset_path())
+    return {"dhcp": data} if p.source == "dhcp" else {"manifest": data}
 
 
 def train_args(p: TrainingParameters) -> list[str]:
-    """Arguments of ``gloresnet train`` for these parameters, with JSON progress events on stdout."""
-    args = ["train", *_data_args(p), "--out", str(p.run_dir), "--arch", p.arch]
-    if p.widths:
-        args += ["--widths", ",".join(str(int(w)) for w in p.widths)]
-    args += ["--folds", str(int(p.folds)), "--epochs", str(int(p.epochs)),
-             "--batch-size", str(int(p.batch_size)), "--lr", repr(float(p.lr)),
-             "--mixup-alpha", repr(float(p.mixup_alpha)), "--size", str(int(p.size)),
-             "--device", p.device or "auto", "--seed", str(int(p.seed))]
-    if not p.class_weights:
-        args.append("--no-class-weights")
-    if p.pretrained:
-        args += ["--pretrained", str(Path(p.pretrained).expanduser().resolve())]
-    if p.synthetic:
-        args.append("--synthetic")
-    args += _job_args(p.num_threads, p.cache_dir, p.tensorboard)
-    return [*args, *p.extra_args, "--progress-json"]
-
-
-def _job_args(num_threads: int | None, cache_dir: str | None, tensorboard: bool = True) -> list[str]:
-    args = []
-    if num_threads:
-        args += ["--num-threads", str(int(num_threads))]
-    if cache_dir:
-        args += ["--cache-dir", str(Path(cache_dir).expanduser().resolve())]
-    if not tensorboard:
-        args.append("--no-tensorboard")
-    return args
+    """Arguments of ``gloresnet train`` for these parameters (:meth:`TrainingParameters.config`, written by
+    ``TrainConfig.to_argv``: the options that differ from their defaults), JSON progress events on stdout."""
+    return ["train", *p.config().to_argv(), *p.extra_args]
 
 
 def resume_args(run_dir: str | os.PathLike, device: str | None = None, num_threads: int | None = None,
                 cache_dir: str | None = None, tensorboard: bool = True) -> list[str]:
     """Arguments continuing a stopped run (its own stored options; only how it runs may change)."""
-    args = ["train", "--resume", str(Path(run_dir).expanduser().resolve())]
-    if device:
-        args += ["--device", device]
-    return [*args, *_job_args(num_threads, cache_dir, tensorboard), "--progress-json"]
+    cfg = TrainConfig(resume=_absolute(str(run_dir)), device=device or _default("device"),
+                      num_threads=num_threads or None, cache_dir=_absolute(cache_dir), tensorboard=tensorboard,
+                      progress_json=True)
+    return ["train", *cfg.to_argv()]
 
 
 def check_args(p: TrainingParameters) -> list[str]:
     """Arguments of the dataset check (``--check-only``: every image read and decoded, the report as JSON;
     the preprocessing cache it fills at this input size is the one training reads)."""
-    return ["train", *_data_args(p), "--check-only", "--size", str(int(p.size)),
-            *_job_args(None, p.cache_dir), "--progress-json"]
+    cfg = TrainConfig(**_data_options(p), check_only=True, size=int(p.size), cache_dir=_absolute(p.cache_dir),
+                      progress_json=True)
+    return ["train", *cfg.to_argv()]
 
 
 def can_resume(run_dir: str | os.PathLike | None) -> bool:
@@ -284,7 +286,7 @@ def read_training_requirements(requirements_file: str | os.PathLike | None = Non
 
 
 __all__ = [
-    "ARCHITECTURES", "DEVICES", "GUI_FIELDS", "SOURCES", "SOURCE_LABELS", "STOPPED_EXIT_CODE",
-    "TRAINING_REQUIREMENTS", "WIDTH_PRESETS", "TrainingParameters", "can_resume", "check_args", "default_run_name",
-    "read_training_requirements", "resume_args", "train_args",
+    "ARCHITECTURES", "DEVICES", "GUI_FIELDS", "OPTIONS", "PRESET_FIELDS", "SOURCES", "SOURCE_LABELS",
+    "STOPPED_EXIT_CODE", "TRAINING_REQUIREMENTS", "WIDTH_PRESETS", "TrainingParameters", "can_resume", "check_args",
+    "default_run_name", "option_tooltips", "read_training_requirements", "resume_args", "train_args",
 ]

@@ -198,9 +198,6 @@ def list_options(cls: type, command: str | None = None) -> list[OptionSpec]:
     return out
 
 
-#: Options that describe how one process runs (not what the experiment is); they may differ on resume.
-
-
 def widths(text: str) -> list[int]:
     """argparse type of ``--widths``: four positive integers separated by commas.
 
@@ -302,6 +299,15 @@ def given_options(args: argparse.Namespace, cls: type) -> dict[str, Any]:
     return given
 
 
+def _split_widths(params: dict) -> tuple[dict, list[str]]:
+    """``arch_params`` without valid ``widths``, and those widths as ``--widths W1,W2,W3,W4`` (read back into
+    ``arch_params`` by :func:`given_options`)."""
+    w = params.get("widths")
+    if not (isinstance(w, (list, tuple)) and len(w) == 4 and all(type(v) is int and v >= 1 for v in w)):
+        return params, []
+    return {k: v for k, v in params.items() if k != "widths"}, ["--widths", ",".join(str(v) for v in w)]
+
+
 def config_argv(cfg: Any, command: str | None = None) -> list[str]:
     """The command line of a configuration (see :meth:`TrainConfig.to_argv`).
 
@@ -309,7 +315,8 @@ def config_argv(cfg: Any, command: str | None = None) -> list[str]:
         cfg: the configuration.
         command: ``train`` or ``pretrain-age``; default: the configuration class's ``COMMAND``.
     Returns:
-        Flags and values of the non-default options, in field order.
+        Flags and values of the non-default options, in field order (``arch_params['widths']`` as
+        ``--widths``).
     Raises:
         ValueError: an option the command does not offer differs from its default (it cannot be written).
     """
@@ -328,7 +335,8 @@ def config_argv(cfg: Any, command: str | None = None) -> list[str]:
         elif value is None:
             raise ValueError(f"'{spec.name}' cannot be set back to None on the command line")
         elif spec.type is dict:
-            argv += [spec.flag, json.dumps(value)]
+            value, shown = _split_widths(value) if spec.name == "arch_params" else (value, [])
+            argv += ([spec.flag, json.dumps(value)] if value else []) + shown
         elif spec.type is float:
             argv += [spec.flag, repr(float(value))]
         else:
