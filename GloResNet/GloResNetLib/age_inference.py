@@ -27,13 +27,13 @@ import torch
 from . import fastnet
 from .age_target import AGE_REGRESSION, AGE_TARGET_NAME, AGE_UNIT, target_scaling
 from .bundle import Bundle
-from .disclaimer import DISCLAIMER
 from .errors import BundleError
 from .predict_common import (
     gradcam_map,
     peak_ras,
     pool_features,
     prepare_pass,
+    provenance,
     sync_device,
     upsample_cam,
     view_name,
@@ -91,12 +91,7 @@ class AgePrediction:
             "cv_mae_weeks": self.cv_mae_weeks,
             "cam_peak_ras": self.cam_peak_ras(),
             "saliency": SALIENCY if self.cam is not None else None,
-            "model": self.model_name,
-            "training_data": self.training_data,
-            "synthetic_model": self.is_synthetic,
-            "device": self.device,
-            "timings_s": {k: round(v, 4) for k, v in self.timings.items()},
-            "disclaimer": DISCLAIMER,
+            **provenance(self),
         }
 
 

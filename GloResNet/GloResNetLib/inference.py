@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from .bundle import Bundle
-from .disclaimer import DISCLAIMER
+from .disclaimer import DISCLAIMER  # re-exported: report.py takes it from here
 from .errors import BundleError
 from .io import read_volume
 from .predict_common import (
@@ -29,6 +29,7 @@ from .predict_common import (
     peak_ras,
     pool_features,
     prepare_pass,
+    provenance,
     sync_device,
     tta_views,
     upsample_cam,
@@ -110,12 +111,7 @@ class PredictionResult:
             "occlusion_peak_ras": self.occlusion_peak_ras(),
             "occlusion_max_drop": (round(float(self.occlusion_network.max()), 6)
                                    if self.occlusion_network is not None else None),
-            "model": self.model_name,
-            "training_data": self.training_data,
-            "synthetic_model": self.is_synthetic,
-            "device": self.device,
-            "timings_s": {k: round(v, 4) for k, v in self.timings.items()},
-            "disclaimer": DISCLAIMER,
+            **provenance(self),
         }
 
 

@@ -1,6 +1,7 @@
-"""What classifier and brain-age prediction share (:mod:`.inference`, :mod:`.age_inference`): the TTA views,
-the network pass with Grad-CAM from the same pass, the map's upsampling onto the network and input grids, the
-saliency peak, and the prologue before the pass (:func:`prepare_pass`).
+"""What classifier and brain-age prediction share (:mod:`.inference`, :mod:`.age_inference`): the record's
+provenance and disclaimer (:func:`provenance`), the TTA views, the network pass with Grad-CAM from the same
+pass, the map's upsampling onto the network and input grids, the saliency peak, and the prologue before the
+pass (:func:`prepare_pass`).
 
 Grad-CAM needs no second pass: after global average pooling the score is a function of the pooled features
 only, so the Grad-CAM channel weights are the gradient of the head with respect to the pooled vector (for a
@@ -14,7 +15,7 @@ from __future__ import annotations
 import functools
 import itertools
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -22,6 +23,7 @@ import torch.nn.functional as F
 
 from . import fastnet
 from .bundle import Bundle, resolve_device
+from .disclaimer import DISCLAIMER
 from .preprocessing import Preprocessed, preprocess
 
 if TYPE_CHECKING:
@@ -36,6 +38,7 @@ __all__ = [
     "peak_ras",
     "pool_features",
     "prepare_pass",
+    "provenance",
     "sync_device",
     "tta_views",
     "upsample_cam",
@@ -43,6 +46,19 @@ __all__ = [
 ]
 
 AXIS_NAMES = "xyz"
+
+
+def provenance(result: Any) -> dict[str, Any]:
+    """The last fields of every prediction record (``PredictionResult`` and ``AgePrediction``): the model, its
+    training data and whether it is synthetic, the device, the timings and the research-use disclaimer."""
+    return {
+        "model": result.model_name,
+        "training_data": result.training_data,
+        "synthetic_model": result.is_synthetic,
+        "device": result.device,
+        "timings_s": {k: round(v, 4) for k, v in result.timings.items()},
+        "disclaimer": DISCLAIMER,
+    }
 
 
 def tta_views(axes: list[int] | tuple[int, ...] | None) -> list[tuple[int, ...]]:

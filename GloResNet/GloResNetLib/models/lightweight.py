@@ -30,6 +30,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from .resnet import init_weights
+
 __all__ = ["DEFAULT_WIDTHS", "DepthwiseSeparable3d", "MRFDSNet", "MRFUnit", "mrf_dsnet"]
 
 #: Default stage widths (the GUI's "half" and "quarter" presets divide them by 2 and 4).
@@ -113,12 +115,7 @@ class MRFDSNet(nn.Module):
         self.stages = nn.Sequential(*stages)
         self.dropout = nn.Dropout(float(dropout)) if dropout > 0 else nn.Identity()
         self.fc = nn.Linear(widths[3], num_classes)
-        for m in self.modules():
-            if isinstance(m, nn.Conv3d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm3d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_weights(self)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Last stage activations (B, C, x, y, z), spatial axes in the input's order."""

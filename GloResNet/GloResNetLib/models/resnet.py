@@ -13,10 +13,21 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["CAM_LAYERS", "BasicBlock", "ResNet3D", "conv3x3x3"]
+__all__ = ["CAM_LAYERS", "BasicBlock", "ResNet3D", "conv3x3x3", "init_weights"]
 
 #: Stages whose activations Grad-CAM can weight (``cam_layer``).
 CAM_LAYERS = ("layer1", "layer2", "layer3", "layer4")
+
+
+def init_weights(model: nn.Module) -> None:
+    """He (fan-out) initialisation of every 3D convolution, BatchNorm3d to the identity, in
+    module order (the random draws of a seeded model do not change)."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv3d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, nn.BatchNorm3d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
 
 
 def conv3x3x3(in_planes: int, out_planes: int, stride: int = 1, dilation: int = 1) -> nn.Conv3d:
@@ -89,12 +100,7 @@ class ResNet3D(nn.Module):
         self.avgpool = nn.AdaptiveAvgPool3d(1)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.fc = nn.Linear(widths[3], num_classes)
-        for m in self.modules():
-            if isinstance(m, nn.Conv3d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm3d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_weights(self)
 
     def _make_layer(self, planes: int, blocks: int, stride: int = 1, dilation: int = 1) -> nn.Sequential:
         downsample = None
