@@ -3,9 +3,6 @@ the regression metrics it reports (:mod:`.age`)."""
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import logging
 from typing import Any
 
@@ -13,7 +10,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..io import atomic_path, write_text_atomic
 from .checkpoints import load_checkpoint
 from .config import AgeConfig
 from .trainer import FoldTrainer
@@ -106,8 +102,7 @@ class AgeFoldTrainer(FoldTrainer):
 
     def _report_epoch(self, r: dict[str, Any], tb) -> None:
         cfg, e = self.cfg, r["epoch"]
-        units = self.fold_pos * cfg.epochs + (cfg.epochs if self.stopped_early else e + 1)
-        fraction, eta = self.reporter.at(units)
+        fraction, eta = self._progress_at(e)
         val = None if self.final else r["val_loss"]
         self.reporter.emit(
             {
@@ -154,8 +149,6 @@ class AgeFoldTrainer(FoldTrainer):
 
     def _finish(self) -> dict[str, Any]:
         """Test the selected checkpoint (and the last epoch); write predictions, weights and result.json."""
-        from safetensors.torch import save_file
-
         test = self.split.test
         last_pred = self.predict_weeks(test) if len(test) else np.zeros(0)
         best = self.fold_dir / "best.pt"
@@ -163,19 +156,12 @@ class AgeFoldTrainer(FoldTrainer):
             self.model.load_state_dict(load_checkpoint(best)["model"])
         pred = self.predict_weeks(test) if len(test) else np.zeros(0)
         true = self.ages[test]
-        rows = io.StringIO()
-        w = csv.writer(rows, lineterminator="\n")
-        w.writerow(PRED_COLUMNS)
+        rows = []
         for i, p in zip(test, pred):
             s = self.samples[int(i)]
-            w.writerow(
+            rows.append(
                 [int(i), str(s.path), s.subject, s.session, self.fold, repr(float(self.ages[i])), repr(float(p))]
             )
-        if not self.final:
-            write_text_atomic(self.fold_dir / "predictions.csv", rows.getvalue())
-        state = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
-        with atomic_path(self.fold_dir / "model.safetensors") as tmp:
-            save_file(state, str(tmp))
         seen = np.concatenate([self.split.train, self.split.val])
         base = float(self.ages[seen].mean())
         result = {
@@ -203,9 +189,7 @@ class AgeFoldTrainer(FoldTrainer):
             "history_note": "train_loss: training loss on standardised ages; val_loss: validation MAE (weeks)",
             "history": self.history,
         }
-        write_text_atomic(self.fold_dir / "result.json", json.dumps(result, indent=1) + "\n")
-        for name in ("last.pt", "best.pt"):
-            (self.fold_dir / name).unlink(missing_ok=True)
+        self._write_fold_files(None if self.final else PRED_COLUMNS, rows, result)
         if self.final:
             log.info("final model finished (%d epochs on %d volumes)", len(self.history), len(self.split.train))
             self.reporter.emit({"event": "fold_end", "task": "age", "fold": None, "final": True, "metrics": {}})

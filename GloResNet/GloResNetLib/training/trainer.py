@@ -364,10 +364,33 @@ class FoldTrainer:
             if tb is not None:
                 tb.close()
 
+    def _progress_at(self, epoch: int) -> tuple[float, float | None]:
+        """(fraction, eta_s) of the whole run once ``epoch`` of this fold is done (the fold's every epoch after an
+        early stop)."""
+        cfg = self.cfg
+        return self.reporter.at(self.fold_pos * cfg.epochs + (cfg.epochs if self.stopped_early else epoch + 1))
+
+    def _write_fold_files(self, header: list[str] | None, rows: list[list[Any]], result: dict[str, Any]) -> None:
+        """Write the fold's ``predictions.csv`` (``header`` None: none), ``model.safetensors`` (the model as it
+        is now) and ``result.json``, each atomically, then delete its checkpoints."""
+        from safetensors.torch import save_file
+
+        if header is not None:
+            text = io.StringIO()
+            w = csv.writer(text, lineterminator="\n")
+            w.writerow(header)
+            w.writerows(rows)
+            write_text_atomic(self.fold_dir / "predictions.csv", text.getvalue())
+        state = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
+        with atomic_path(self.fold_dir / "model.safetensors") as tmp:
+            save_file(state, str(tmp))
+        write_text_atomic(self.fold_dir / "result.json", json.dumps(result, indent=1) + "\n")
+        for name in ("last.pt", "best.pt"):
+            (self.fold_dir / name).unlink(missing_ok=True)
+
     def _report_epoch(self, r: dict[str, Any], tb) -> None:
         cfg, e = self.cfg, r["epoch"]
-        units = self.fold_pos * cfg.epochs + (cfg.epochs if self.stopped_early else e + 1)
-        fraction, eta = self.reporter.at(units)
+        fraction, eta = self._progress_at(e)
         self.reporter.emit(
             {
                 "event": "epoch",
@@ -412,8 +435,6 @@ class FoldTrainer:
 
     def _finish(self) -> dict[str, Any]:
         """Evaluate the selected checkpoint on the test fold; write predictions, weights and result.json."""
-        from safetensors.torch import save_file
-
         best = self.fold_dir / "best.pt"
         if not best.is_file() or self.best_epoch < 0:
             raise GloResNetError(
@@ -424,27 +445,14 @@ class FoldTrainer:
         self.model.load_state_dict(load_checkpoint(best)["model"])
         test = self.split.test
         probs, tm, test_loss = self._evaluate(test, full=True)
-        rows = io.StringIO()
-        w = csv.writer(rows, lineterminator="\n")
-        w.writerow(["index", "path", "subject", "session", "label", "fold", "probability", "predicted"])
+        header = ["index", "path", "subject", "session", "label", "fold", "probability", "predicted"]
+        rows = []
         for i, p in zip(test, probs):
             s = self.samples[int(i)]
-            w.writerow(
-                [
-                    int(i),
-                    str(s.path),
-                    s.subject,
-                    s.session,
-                    int(self.labels[i]),
-                    self.fold,
-                    repr(float(p)),
-                    int(p >= self.cfg.threshold),
-                ]
+            rows.append(
+                [int(i), str(s.path), s.subject, s.session, int(self.labels[i]), self.fold, repr(float(p)),
+                 int(p >= self.cfg.threshold)]
             )
-        write_text_atomic(self.fold_dir / "predictions.csv", rows.getvalue())
-        state = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
-        with atomic_path(self.fold_dir / "model.safetensors") as tmp:
-            save_file(state, str(tmp))
         result = {
             "fold": self.fold,
             "best_epoch": self.best_epoch + 1,  # counted from 1, as in the log (history's "epoch" from 0)
@@ -462,9 +470,7 @@ class FoldTrainer:
             "test_loss": test_loss,
             "history": self.history,
         }
-        write_text_atomic(self.fold_dir / "result.json", json.dumps(result, indent=1) + "\n")
-        for name in ("last.pt", "best.pt"):
-            (self.fold_dir / name).unlink(missing_ok=True)
+        self._write_fold_files(header, rows, result)
         log.info(
             "fold %d finished: best epoch %d; test accuracy %.3f, AUC %s",
             self.fold,
