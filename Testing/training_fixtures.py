@@ -20,10 +20,14 @@ LIB_PARENT = REPO / "GloResNet"
 if str(LIB_PARENT) not in sys.path:
     sys.path.insert(0, str(LIB_PARENT))
 
+from GloResNetLib.slicer_side.training_params import TrainingParameters  # noqa: E402
 from GloResNetLib.training.config import TrainConfig  # noqa: E402
 
 SHAPE = (20, 20, 20)
 TINY_WIDTHS = [8, 16, 32, 64]
+#: GloResNetTraining parameters of a tiny, quick CPU run (:func:`tiny_params`).
+TINY_PARAMS = dict(size=16, widths=tuple(TINY_WIDTHS), folds=2, epochs=3, batch_size=4, seed=0, num_threads=1,
+                   tensorboard=False, device="cpu")
 
 
 def make_volume(rng: np.random.Generator, label: int, shape=SHAPE) -> np.ndarray:
@@ -187,6 +191,13 @@ def tiny_cli_args(manifest: Path, out: Path, cache: Path, *extra: str) -> list[s
         "1",
         *extra,
     ]
+
+
+def tiny_params(cohort: dict, out: Path, **changes) -> TrainingParameters:
+    """Module parameters of a tiny run on ``cohort`` (``manifest`` and ``cache`` paths) into ``out/tiny``."""
+    base = dict(source="manifest", manifest=str(cohort["manifest"]), output_folder=str(out), run_name="tiny",
+                cache_dir=str(cohort["cache"]), **TINY_PARAMS)
+    return TrainingParameters(**{**base, **changes})
 
 
 def subprocess_env(threads: int = 1) -> dict[str, str]:
