@@ -24,14 +24,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import fastnet
 from .age_target import AGE_REGRESSION, AGE_TARGET_NAME, AGE_UNIT, target_scaling
 from .bundle import Bundle
 from .errors import BundleError
 from .predict_common import (
-    gradcam_map,
+    head_pass,
     peak_ras,
-    pool_features,
     prepare_pass,
     provenance,
     sync_device,
@@ -97,15 +95,9 @@ class AgePrediction:
 
 def age_pass(model: torch.nn.Module, batch: torch.Tensor, cam: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
     """One forward pass of a one-output model: raw outputs (B,) and, with ``cam``, the raw Grad-CAM of the
-    output for the first row, (1, x, y, z) on the feature grid."""
-    with torch.inference_mode():
-        feats = fastnet.features(model, batch).float()
-        pooled = pool_features(model, feats)
-    with torch.no_grad():
-        raw = model.head(pooled.clone()).float()[:, 0]
-    if not cam:
-        return raw, None
-    return raw, gradcam_map(model, feats[:1].clone(), 0).clone()
+    output for the first row, (1, x, y, z) on the feature grid (:func:`~.predict_common.head_pass`)."""
+    raw, cam_map = head_pass(model, batch, 0 if cam else None)
+    return raw[:, 0], cam_map
 
 
 def cv_mae(bundle: Bundle) -> float | None:

@@ -34,6 +34,7 @@ __all__ = [
     "flip_batch",
     "gradcam_map",
     "gradcam_weights",
+    "head_pass",
     "network_pass",
     "peak_ras",
     "pool_features",
@@ -162,12 +163,35 @@ def gradcam_map(model: Backbone, feats: torch.Tensor, class_idx: int) -> torch.T
         return F.relu(torch.einsum("bc,bcxyz->bxyz", alpha.to(feats.dtype), feats).float())
 
 
-def network_pass(model: Backbone, batch: torch.Tensor, cam_class: int | None = 1,
-                 cam_rows: int = 1) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """One forward pass over a batch, with Grad-CAM from the same pass.
+def head_pass(model: Backbone, batch: torch.Tensor, cam_output: int | None = None,
+              cam_rows: int = 1) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One forward pass over a batch: the head's raw outputs, with Grad-CAM from the same pass.
 
     The features come from :mod:`.fastnet`'s warm inference copy of the model (BatchNorm folded, oneDNN /
     cuDNN-friendly layout) when it applies, else from the model itself.
+
+    Args:
+        model: a backbone in eval mode (a classifier, or a one-output age model).
+        batch: preprocessed views, shape (B, 1, X, Y, Z).
+        cam_output: the output (class) whose Grad-CAM is computed; None: no map.
+        cam_rows: how many leading rows (views) get a map.
+    Returns:
+        Raw outputs (B, K), and raw Grad-CAM maps (cam_rows, x, y, z) on the feature grid or None.
+    """
+    with torch.inference_mode():
+        feats = fastnet.features(model, batch).float()
+        pooled = pool_features(model, feats)
+    with torch.no_grad():
+        raw = model.head(pooled.clone()).float()
+    if cam_output is None:
+        return raw, None
+    feats = feats[:cam_rows].clone()  # a normal tensor: gradients below are taken with autograd
+    return raw, gradcam_map(model, feats, cam_output).clone()
+
+
+def network_pass(model: Backbone, batch: torch.Tensor, cam_class: int | None = 1,
+                 cam_rows: int = 1) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One forward pass of a classifier over a batch, with Grad-CAM from the same pass (:func:`head_pass`).
 
     Args:
         model: a classifier backbone in eval mode.
@@ -177,15 +201,8 @@ def network_pass(model: Backbone, batch: torch.Tensor, cam_class: int | None = 1
     Returns:
         Softmax probabilities (B, K), and raw Grad-CAM maps (cam_rows, x, y, z) on the feature grid or None.
     """
-    with torch.inference_mode():
-        feats = fastnet.features(model, batch).float()
-        pooled = pool_features(model, feats)
-    with torch.no_grad():
-        probs = torch.softmax(model.head(pooled.clone()).float(), dim=1)
-    if cam_class is None:
-        return probs, None
-    feats = feats[:cam_rows].clone()  # a normal tensor: gradients below are taken with autograd
-    return probs, gradcam_map(model, feats, cam_class).clone()
+    raw, cam = head_pass(model, batch, cam_class, cam_rows)
+    return torch.softmax(raw, dim=1), cam
 
 
 @functools.lru_cache(maxsize=32)
