@@ -106,7 +106,7 @@ def check_equal(ours: np.ndarray, ref: np.ndarray, inner) -> bool:
 
 
 def bench_demo(args, device: torch.device) -> dict:
-    s = SETTINGS["cpu"]
+    s = SETTINGS["cpu"].training
     image = network_input(args.seed, s.size, s.antialias, device)
     x = image[None, None]
     models = [calibrated_model(x.cpu(), seed=k, arch=s.arch, **s.arch_params).to(device)

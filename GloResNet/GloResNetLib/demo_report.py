@@ -208,10 +208,12 @@ def write_demo_report(out: Path, settings: Any, flavour: str, seed: int, run_dir
     header = [("date", datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")),
               ("GloResNet library", __version__), ("seed", seed), ("settings", flavour),
               ("bundle", f"{bundle_name} ({run_dir.name}/bundle)"), ("saliency", ", ".join(methods) or "none")]
-    about = (f"<p>Settings '{flavour}': {s.n} synthetic scans, subject-grouped {s.folds}-fold cross-validation, "
-             f"input {s.size}^3, {s.arch} {s.arch_params or ''}, {s.epochs} epochs, batch {s.batch_size}, mixup "
-             f"alpha {s.mixup_alpha}, class weighting, left-right flips, lesion difficulty {s.difficulty}, "
-             f"anti-aliased resampling {s.antialias}; checkpoint chosen on a validation split inside each training "
+    t = settings.training
+    about = (f"<p>Settings '{flavour}': {s.n} synthetic scans, subject-grouped {t.folds}-fold cross-validation, "
+             f"input {t.size}^3, {t.arch} {t.arch_params or ''}, {t.epochs} epochs, batch {t.batch_size}, "
+             f"learning rate {t.lr:g}, mixup alpha {t.mixup_alpha}, class weighting, left-right flips, lesion "
+             f"difficulty {s.difficulty}, "
+             f"anti-aliased resampling {t.antialias}; checkpoint chosen on a validation split inside each training "
              "fold (honest protocol). The paper uses 128^3, ResNet-10 and 150 epochs on dHCP data; these are "
              f"CPU-sized settings on synthetic data. {len(heldout)} freshly generated held-out scans.</p>")
     correct = sum(h["result"].label == h["true_label"] for h in heldout)
