@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "GloResNet"))
 
 #: Saliency method -> suffix of its map in the demo's predictions folder.
-MAP_SUFFIXES = {"Grad-CAM": "_cam.nii.gz", "occlusion": "_occlusion.nii.gz"}
+MAP_SUFFIXES = {"Grad-CAM": "_cam.nii.gz", "gradient": "_gradient.nii.gz", "occlusion": "_occlusion.nii.gz"}
 
 
 def cpu_name() -> str:

@@ -37,6 +37,17 @@ def _parse_axes(text: str) -> list[int]:
     return axes
 
 
+def _saliency_arg(text: str) -> str:
+    """argparse type of --saliency: a method, both, all or a comma list (checked by the library)."""
+    from .inference import saliency_set
+
+    try:
+        saliency_set(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
 def run_predict(args: argparse.Namespace) -> int:
     """``gloresnet predict``: predict each input, write CAM / resampled volumes and a JSON per input."""
     from .bundle import load_bundle
@@ -68,7 +79,8 @@ def run_predict(args: argparse.Namespace) -> int:
     for n, (path, stem) in enumerate(zip(inputs, stems)):
         _progress(args.progress_json, event="stage", stage=f"predicting {path.name}", index=n,
                   total=len(inputs), fraction=n / len(inputs))
-        names = {"cam": f"{stem}_cam.nii.gz", "occlusion": f"{stem}_occlusion.nii.gz",
+        names = {"cam": f"{stem}_cam.nii.gz", "gradient": f"{stem}_gradient.nii.gz",
+                 "occlusion": f"{stem}_occlusion.nii.gz",
                  "resampled": f"{stem}_resampled.nii.gz", "json": f"{stem}.json"}
         try:
             result = predict_file(bundle, path, tta=not args.no_tta, cam=not args.no_cam,
@@ -81,6 +93,9 @@ def run_predict(args: argparse.Namespace) -> int:
                 if result.cam is not None:
                     write_volume(stage / names["cam"], result.cam, result.input_affine)
                     files["cam"] = str(out / names["cam"])
+                if getattr(result, "gradient", None) is not None:
+                    write_volume(stage / names["gradient"], result.gradient, result.input_affine)
+                    files["gradient"] = str(out / names["gradient"])
                 if getattr(result, "occlusion", None) is not None:
                     write_volume(stage / names["occlusion"], result.occlusion, result.input_affine)
                     files["occlusion"] = str(out / names["occlusion"])
@@ -223,8 +238,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser("predict", help="predict brain injury (or brain age) for one or more volumes", epilog=EPILOG,
-                       description="Writes NAME_cam.nii.gz (Grad-CAM on the input grid) and/or "
-                                   "NAME_occlusion.nii.gz (occlusion sensitivity: drop of P(BI) when each region "
+                       description="Writes NAME_cam.nii.gz (Grad-CAM on the input grid), "
+                                   "NAME_gradient.nii.gz (gradient saliency) and/or NAME_occlusion.nii.gz "
+                                   "(occlusion sensitivity: drop of P(BI) when each region "
                                    "is hidden, on the input grid), NAME_resampled.nii.gz (128^3 network input) and "
                                    "NAME.json (with each map's peak, RAS mm) per input, as one set or not at all "
                                    "(a failure keeps the previous set). NaN or infinite results are refused "
@@ -239,10 +255,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tta-axes", type=_parse_axes, default=None, metavar="AXES",
                    help="flip axes for TTA, e.g. 0 (left-right, the bundle default) or 0,1,2 (all 8 views)")
     p.add_argument("--no-cam", action="store_true", help="skip the saliency map(s)")
-    p.add_argument("--saliency", choices=["gradcam", "occlusion", "both"], default="gradcam",
-                   help="saliency method: Grad-CAM (default, one network pass), occlusion sensitivity (hides "
-                        "each region and records the drop of P(BI); thousands of network passes, a minute or more "
-                        "per model on a 2-core CPU) or both")
+    p.add_argument("--saliency", type=_saliency_arg, default="gradcam", metavar="METHOD",
+                   help="saliency method(s): gradcam (default, from the prediction pass), gradient (smoothed "
+                        "input-gradient magnitude, one backward pass per model: NAME_gradient.nii.gz), occlusion "
+                        "(hides each region and records the drop of P(BI); thousands of network passes, a minute "
+                        "or more per model on a 2-core CPU), both (gradcam and occlusion), all, or a comma list")
     p.add_argument("--occlusion-mask", type=_bounded(int, lambda v: v >= 1, ">= 1"), default=None, metavar="VOXELS",
                    help="occlusion box edge in network voxels (default 1/8 of the grid: 8 at 64^3, 16 at 128^3, "
                         "about 16 mm on a neonatal head)")

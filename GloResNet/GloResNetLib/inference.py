@@ -58,8 +58,26 @@ __all__ = [
     "view_name",
 ]
 
-#: Saliency methods of :func:`predict`: Grad-CAM, occlusion sensitivity (:mod:`.occlusion`) or both.
-SALIENCY_METHODS = ("gradcam", "occlusion", "both")
+#: Saliency methods of :func:`predict`: Grad-CAM, gradient (:mod:`.gradient_saliency`), occlusion sensitivity
+#: (:mod:`.occlusion`); "both" is Grad-CAM and occlusion, "all" the three. A comma list picks several.
+SALIENCY_METHODS = ("gradcam", "gradient", "occlusion", "both", "all")
+_SALIENCY_SETS = {"both": ("gradcam", "occlusion"), "all": ("gradcam", "gradient", "occlusion")}
+
+
+def saliency_set(saliency: str) -> tuple[str, ...]:
+    """The methods named by ``saliency`` ("gradcam", "gradient", "occlusion", "both", "all" or a comma list).
+
+    Raises:
+        ValueError: an unknown name.
+    """
+    names: list[str] = []
+    for part in str(saliency).split(","):
+        part = part.strip()
+        if part not in SALIENCY_METHODS:
+            raise ValueError(f"saliency must be one of {', '.join(SALIENCY_METHODS)} or a comma list "
+                             f"(got {saliency!r})")
+        names += _SALIENCY_SETS.get(part, (part,))
+    return tuple(m for m in ("gradcam", "gradient", "occlusion") if m in names)
 
 
 @dataclass
@@ -80,6 +98,8 @@ class PredictionResult:
     cam_network: np.ndarray | None = field(default=None, repr=False)
     occlusion: np.ndarray | None = field(default=None, repr=False)
     occlusion_network: np.ndarray | None = field(default=None, repr=False)
+    gradient: np.ndarray | None = field(default=None, repr=False)
+    gradient_network: np.ndarray | None = field(default=None, repr=False)
     model_name: str = ""
     device: str = "cpu"
     training_data: dict[str, Any] = field(default_factory=dict)
@@ -97,6 +117,10 @@ class PredictionResult:
         """World (RAS, mm) position of the largest occlusion drop of P(BI) on the input grid (:func:`peak_ras`)."""
         return peak_ras(self.occlusion, self.input_affine)
 
+    def gradient_peak_ras(self) -> list[float] | None:
+        """World (RAS, mm) position of the gradient saliency maximum on the input grid (:func:`peak_ras`)."""
+        return peak_ras(self.gradient, self.input_affine)
+
     def to_json_dict(self) -> dict[str, Any]:
         """JSON-ready summary (no arrays)."""
         return {
@@ -108,6 +132,7 @@ class PredictionResult:
             "model_probabilities": [round(p, 6) for p in self.model_probabilities],
             "spread": round(self.spread, 6),
             "cam_peak_ras": self.cam_peak_ras(),
+            "gradient_peak_ras": self.gradient_peak_ras(),
             "occlusion_peak_ras": self.occlusion_peak_ras(),
             "occlusion_max_drop": (round(float(self.occlusion_network.max()), 6)
                                    if self.occlusion_network is not None else None),
@@ -121,7 +146,8 @@ def predict(bundle: Bundle, array: np.ndarray, affine: np.ndarray, tta: bool = T
             progress: Callable[[int, int], None] | None = None) -> PredictionResult | AgePrediction:
     """Predict brain injury for one volume (array indexed as stored, 4x4 voxel-to-RAS affine).
 
-    ``saliency`` (with ``cam=True``): ``"gradcam"`` (``result.cam``), ``"occlusion"`` (``result.occlusion``: the
+    ``saliency`` (with ``cam=True``): ``"gradcam"`` (``result.cam``), ``"gradient"`` (``result.gradient``: the
+    smoothed input-gradient magnitude, :mod:`.gradient_saliency`), ``"occlusion"`` (``result.occlusion``: the
     drop of the ensemble's P(class ``cam_class``) when each region is hidden, see :mod:`.occlusion`, settings
     ``occlusion``, an :class:`~.occlusion.OcclusionConfig`) or ``"both"``; ``progress(done, total)`` follows the
     occluded copies. Both maps are on the input's own grid; ``cam=False`` computes neither.
@@ -144,7 +170,8 @@ def predict(bundle: Bundle, array: np.ndarray, affine: np.ndarray, tta: bool = T
         cam: compute the saliency map(s).
         device: where to run (None: the bundle's device).
         cam_class: the class the maps explain.
-        saliency: ``"gradcam"``, ``"occlusion"`` or ``"both"``.
+        saliency: ``"gradcam"``, ``"gradient"``, ``"occlusion"``, ``"both"`` (Grad-CAM and occlusion), ``"all"``
+            or a comma list.
         occlusion: :class:`~.occlusion.OcclusionConfig` (None: defaults).
         progress: ``progress(done, total)`` over the occluded copies.
     Returns:
@@ -154,16 +181,15 @@ def predict(bundle: Bundle, array: np.ndarray, affine: np.ndarray, tta: bool = T
         ValueError: unknown ``saliency``; BundleError: NaN or infinite outputs, or occlusion asked of a
         brain-age bundle.
     """
-    if saliency not in SALIENCY_METHODS:
-        raise ValueError(f"saliency must be one of {', '.join(SALIENCY_METHODS)} (got {saliency!r})")
+    methods = saliency_set(saliency)
     if bundle.task != "classification":
-        if cam and saliency != "gradcam":
+        if cam and methods != ("gradcam",):
             raise BundleError(f"model '{bundle.name}' is a brain-age bundle: its saliency is Grad-CAM only "
                               "(occlusion sensitivity is for classifiers)")
         from .age_inference import predict_age
 
         return predict_age(bundle, array, affine, tta=tta, cam=cam, device=device, tta_axes=tta_axes)
-    gradcam, occ = cam and saliency in ("gradcam", "both"), cam and saliency in ("occlusion", "both")
+    gradcam, occ = cam and "gradcam" in methods, cam and "occlusion" in methods
     dev, models, pre, views, batch, timings = prepare_pass(bundle, array, affine, device, tta, tta_axes)
     t0 = time.perf_counter()
     per_model, cams = [], []
@@ -199,6 +225,18 @@ def predict(bundle: Bundle, array: np.ndarray, affine: np.ndarray, tta: bool = T
             raise BundleError(f"model '{bundle.name}' gave a NaN or infinite occlusion map; no result reported")
         timings["occlusion"] = time.perf_counter() - t0
 
+    grad_network = grad_input = None
+    if cam and "gradient" in methods:
+        from .gradient_saliency import gradient_saliency
+        from .preprocessing import to_input_grid
+
+        t0 = time.perf_counter()
+        grad_network = gradient_saliency(models, pre.tensor[0, 0], class_idx=cam_class)
+        grad_input = to_input_grid(torch.from_numpy(grad_network).to(dev), pre)
+        if not (np.isfinite(grad_network).all() and np.isfinite(grad_input).all()):
+            raise BundleError(f"model '{bundle.name}' gave a NaN or infinite gradient map; no result reported")
+        timings["gradient"] = time.perf_counter() - t0
+
     probability = float(view_probs.mean())
     label = int(probability >= bundle.threshold)
     names = bundle.metadata.get("class_names", ["no BI", "BI"])
@@ -209,6 +247,7 @@ def predict(bundle: Bundle, array: np.ndarray, affine: np.ndarray, tta: bool = T
         spread=float(view_probs.max() - view_probs.min()) if len(views) > 1 else 0.0,
         resampled=pre.array, resampled_affine=pre.affine, input_affine=np.asarray(affine, dtype=np.float64),
         cam=cam_input, cam_network=cam_network, occlusion=occ_input, occlusion_network=occ_network,
+        gradient=grad_input, gradient_network=grad_network,
         model_name=bundle.name, device=str(dev),
         training_data=bundle.training_data, timings=timings)
 
