@@ -23,6 +23,11 @@ def test_demo_quick_end_to_end(tmp_path):
     assert summary["settings"] == "quick" and 0.0 <= summary["cv"]["auc"]["mean"] <= 1.0
     assert summary["warning"] == QUICK_WARNING and summary["kept_data"] is False
     assert summary["saliency"]["Grad-CAM"]["n_injured"] == summary["n_injured_heldout"]
+    assert summary["pointing_game_method"] == "gradient"
+    assert summary["pointing_game"] == summary["saliency"]["gradient"]["pointing_game"]
+    for method, deletion in summary["faithfulness"].items():  # injured scans called BI, if any
+        assert method in ("Grad-CAM", "gradient") and len(deletion["saliency_drop"]) == 3
+        assert len(deletion["random_drop"]) == 3 and deletion["n_cases"] >= 1
     html = (out / "report.html").read_text()
     for needle in ("SYNTHETIC DATA", "not for clinical use", "cross-validation", "Pointing game",
                    "Pointing game by the ensemble's call", QUICK_WARNING, "<th>seed</th><td>0</td>",
@@ -35,6 +40,7 @@ def test_demo_quick_end_to_end(tmp_path):
     rows = list(csv.DictReader(open(out / "heldout" / "manifest.csv")))
     assert kept == sorted(["manifest.csv"] + [r["mask_path"] for r in rows if r["mask_path"]])
     assert len(list((out / "predictions").glob("*_cam.nii.gz"))) == len(rows)
+    assert len(list((out / "predictions").glob("*_gradient.nii.gz"))) == len(rows)
     meta = json.loads((out / "run" / "bundle" / "metadata.json").read_text())
     assert meta["training_data"]["synthetic"] is True and len(meta["weights"]) == 5
     # a second run into the same folder reuses the cohort and replaces the previous results

@@ -145,6 +145,33 @@ def _predict_heldout(bundle_path: Path, manifest: Path, out: Path, device: str) 
     return rows
 
 
+def _column_means(rows: list[list[float]]) -> list[float]:
+    return [round(float(v), 4) for v in np.mean(np.asarray(rows, dtype=np.float64), axis=0)]
+
+
+def _faithfulness(bundle_path: Path, heldout: list[dict[str, Any]], device: str, max_cases: int
+                  ) -> dict[str, dict[str, Any]]:
+    """Deletion test of each saliency method on injured held-out scans the ensemble calls BI (at most
+    ``max_cases``): mean drop of P(BI) when the top 1/2/5% most salient brain voxels are hidden, beside the mean
+    drop for random blobs of the same size (:mod:`.faithfulness`)."""
+    from .bundle import load_bundle
+    from .faithfulness import DEFAULT_FRACTIONS, deletion_test, ensemble_probability
+
+    cases = [h for h in heldout if h["true_label"] == 1 and h["result"].label == 1][:max_cases]
+    if not cases:
+        return {}
+    prob = ensemble_probability(load_bundle(bundle_path, device=device).models)
+    out: dict[str, dict[str, Any]] = {}
+    for method in cases[0]["maps"]:
+        results = [deletion_test(prob, h["result"].resampled, h["maps"][method], n_random=3, seed=k, device=device)
+                   for k, h in enumerate(cases)]
+        out[method] = {"fractions": list(DEFAULT_FRACTIONS), "n_cases": len(results),
+                       "saliency_drop": _column_means([r.saliency_drops for r in results]),
+                       "random_drop": _column_means([r.random_mean for r in results]),
+                       "score": round(float(np.mean([r.score for r in results])), 4)}
+    return out
+
+
 def _examples(seed: int, quick: bool) -> list:
     """Synthetic examples for the report's montage (ages, brain-extracted, each lesion type and its twin)."""
     from .synth.examples import montage_examples
@@ -217,13 +244,16 @@ def run_demo(out: str | Path = "gloresnet-demo", quick: bool = False, device: st
     predictions = out / "predictions"
     heldout = _predict_heldout(bundle_path, heldout_manifest, predictions, str(dev))
     timings["held-out prediction"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    faithfulness = _faithfulness(bundle_path, heldout, str(dev), max_cases=4 if quick else 24)
+    timings["deletion test"] = time.perf_counter() - t0
     bundle_name = json.loads((bundle_path / "metadata.json").read_text()).get("name", bundle_path.name)
     t0 = time.perf_counter()
     examples = _examples(seed, quick)
     timings["example montage"] = time.perf_counter() - t0
     timings["total"] = time.perf_counter() - t_start
     path = write_demo_report(out, s, flavour, seed, run_dir, metrics, heldout, timings, bundle_name, BANNER,
-                             examples=examples)
+                             examples=examples, faithfulness=faithfulness)
 
     scores = [h["scores"][PRIMARY_SALIENCY] for h in heldout if PRIMARY_SALIENCY in h["scores"]]
     held_acc = float(np.mean([h["result"].label == h["true_label"] for h in heldout]))
@@ -232,7 +262,7 @@ def run_demo(out: str | Path = "gloresnet-demo", quick: bool = False, device: st
         "cv": {k: v for k, v in metrics.get("summary", {}).items()},
         "heldout_accuracy": held_acc, "pointing_game_method": PRIMARY_SALIENCY, "pointing_game": pointing_game(scores),
         "pointing_game_95ci": pointing_game_interval(scores), "n_injured_heldout": len(scores),
-        "saliency": saliency_summary(heldout),
+        "saliency": saliency_summary(heldout), "faithfulness": faithfulness,
         "seconds": {k: round(v, 1) for k, v in timings.items()}, "disclaimer": BANNER,
         "kept_data": keep_data, **({"warning": QUICK_WARNING} if quick else {}),
     }
@@ -265,6 +295,10 @@ def _print_summary(summary: dict[str, Any]) -> None:
     for method, figures in summary.get("saliency", {}).items():
         lo, hi = figures["pointing_game_95ci"]
         print(f"  {method:<18} {figures['pointing_game']:.2f} (95% interval {lo:.2f}-{hi:.2f})")
+    for method, d in summary.get("faithfulness", {}).items():
+        pairs = ", ".join(f"{100 * f:g}%: {a:.3f} vs {b:.3f}" for f, a, b in
+                          zip(d["fractions"], d["saliency_drop"], d["random_drop"], strict=True))
+        print(f"  deletion test {method}: drop of P(BI), salient vs random ({d['n_cases']} scans called BI): {pairs}")
     print(f"ensemble bundle: {summary['bundle']}")
     print(f"report: {summary['report']}")
     if summary.get("warning"):

@@ -183,7 +183,8 @@ def heldout_table(heldout: Sequence[dict[str, Any]], methods: Sequence[str]) -> 
 
 def write_demo_report(out: Path, settings: Any, flavour: str, seed: int, run_dir: Path, metrics: dict[str, Any],
                       heldout: list[dict[str, Any]], timings: dict[str, float], bundle_name: str,
-                      banner: str, examples: Sequence[tuple] = ()) -> Path:
+                      banner: str, examples: Sequence[tuple] = (),
+                      faithfulness: dict[str, dict[str, Any]] | None = None) -> Path:
     """Write ``out/report.html``.
 
     Args:
@@ -197,6 +198,8 @@ def write_demo_report(out: Path, settings: Any, flavour: str, seed: int, run_dir
         timings: stage -> seconds.
         bundle_name: the ensemble bundle's name.
         banner: the synthetic-data banner.
+        faithfulness: per saliency method, the demo's deletion-test summary (``fractions``, ``saliency_drop``,
+            ``random_drop``, ``score``, ``n_cases``); None or empty: no section.
         examples: optional synthetic examples for a montage section after "About this report":
             ``(title, 3 planes[, 3 mask planes])`` each (see :func:`report.montage_png`).
 
@@ -233,12 +236,28 @@ def write_demo_report(out: Path, settings: Any, flavour: str, seed: int, run_dir
         png = run_dir / f"{name}.png"
         if png.exists():
             sections.append((heading, report.img_tag(png.read_bytes(), name, width)))
-    sections += [("Saliency check", saliency_section(heldout, methods)),
+    deletion = [("Saliency faithfulness: deletion test", faithfulness_section(faithfulness))] if faithfulness else []
+    sections += [("Saliency check", saliency_section(heldout, methods)), *deletion,
                  ("Saliency overlays: hits and misses of each lesion type", overlays_section(heldout, methods)),
                  ("Held-out synthetic cases (ensemble bundle, TTA)", heldout_table(heldout, methods)),
                  ("Run time", report.table_html(["stage", "seconds"], [[k, f"{v:.0f}"] for k, v in timings.items()]))]
     return report.write_html(out / "report.html", "GloResNet demo on synthetic neonatal T2w data", sections,
                              banner=banner, header=header, warning=QUICK_WARNING if flavour == "quick" else "")
+
+
+def faithfulness_section(faithfulness: dict[str, dict[str, Any]]) -> str:
+    """HTML table of the deletion test: per method and fraction, the mean drop of P(BI) for the most salient
+    voxels beside that for random blobs of the same size."""
+    rows = []
+    for method, f in faithfulness.items():
+        for frac, sal, rnd in zip(f["fractions"], f["saliency_drop"], f["random_drop"], strict=True):
+            rows.append([method, f"{100 * frac:g}%", f"{sal:.3f}", f"{rnd:.3f}", f"{sal - rnd:+.3f}"])
+    n = max(f["n_cases"] for f in faithfulness.values())
+    text = (f"<p>On {n} injured held-out scans the ensemble calls BI: hiding (setting to the brain's mean) the most "
+            "salient brain voxels of each map should lower P(BI) more than hiding random blobs of the same size. "
+            "A method whose drop is not above the random one does not show what the model uses.</p>")
+    return text + report.table_html(["method", "brain voxels hidden", "drop of P(BI): salient",
+                                     "drop: random blobs", "difference"], rows)
 
 
 def montage_section(examples: Sequence[tuple], title: str = "SYNTHETIC examples") -> tuple[str, str]:
