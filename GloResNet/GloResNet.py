@@ -62,12 +62,13 @@ class GloResNet(ScriptedLoadableModule):
         self.parent.helpText = _(
             "Predicts brain injury (BI) in preterm infants from a T2-weighted MRI volume with a lightweight "
             "3D ResNet-10 on the whole volume resampled to 128<sup>3</sup> ('global manifold mapping'), with "
-            "test-time augmentation and a Grad-CAM saliency map.<br><br>"
+            "test-time augmentation and a saliency map.<br><br>Saliency: {saliency}<br><br>"
             "<b>{disclaimer}</b> Models trained on synthetic data are labelled as such wherever their results "
             "are shown.<br><br>"
             "Select the T2w volume and a model, click <i>Predict</i>: the prediction runs in a background "
             "process with Slicer's Python; results go to a table node, the resampled volume and the "
-            "saliency map to volume nodes saved with the scene.").format(disclaimer=DISCLAIMER)
+            "saliency map to volume nodes saved with the scene.").format(
+                disclaimer=DISCLAIMER, saliency=predict_gui.SALIENCY_HELP)
         self.parent.acknowledgementText = _(
             "GloResNet method: 'GloResNet: A lightweight 3D CNN with global topological features for preterm "
             "brain injury prediction' (arXiv 2606.02498). ResNet-10 layout and pretrained weights: "
@@ -81,20 +82,22 @@ class GloResNet(ScriptedLoadableModule):
 @parameterNodeWrapper
 class GloResNetParameterNode:
     """GUI state, saved with the scene: the T2w volume, the bundle folder, device (auto / cpu / cuda), test-time
-    augmentation, saliency method (gradcam / occlusion / both: the overlay then shows occlusion), display of the
-    saliency map (opacity, lower threshold 0..1), the resampled network input as background; outputs of the
-    last prediction (camVolume: the saliency map shown; occlusionVolume if computed)."""
+    augmentation, saliency method (gradcam / gradient / occlusion / both / all: predict_gui.SALIENCY_HELP), display
+    of the saliency map (opacity, lower threshold 0..1), the resampled network input as background; outputs of the
+    last prediction (camVolume: the saliency map shown, results.OVERLAY_ORDER; occlusionVolume, gradientVolume
+    if computed)."""
 
     inputVolume: vtkMRMLScalarVolumeNode
     modelPath: str = ""
     device: Annotated[str, Choice(["auto", "cpu", "cuda"])] = "auto"
     useTTA: bool = True
-    saliencyMethod: Annotated[str, Choice(["gradcam", "occlusion", "both"])] = "gradcam"
+    saliencyMethod: Annotated[str, Choice(["gradcam", "gradient", "occlusion", "both", "all"])] = "gradcam"
     camOpacity: Annotated[float, WithinRange(0.0, 1.0)] = display.DEFAULT_CAM_OPACITY
     camThreshold: Annotated[float, WithinRange(0.0, 1.0)] = display.DEFAULT_CAM_THRESHOLD
     showResampled: bool = False
     camVolume: vtkMRMLScalarVolumeNode
     occlusionVolume: vtkMRMLScalarVolumeNode
+    gradientVolume: vtkMRMLScalarVolumeNode
     resampledVolume: vtkMRMLScalarVolumeNode
     resultsTable: vtkMRMLTableNode
 
@@ -285,7 +288,7 @@ class GloResNetWidget(common.ModuleWidgetHelpers, ScriptedLoadableModuleWidget, 
         if job.results and p:
             nodes = job.results[-1]
             p.camVolume, p.resampledVolume, p.resultsTable = nodes.overlay, nodes.resampled, nodes.table
-            p.occlusionVolume = nodes.occlusion
+            p.occlusionVolume, p.gradientVolume = nodes.occlusion, nodes.gradient
             predict_gui.show_result_texts(self.ui, nodes.texts())
             self.logic.updateDisplay(p)
         diagnosis = job.diagnosis()

@@ -42,9 +42,16 @@ from GloResNetLib.slicer_side.display import (  # noqa: E402
     slice_layers,
 )
 from GloResNetLib.slicer_side.prediction_job import PredictionJob  # noqa: E402
-from GloResNetLib.slicer_side.results import RESULT_COLUMNS, RESULTS_TABLE_NAME, predict_nodes  # noqa: E402
+from GloResNetLib.slicer_side.results import (  # noqa: E402
+    RESULT_COLUMNS,
+    RESULTS_TABLE_NAME,
+    predict_nodes,
+    show_prediction,
+)
 from GloResNetLib.slicer_side.scene import (  # noqa: E402
     CAM_ROLE,
+    GRADIENT_ROLE,
+    OCCLUSION_ROLE,
     RESAMPLED_ROLE,
     RESULTS_ROLE,
     ROLE_ATTRIBUTE,
@@ -421,27 +428,39 @@ def test_job_failures_are_reported_with_the_log(tmp_path, scene, volume, bundle_
     assert sys.modules.get("qt") is None  # nothing here pulled in Qt
 
 
-def test_occlusion_and_gradcam_nodes_from_job_and_in_process(scene, volume, bundle_path):
+def test_saliency_nodes_from_job_and_in_process(scene, volume, bundle_path):
     from GloResNetLib.occlusion import OcclusionConfig
 
-    job = PredictionJob([volume], bundle_path, device="cpu", tta=False, saliency="both",
+    job = PredictionJob([volume], bundle_path, device="cpu", tta=False, saliency="all",
                              occlusion_mask=16).start()
     (nodes,) = job.wait(300)
     assert job.succeeded, job.failure_message()
-    # both maps kept as volume nodes with exactly the input's geometry; the overlay shows the occlusion map
-    cam_geometry_is_input_geometry(nodes.cam, volume)
-    cam_geometry_is_input_geometry(nodes.occlusion, volume)
-    assert nodes.overlay is nodes.occlusion and nodes.cam is not nodes.occlusion
-    assert all(v["foreground"] == nodes.occlusion.GetID() for v in slice_layers(scene))
+    # all three maps kept as volume nodes with exactly the input's geometry; the overlay shows the gradient map
+    for node, role in ((nodes.cam, CAM_ROLE), (nodes.occlusion, OCCLUSION_ROLE), (nodes.gradient, GRADIENT_ROLE)):
+        cam_geometry_is_input_geometry(node, volume)
+        assert node.GetAttribute(ROLE_ATTRIBUTE) == role and volume.GetNodeReference(role) is node
+    assert len({nodes.cam.GetID(), nodes.occlusion.GetID(), nodes.gradient.GetID()}) == 3
+    assert nodes.overlay is nodes.gradient and nodes.gradient.GetName() == f"{volume.GetName()} GloResNet gradient"
+    assert all(v["foreground"] == nodes.gradient.GetID() for v in slice_layers(scene))
     occ = slicer.util.arrayFromVolume(nodes.occlusion).copy()
-    assert np.isfinite(occ).all() and occ.max() > 0
-    display = nodes.occlusion.GetDisplayNode()  # threshold: a fraction of the map's own maximum
-    assert display.GetLowerThreshold() == pytest.approx(DEFAULT_CAM_THRESHOLD * occ.max(), rel=1e-4)
-    assert nodes.peak_ras() == peak_ras(nodes.occlusion)
-    # in process, occlusion only, same settings: the same map, no Grad-CAM node
+    grad = slicer.util.arrayFromVolume(nodes.gradient).copy()
+    assert np.isfinite(occ).all() and occ.max() > 0 and np.isfinite(grad).all() and 0.5 < grad.max() <= 1 + 1e-6
+    for node, array in ((nodes.occlusion, occ), (nodes.gradient, grad)):  # threshold: a fraction of the maximum
+        assert node.GetDisplayNode().GetLowerThreshold() == pytest.approx(DEFAULT_CAM_THRESHOLD * array.max(),
+                                                                          rel=1e-4)
+    assert nodes.peak_ras() == peak_ras(nodes.gradient)
+    # "both" (Grad-CAM and occlusion): the occlusion map is shown
+    both = show_prediction(volume, nodes.summary, volume_to_array(nodes.cam)[0], *volume_to_array(nodes.resampled),
+                           occlusion=volume_to_array(nodes.occlusion)[0], show=False)
+    assert both.overlay is both.occlusion and both.gradient is None
+    # in process, one method each, same settings: the same maps, no other saliency node
     (inproc,) = predict_nodes([volume], bundle_path, tta=False, device="cpu", saliency="occlusion",
                                    occlusion=OcclusionConfig(mask_size=16), show=False)
-    assert inproc.cam is None and inproc.overlay is inproc.occlusion
+    assert inproc.cam is None and inproc.gradient is None and inproc.overlay is inproc.occlusion
     np.testing.assert_allclose(slicer.util.arrayFromVolume(inproc.occlusion), occ, atol=1e-5)
+    (inproc,) = predict_nodes([volume], bundle_path, tta=False, device="cpu", saliency="gradient", show=False)
+    assert inproc.cam is None and inproc.occlusion is None and inproc.overlay is inproc.gradient
+    assert inproc.gradient.GetID() == nodes.gradient.GetID()  # the re-run reuses the node
+    np.testing.assert_allclose(slicer.util.arrayFromVolume(inproc.gradient), grad, atol=1e-5)
     with pytest.raises(InputError, match="saliency"):
         PredictionJob([volume], bundle_path, saliency="lime")

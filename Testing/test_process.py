@@ -85,6 +85,12 @@ def test_command_and_environment(tmp_path, monkeypatch):
     assert args[:2] == ["predict", "x.nii"] and "--json" in args and "--progress-json" in args
     assert {"--no-tta", "--no-cam"} <= set(args) and args[args.index("--device") + 1] == "cpu"
     assert predict_args(["x"], "m", "o", tta_axes=[0, 2])[-2:] == ["--tta-axes", "0,2"]
+    assert "--saliency" not in predict_args(["x"], "m", "o")  # gradcam: the command's default
+    for method in ("gradient", "all", "gradcam,gradient"):
+        assert predict_args(["x"], "m", "o", saliency=method)[-2:] == ["--saliency", method]
+    assert predict_args(["x"], "m", "o", saliency="all", occlusion_mask=8)[-4:] == \
+        ["--saliency", "all", "--occlusion-mask", "8"]
+    assert "--saliency" not in predict_args(["x"], "m", "o", cam=False, saliency="gradient")
 
 
 def test_events_are_parsed_from_both_streams():

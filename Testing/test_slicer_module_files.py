@@ -361,6 +361,17 @@ def test_predict_module_widgets_by_role():
     assert widgets["opacitySliderWidget"].get("class") == "ctkSliderWidget"
     assert widgets["thresholdSliderWidget"].get("class") == "ctkSliderWidget"
     assert widgets["resampledBackgroundCheckBox"].get("class") == "QCheckBox"
+    # the Saliency choice offers every method the job accepts (its torch-free copy of inference's list, whose
+    # equality test_slicer_side checks), the tooltip says what each is, the result nodes have their fields
+    fields = parameter_fields(module_tree(REPO / "GloResNet"))
+    choice = ast.literal_eval(fields["saliencyMethod"].slice.elts[1].args[0])
+    job = ast.parse((REPO / "GloResNet" / "GloResNetLib" / "slicer_side" / "prediction_job.py").read_text())
+    (methods,) = [ast.literal_eval(n.value) for n in job.body if isinstance(n, ast.Assign)
+                  and getattr(n.targets[0], "id", "") == "SALIENCY_METHODS"]
+    assert tuple(choice) == methods and {"gradient", "all"} <= set(methods)
+    tip = widgets["saliencyMethodComboBox"].find("property[@name='toolTip']/string").text
+    assert all(f"{m}:" in tip for m in methods)
+    assert {"camVolume", "occlusionVolume", "gradientVolume"} <= set(fields)
 
 
 @pytest.mark.parametrize("module", MODULES, ids=lambda p: p.name)
@@ -382,6 +393,8 @@ def test_every_parameter_binding_names_a_field_the_widget_can_represent(module: 
         assert cls in BINDABLE[kind], f"{widget_name} ({cls}) cannot represent {field}: {kind}"
         if cls == "QComboBox":
             assert "Choice" in extras, f"{field}: a QComboBox binding needs a Choice annotation"
+            # the connector clears the combo box and adds the Choice's values: items in the .ui would be lost
+            assert widgets[widget_name].find("item") is None, f"{widget_name}: items come from the Choice"
         if cls in ("ctkSliderWidget", "QSpinBox", "QDoubleSpinBox"):
             assert "WithinRange" in extras, f"{field}: a {cls} binding needs WithinRange"
     assert len(bound.values()) == len(set(bound.values())), "a field is bound to two widgets"

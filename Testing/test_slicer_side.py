@@ -236,3 +236,27 @@ def test_developer_reload_forgets_only_the_library():
     assert all(n == "GloResNetLib" or n.startswith("GloResNetLib.") for n in dropped)
     assert "numpy" in modules and not any(n.startswith("GloResNetLib") for n in modules)
     assert "GloResNetLib" in sys.modules  # the real sys.modules was not touched
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Saliency methods: the prediction job's torch-free list is the core's
+# ------------------------------------------------------------------------------------------------------------
+
+def test_the_job_knows_the_cores_saliency_methods_without_importing_torch():
+    import subprocess
+
+    from GloResNetLib.inference import SALIENCY_METHODS, saliency_set
+    from GloResNetLib.slicer_side.prediction_job import SALIENCY_METHODS as JOB_METHODS
+    from GloResNetLib.slicer_side.prediction_job import check_saliency
+
+    assert JOB_METHODS == SALIENCY_METHODS
+    for method in (*SALIENCY_METHODS, "gradcam, gradient"):
+        assert saliency_set(check_saliency(method))  # what the job passes on, the core accepts
+    assert check_saliency(" gradient ,occlusion") == "gradient,occlusion"
+    for bad in ("lime", "gradient,lime", "", "Gradient"):
+        with pytest.raises(InputError, match="saliency"):
+            check_saliency(bad)
+    code = "import sys; import GloResNetLib.slicer_side.prediction_job; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert out.returncode == 0 and out.stdout.strip() == "False", out.stderr

@@ -69,7 +69,8 @@ def predict_args(inputs: Sequence[str | os.PathLike], model: str | os.PathLike, 
     Args:
         inputs: volume files. model: bundle folder. out: output folder. device: auto, cpu or cuda.
         tta: test-time augmentation (over ``tta_axes`` if given). cam: a saliency map, by ``saliency``
-            (gradcam, occlusion or both). occlusion_mask: the occlusion box edge, in network voxels.
+            (gradcam, gradient, occlusion, both = gradcam and occlusion, all, or a comma list; passed on as
+            ``--saliency``). occlusion_mask: the occlusion box edge, in network voxels (with occlusion only).
     Returns:
         The arguments after ``gloresnet``.
     """

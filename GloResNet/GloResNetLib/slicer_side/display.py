@@ -59,7 +59,7 @@ def _map_peak(node) -> float:
 
 
 def configure_cam_display(cam_node, color_node=None, threshold: float = DEFAULT_CAM_THRESHOLD) -> None:
-    """Show a saliency volume (Grad-CAM 0..1, or an occlusion map's drop of P(BI)) with a heat colour map, a
+    """Show a saliency volume (Grad-CAM or gradient 0..1, an occlusion map's drop of P(BI)) with a heat colour map, a
     fixed window from 0 to its maximum and a lower threshold at ``threshold`` times that maximum."""
     display = cam_node.GetDisplayNode()
     if display is None:

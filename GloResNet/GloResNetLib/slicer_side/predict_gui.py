@@ -43,6 +43,19 @@ def show_model_info(label, path: str | Path) -> BundleInfo:
     return info
 
 
+#: What each saliency method of the module's Saliency choice is (its help text, as HTML; the .ui tooltip says
+#: the same). Which map is shown when several are computed: :data:`.results.OVERLAY_ORDER`.
+SALIENCY_HELP = (
+    "<b>gradcam</b>: Grad-CAM, from the prediction pass itself (no extra cost): where the network's features "
+    "raise P(BI); coarse, and blind to evidence the network reads from dark voxels. "
+    "<b>gradient</b>: the smoothed magnitude of the input gradient of the ensemble's BI logit, one backward "
+    "pass per model (seconds): shows evidence the network reads from dark voxels too (a T2-hypointense focus). "
+    "<b>occlusion</b>: how much P(BI) drops when each region is hidden (thousands of network passes: a minute "
+    "or more per model on a 2-core CPU). "
+    "<b>both</b>: Grad-CAM and occlusion. <b>all</b>: the three. Every map computed is kept as a volume node; "
+    "the slice views show the gradient map if computed, else the occlusion map, else Grad-CAM.")
+
+
 #: Result texts (:func:`.results.result_texts`) -> label of GloResNet.ui showing them.
 RESULT_LABELS = {"caption": "probabilityLabel", "probability": "probabilityValueLabel", "label": "labelValueLabel",
                  "spread": "spreadValueLabel", "model": "modelValueLabel", "training_data": "trainingDataValueLabel",
@@ -58,4 +71,5 @@ def show_result_texts(ui, texts: Mapping[str, str]) -> None:
     ui.resultsCollapsibleButton.collapsed = False
 
 
-__all__ = ["RESULT_LABELS", "WARNING_STYLE", "fill_model_combo", "show_model_info", "show_result_texts"]
+__all__ = ["RESULT_LABELS", "SALIENCY_HELP", "WARNING_STYLE", "fill_model_combo", "show_model_info",
+           "show_result_texts"]

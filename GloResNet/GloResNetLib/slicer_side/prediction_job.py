@@ -17,6 +17,19 @@ from .jobs import Job
 from .results import PredictionNodes, add_prediction_record
 from .volumes import check_volume_node, write_volume_file
 
+#: The saliency methods of ``gloresnet predict --saliency`` (:data:`GloResNetLib.inference.SALIENCY_METHODS`,
+#: repeated here because importing inference imports torch; a test checks that the two agree).
+SALIENCY_METHODS = ("gradcam", "gradient", "occlusion", "both", "all")
+
+
+def check_saliency(saliency: str) -> str:
+    """``saliency`` if it is one of :data:`SALIENCY_METHODS` or a comma list of them, else :class:`InputError`."""
+    parts = [p.strip() for p in str(saliency).split(",")]
+    if not all(p in SALIENCY_METHODS for p in parts):
+        raise InputError(f"unknown saliency method {saliency!r} (choose from {', '.join(SALIENCY_METHODS)} "
+                         "or a comma list)")
+    return ",".join(parts)
+
 
 class PredictionJob(Job):
     """One background ``gloresnet predict`` run over volume nodes; results become nodes as they arrive.
@@ -41,9 +54,7 @@ class PredictionJob(Job):
             raise InputError(f"{bundle_path}: not a model bundle (no metadata.json)")
         self.bundle_path = bundle_path
         self.device, self.tta, self.cam = device or "auto", tta, cam
-        if saliency not in ("gradcam", "occlusion", "both"):  # inference.SALIENCY_METHODS, without importing torch
-            raise InputError(f"unknown saliency method {saliency!r} (choose from gradcam, occlusion, both)")
-        self.saliency, self.occlusion_mask = saliency, occlusion_mask
+        self.saliency, self.occlusion_mask = check_saliency(saliency), occlusion_mask
         self.keep_files = keep_files
         self.show_kwargs = show_kwargs
         self._own_dir = work_dir is None
@@ -150,4 +161,4 @@ class PredictionJob(Job):
             shutil.rmtree(self.work_dir, ignore_errors=True)
 
 
-__all__ = ["PredictionJob"]
+__all__ = ["SALIENCY_METHODS", "PredictionJob", "check_saliency"]

@@ -19,11 +19,17 @@ from .display import (
     heat_color_node,
     set_slice_layers,
 )
-from .scene import CAM_ROLE, OCCLUSION_ROLE, RESAMPLED_ROLE, RESULTS_ROLE, find_node, get_scene
+from .scene import CAM_ROLE, GRADIENT_ROLE, OCCLUSION_ROLE, RESAMPLED_ROLE, RESULTS_ROLE, find_node, get_scene
 from .tables import append_table_row, table_from_columns
 from .volumes import output_volume, peak_ras, volume_to_array
 
 RESULTS_TABLE_NAME = "GloResNet results"
+
+#: Which saliency map the slice views show when a prediction has several (saliency "all", "both" or a comma
+#: list): the first present of gradient (its peak lies on the lesion most often in the demo, and it reads dark
+#: voxels too), occlusion (a direct measurement of the drop of P(BI), but coarse), Grad-CAM. A single method
+#: is always the one shown. Every map computed is kept as its own volume node.
+OVERLAY_ORDER = ("gradient", "occlusion", "gradcam")
 
 
 #: Columns of the results table (one row per prediction) and their types. A brain-age bundle's row has the
@@ -124,8 +130,9 @@ def append_result_row(table, summary: Mapping[str, Any], volume_name: str) -> in
 
 @dataclass
 class PredictionNodes:
-    """The nodes showing one prediction: input, saliency maps (Grad-CAM and/or occlusion, on the input grid;
-    ``overlay`` is the one shown), resampled volume, table row."""
+    """The nodes showing one prediction: input, saliency maps (Grad-CAM ``cam``, ``gradient``, ``occlusion``:
+    those computed, on the input grid; ``overlay`` is the one shown, by :data:`OVERLAY_ORDER`), resampled
+    volume, table row."""
 
     input: Any
     cam: Any
@@ -135,6 +142,7 @@ class PredictionNodes:
     summary: dict[str, Any] = field(repr=False)
     occlusion: Any = None
     overlay: Any = None
+    gradient: Any = None
 
     @property
     def probability(self) -> float:
@@ -171,20 +179,20 @@ def _saliency_node(input_node, array: np.ndarray, label: str, role: str, scene, 
 def show_prediction(input_node, summary: Mapping[str, Any], cam: np.ndarray | None, resampled: np.ndarray,
                     resampled_affine: np.ndarray, scene=None, table=None, color_node=None,
                     threshold: float = DEFAULT_CAM_THRESHOLD, opacity: float = DEFAULT_CAM_OPACITY,
-                    show: bool = True, occlusion: np.ndarray | None = None) -> PredictionNodes:
-    """Put one prediction into the scene: the saliency volumes (Grad-CAM ``cam`` and/or the ``occlusion``
-    map) with exactly the input's geometry, the resampled network input with its own affine, one
-    results-table row; optionally show a saliency map (the occlusion map when there is one, else Grad-CAM)
-    as the foreground layer over the input. Nodes from an earlier run on the same input are reused."""
+                    show: bool = True, occlusion: np.ndarray | None = None,
+                    gradient: np.ndarray | None = None) -> PredictionNodes:
+    """Put one prediction into the scene: the saliency volumes (those given of Grad-CAM ``cam``, the
+    ``gradient`` map and the ``occlusion`` map) with exactly the input's geometry, the resampled network input
+    with its own affine, one results-table row; optionally show one saliency map (chosen by
+    :data:`OVERLAY_ORDER`) as the foreground layer over the input. Nodes from an earlier run on the same input
+    are reused."""
     scene = get_scene(scene)
     name = input_node.GetName()
-    cam_node = occlusion_node = None
-    if cam is not None:
-        cam_node = _saliency_node(input_node, cam, "saliency", CAM_ROLE, scene, color_node, threshold)
-    if occlusion is not None:
-        occlusion_node = _saliency_node(input_node, occlusion, "occlusion", OCCLUSION_ROLE, scene, color_node,
-                                        threshold)
-    overlay = occlusion_node if occlusion_node is not None else cam_node
+    maps = {"gradcam": (cam, "saliency", CAM_ROLE), "gradient": (gradient, "gradient", GRADIENT_ROLE),
+            "occlusion": (occlusion, "occlusion", OCCLUSION_ROLE)}
+    saliency = {method: _saliency_node(input_node, array, label, role, scene, color_node, threshold)
+                for method, (array, label, role) in maps.items() if array is not None}
+    overlay = next((saliency[m] for m in OVERLAY_ORDER if m in saliency), None)
     resampled_node = output_volume(np.asarray(resampled, dtype=np.float32), f"{name} GloResNet resampled",
                                    affine=resampled_affine, source=input_node, role=RESAMPLED_ROLE,
                                    scene=scene)
@@ -193,14 +201,16 @@ def show_prediction(input_node, summary: Mapping[str, Any], cam: np.ndarray | No
     row = append_result_row(table, summary, name)
     if show:
         set_slice_layers(background=input_node, foreground=overlay, foreground_opacity=opacity, scene=scene)
-    return PredictionNodes(input=input_node, cam=cam_node, resampled=resampled_node, table=table, row=row,
-                           summary=dict(summary), occlusion=occlusion_node, overlay=overlay)
+    return PredictionNodes(input=input_node, cam=saliency.get("gradcam"), resampled=resampled_node, table=table,
+                           row=row, summary=dict(summary), occlusion=saliency.get("occlusion"), overlay=overlay,
+                           gradient=saliency.get("gradient"))
 
 
 def add_prediction_result(input_node, result, **kwargs: Any) -> PredictionNodes:
     """Show an in-process :class:`GloResNetLib.inference.PredictionResult` (see :func:`show_prediction`)."""
     return show_prediction(input_node, result.to_json_dict(), result.cam, result.resampled,
-                           result.resampled_affine, occlusion=result.occlusion, **kwargs)
+                           result.resampled_affine, occlusion=result.occlusion,
+                           gradient=getattr(result, "gradient", None), **kwargs)
 
 
 def add_prediction_record(input_node, record: Mapping[str, Any], **kwargs: Any) -> PredictionNodes:
@@ -214,16 +224,19 @@ def add_prediction_record(input_node, record: Mapping[str, Any], **kwargs: Any) 
     outputs = record.get("outputs") or {}
     cam = read_volume(outputs["cam"])[0] if outputs.get("cam") else None
     occlusion = read_volume(outputs["occlusion"])[0] if outputs.get("occlusion") else None
+    gradient = read_volume(outputs["gradient"])[0] if outputs.get("gradient") else None
     resampled, resampled_affine = read_volume(outputs["resampled"])
-    return show_prediction(input_node, record, cam, resampled, resampled_affine, occlusion=occlusion, **kwargs)
+    return show_prediction(input_node, record, cam, resampled, resampled_affine, occlusion=occlusion,
+                           gradient=gradient, **kwargs)
 
 
 def predict_nodes(volume_nodes: Iterable, bundle, tta: bool = True, device: str | None = None,
                   cam: bool = True, saliency: str = "gradcam", occlusion: Any = None,
                   **kwargs: Any) -> list[PredictionNodes]:
     """Predict volume nodes in this Python process (console, batch, self-test); blocks while it runs.
-    ``saliency``: gradcam, occlusion or both; ``occlusion``: an :class:`GloResNetLib.occlusion.OcclusionConfig`
-    (see :func:`GloResNetLib.inference.predict`).
+    ``saliency``: gradcam, gradient, occlusion, both (Grad-CAM and occlusion), all, or a comma list (the map
+    shown: :data:`OVERLAY_ORDER`); ``occlusion``: an :class:`GloResNetLib.occlusion.OcclusionConfig` (see
+    :func:`GloResNetLib.inference.predict`).
 
     ``bundle`` is a loaded :class:`GloResNetLib.bundle.Bundle` or a bundle folder. The GUI uses
     :class:`.prediction_job.PredictionJob` instead, which keeps Slicer responsive.
@@ -243,7 +256,7 @@ def predict_nodes(volume_nodes: Iterable, bundle, tta: bool = True, device: str 
 
 
 __all__ = [
-    "RESULTS_TABLE_NAME", "RESULT_COLUMNS", "PredictionNodes", "add_prediction_record", "add_prediction_result",
-    "append_result_row", "model_label", "predict_nodes", "result_texts", "results_table", "show_prediction",
-    "total_time_s",
+    "OVERLAY_ORDER", "RESULTS_TABLE_NAME", "RESULT_COLUMNS", "PredictionNodes", "add_prediction_record",
+    "add_prediction_result", "append_result_row", "model_label", "predict_nodes", "result_texts", "results_table",
+    "show_prediction", "total_time_s",
 ]

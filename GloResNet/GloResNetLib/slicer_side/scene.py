@@ -22,6 +22,7 @@ SOURCE_ATTRIBUTE = "GloResNet.SourceVolumeID"
 #: Node reference roles set on the input volume.
 CAM_ROLE = "GloResNetSaliency"
 OCCLUSION_ROLE = "GloResNetOcclusion"
+GRADIENT_ROLE = "GloResNetGradient"
 RESAMPLED_ROLE = "GloResNetResampled"
 RESULTS_ROLE = "GloResNetResults"
 COLOR_ROLE = "GloResNetHeatColors"
@@ -102,6 +103,6 @@ def mark_node(node, role: str, source=None) -> None:
 
 
 __all__ = [
-    "CAM_ROLE", "COLOR_ROLE", "OCCLUSION_ROLE", "PLOT_ROLE", "RESAMPLED_ROLE", "RESULTS_ROLE", "ROLE_ATTRIBUTE",
-    "SOURCE_ATTRIBUTE", "StandaloneLogics", "create_logics", "find_node", "get_scene",
+    "CAM_ROLE", "COLOR_ROLE", "GRADIENT_ROLE", "OCCLUSION_ROLE", "PLOT_ROLE", "RESAMPLED_ROLE", "RESULTS_ROLE",
+    "ROLE_ATTRIBUTE", "SOURCE_ATTRIBUTE", "StandaloneLogics", "create_logics", "find_node", "get_scene",
 ]
