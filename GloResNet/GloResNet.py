@@ -50,6 +50,7 @@ REQUIREMENTS_FILE = MODULE_DIR / "Resources" / "GloResNet-requirements.txt"
 # GloResNet
 #
 
+
 class GloResNet(ScriptedLoadableModule):
     """Module description shown by Slicer."""
 
@@ -67,17 +68,19 @@ class GloResNet(ScriptedLoadableModule):
             "are shown.<br><br>"
             "Select the T2w volume and a model, click <i>Predict</i>: the prediction runs in a background "
             "process with Slicer's Python; results go to a table node, the resampled volume and the "
-            "saliency map to volume nodes saved with the scene.").format(
-                disclaimer=DISCLAIMER, saliency=predict_gui.SALIENCY_HELP)
+            "saliency map to volume nodes saved with the scene."
+        ).format(disclaimer=DISCLAIMER, saliency=predict_gui.SALIENCY_HELP)
         self.parent.acknowledgementText = _(
             "GloResNet method: 'GloResNet: A lightweight 3D CNN with global topological features for preterm "
             "brain injury prediction' (arXiv 2606.02498). ResNet-10 layout and pretrained weights: "
-            "MedicalNet (Tencent, MIT licence). Module layout follows 3D Slicer's Extension Wizard.")
+            "MedicalNet (Tencent, MIT licence). Module layout follows 3D Slicer's Extension Wizard."
+        )
 
 
 #
 # GloResNetParameterNode
 #
+
 
 @parameterNodeWrapper
 class GloResNetParameterNode:
@@ -105,6 +108,7 @@ class GloResNetParameterNode:
 #
 # GloResNetWidget
 #
+
 
 class GloResNetWidget(common.ModuleWidgetHelpers, ScriptedLoadableModuleWidget, VTKObservationMixin):
     """GUI wiring only (parameter node, status, log, device probe, reload: common.ModuleWidgetHelpers)."""
@@ -185,8 +189,7 @@ class GloResNetWidget(common.ModuleWidgetHelpers, ScriptedLoadableModuleWidget, 
         p = self._parameterNode
         ready = bool(p and p.inputVolume and p.modelPath)
         self.ui.predictButton.enabled = ready and not running
-        self.ui.predictButton.toolTip = (_("Predict brain injury") if ready
-                                         else _("Select an input volume and a model"))
+        self.ui.predictButton.toolTip = _("Predict brain injury") if ready else _("Select an input volume and a model")
         self.ui.cancelButton.enabled = running
         self.ui.jumpToPeakButton.enabled = bool(p and p.camVolume)
         self.ui.showTableButton.enabled = bool(p and p.resultsTable)
@@ -197,8 +200,9 @@ class GloResNetWidget(common.ModuleWidgetHelpers, ScriptedLoadableModuleWidget, 
         combo = self.ui.modelComboBox
         predict_gui.fill_model_combo(combo, self.logic.availableBundles(extra=[current] if current else []), current)
         if combo.count == 0:
-            self.ui.modelInfoLabel.text = _("No model found in {folder}. Use Browse... to import a bundle."
-                                            ).format(folder=self.logic.modelsFolder())
+            self.ui.modelInfoLabel.text = _("No model found in {folder}. Use Browse... to import a bundle.").format(
+                folder=self.logic.modelsFolder()
+            )
         self.onModelChanged(combo.currentIndex)
 
     def onModelChanged(self, index: int) -> None:
@@ -211,8 +215,7 @@ class GloResNetWidget(common.ModuleWidgetHelpers, ScriptedLoadableModuleWidget, 
         self.updateButtons()
 
     def onBrowseModel(self) -> None:
-        folder = qt.QFileDialog.getExistingDirectory(slicer.util.mainWindow(),
-                                                     _("Select a GloResNet model bundle"))
+        folder = qt.QFileDialog.getExistingDirectory(slicer.util.mainWindow(), _("Select a GloResNet model bundle"))
         if not folder:
             return
         try:
@@ -250,9 +253,15 @@ class GloResNetWidget(common.ModuleWidgetHelpers, ScriptedLoadableModuleWidget, 
         self.ui.progressBar.value = 0
         try:
             with slicer.util.WaitCursor():
-                self._job = self.logic.startPrediction([p.inputVolume], p.modelPath, device=device,
-                                                       tta=p.useTTA, threshold=p.camThreshold,
-                                                       opacity=p.camOpacity, saliency=p.saliencyMethod)
+                self._job = self.logic.startPrediction(
+                    [p.inputVolume],
+                    p.modelPath,
+                    device=device,
+                    tta=p.useTTA,
+                    threshold=p.camThreshold,
+                    opacity=p.camOpacity,
+                    saliency=p.saliencyMethod,
+                )
         except (GloResNetError, OSError, RuntimeError) as exc:
             slicer.util.errorDisplay(_("Could not start the prediction:\n{error}").format(error=exc))
             return
@@ -319,6 +328,7 @@ class GloResNetWidget(common.ModuleWidgetHelpers, ScriptedLoadableModuleWidget, 
 # GloResNetLogic
 #
 
+
 class GloResNetLogic(predict_logic.PredictionLogic, ScriptedLoadableModuleLogic):
     """Thin logic: models, inputs, prediction and display come from GloResNetLib (predict_logic.PredictionLogic),
     usable from the console: ``GloResNetLogic().predict(GloResNetLogic.inputVolumes(), bundlePath)``."""
@@ -341,6 +351,7 @@ class GloResNetLogic(predict_logic.PredictionLogic, ScriptedLoadableModuleLogic)
 # GloResNetTest
 #
 
+
 class GloResNetTest(ScriptedLoadableModuleTest):
     """Self-test in the Slicer app: the whole Predict flow on a synthetic volume and a tiny bundle."""
 
@@ -358,7 +369,8 @@ class GloResNetTest(ScriptedLoadableModuleTest):
         widget.initializeParameterNode()  # setUp's Clear() dropped it and the module may not be entered
 
         if not requirements.has_module("torch") or requirements.missing_requirements(
-                requirements.read_requirements(REQUIREMENTS_FILE)):
+            requirements.read_requirements(REQUIREMENTS_FILE)
+        ):
             self.delayDisplay("PyTorch or the requirements are not installed in this Slicer: test skipped")
             return
         self.delayDisplay("Making a synthetic T2w volume and a tiny bundle")

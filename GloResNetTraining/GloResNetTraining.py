@@ -49,6 +49,7 @@ DEFAULTS = tp.TrainingParameters()  # the parameter node's defaults: those of gl
 # GloResNetTraining
 #
 
+
 class GloResNetTraining(ScriptedLoadableModule):
     """Module description shown by Slicer."""
 
@@ -64,15 +65,18 @@ class GloResNetTraining(ScriptedLoadableModule):
             "volumes of the scene, in a background process with Slicer's Python (the same "
             "<i>gloresnet train</i> as the command line). Follow it live (progress, loss and metric curves, "
             "per-fold metrics), stop it (checkpoint kept) and resume it; the ensemble of the fold models is "
-            "registered for the GloResNet module.<br><br><b>{disclaimer}</b>").format(disclaimer=DISCLAIMER)
+            "registered for the GloResNet module.<br><br><b>{disclaimer}</b>"
+        ).format(disclaimer=DISCLAIMER)
         self.parent.acknowledgementText = _(
             "GloResNet method: arXiv 2606.02498. ResNet-10 layout and pretrained weights: MedicalNet "
-            "(Tencent, MIT licence). Module layout follows 3D Slicer's Extension Wizard.")
+            "(Tencent, MIT licence). Module layout follows 3D Slicer's Extension Wizard."
+        )
 
 
 #
 # GloResNetTrainingParameterNode
 #
+
 
 @parameterNodeWrapper
 class GloResNetTrainingParameterNode:
@@ -109,6 +113,7 @@ class GloResNetTrainingParameterNode:
 #
 # GloResNetTrainingWidget
 #
+
 
 class GloResNetTrainingWidget(common.ModuleWidgetHelpers, ScriptedLoadableModuleWidget, VTKObservationMixin):
     """GUI wiring only (parameter node, status, log, device probe, reload: common.ModuleWidgetHelpers)."""
@@ -264,7 +269,8 @@ class GloResNetTrainingWidget(common.ModuleWidgetHelpers, ScriptedLoadableModule
 
     def onCancel(self) -> None:
         if self.logic.running and not slicer.util.confirmYesNoDisplay(
-                _("Kill the training now? Work since the last saved checkpoint is lost (Stop keeps it).")):
+            _("Kill the training now? Work since the last saved checkpoint is lost (Stop keeps it).")
+        ):
             return
         if self.logic.cancel():
             self.setStatus(_("Cancelling..."))
@@ -320,6 +326,7 @@ class GloResNetTrainingWidget(common.ModuleWidgetHelpers, ScriptedLoadableModule
 # GloResNetTrainingLogic
 #
 
+
 class GloResNetTrainingLogic(training_logic.TrainingLogic, ScriptedLoadableModuleLogic):
     """Thin logic: parameters, dataset, background jobs and results come from GloResNetLib
     (training_logic.TrainingLogic, usable from the console: ``logic.train(tp.TrainingParameters.cpu_demo(...))``)."""
@@ -342,6 +349,7 @@ class GloResNetTrainingLogic(training_logic.TrainingLogic, ScriptedLoadableModul
 # GloResNetTrainingTest
 #
 
+
 class GloResNetTrainingTest(ScriptedLoadableModuleTest):
     """Self-test in the Slicer app: a tiny CV run on synthetic scene volumes, stopped, resumed, registered,
     opened and predicted in the GloResNet module."""
@@ -356,7 +364,8 @@ class GloResNetTrainingTest(ScriptedLoadableModuleTest):
     def test_TrainingFlow(self) -> None:
         logic = GloResNetTrainingLogic()
         if not requirements.has_module("torch") or requirements.missing_requirements(
-                tp.read_training_requirements(REQUIREMENTS_FILE)):
+            tp.read_training_requirements(REQUIREMENTS_FILE)
+        ):
             self.delayDisplay("PyTorch or the requirements are not installed in this Slicer: test skipped")
             return
         work = Path(tempfile.mkdtemp(prefix="GloResNetTrainingTest-"))
@@ -366,10 +375,22 @@ class GloResNetTrainingTest(ScriptedLoadableModuleTest):
             widget = slicer.modules.gloresnettraining.widgetRepresentation().self()
             widget.initializeParameterNode()  # setUp's Clear() dropped it and the module may not be entered
             p = widget._parameterNode
-            logic.setParameters(p, tp.TrainingParameters(
-                source="scene", output_folder=str(work), run_name="selftest", size=16,
-                widths=tp.WIDTH_PRESETS["eighth"], folds=2, epochs=20, batch_size=4, seed=0, device="cpu",
-                synthetic=True))
+            logic.setParameters(
+                p,
+                tp.TrainingParameters(
+                    source="scene",
+                    output_folder=str(work),
+                    run_name="selftest",
+                    size=16,
+                    widths=tp.WIDTH_PRESETS["eighth"],
+                    folds=2,
+                    epochs=20,
+                    batch_size=4,
+                    seed=0,
+                    device="cpu",
+                    synthetic=True,
+                ),
+            )
             widget.updateGUI()  # makes the labels table of the scene source
             scene_dataset.fill_labels_table(p.labelsTable, volumes, labels)
 

@@ -78,16 +78,27 @@ def make_small_model(seed: int = 0, arch: str = "resnet10", **params) -> torch.n
     return model.eval()
 
 
-def make_bundle(path: Path, n_models: int = 1, seed: int = 0, synthetic: bool = True,
-                models: list[torch.nn.Module] | None = None, arch_params: dict | None = None, **meta) -> Path:
+def make_bundle(
+    path: Path,
+    n_models: int = 1,
+    seed: int = 0,
+    synthetic: bool = True,
+    models: list[torch.nn.Module] | None = None,
+    arch_params: dict | None = None,
+    **meta,
+) -> Path:
     """Write a small real bundle (random weights, marked as synthetic test data) of ``models``, by default
     ``n_models`` small ResNet-10s; ``arch_params`` are added to the small widths (e.g. a ``cam_layer``)."""
     models = models if models is not None else [make_small_model(seed + k) for k in range(n_models)]
     metadata = default_metadata(
-        path.name, arch="resnet10", arch_params={"widths": list(SMALL_WIDTHS), **(arch_params or {})},
+        path.name,
+        arch="resnet10",
+        arch_params={"widths": list(SMALL_WIDTHS), **(arch_params or {})},
         preprocess=PreprocessConfig(size=SMALL_SIZE),
         training_data={"description": "test fixture (random weights)", "synthetic": synthetic, "trained": True},
-        provenance="pytest fixture", **meta)
+        provenance="pytest fixture",
+        **meta,
+    )
     return save_bundle(path, [m.state_dict() for m in models], metadata)
 
 

@@ -27,16 +27,43 @@ from GloResNetLib.preprocessing import PreprocessConfig, preprocess
 from safetensors.torch import load_file
 from training_fixtures import TINY_WIDTHS, subprocess_env, write_cohort
 
-TINY = ["--size", "16", "--folds", "3", "--epochs", "2", "--batch-size", "8", "--seed", "0",
-        "--widths", "8,16,32,64", "--no-tensorboard", "--num-threads", "1"]
-CLASSIFIER_FIELDS = {"probability", "label", "label_name", "threshold", "view_probabilities",
-                     "model_probabilities", "spread"}
+TINY = [
+    "--size",
+    "16",
+    "--folds",
+    "3",
+    "--epochs",
+    "2",
+    "--batch-size",
+    "8",
+    "--seed",
+    "0",
+    "--widths",
+    "8,16,32,64",
+    "--no-tensorboard",
+    "--num-threads",
+    "1",
+]
+CLASSIFIER_FIELDS = {
+    "probability",
+    "label",
+    "label_name",
+    "threshold",
+    "view_probabilities",
+    "model_probabilities",
+    "spread",
+}
 
 
 def cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     """``python -m GloResNetLib ARGS`` in a real subprocess."""
-    return subprocess.run([sys.executable, "-m", "GloResNetLib", *args], capture_output=True, text=True,
-                          env=subprocess_env(1), timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "GloResNetLib", *args],
+        capture_output=True,
+        text=True,
+        env=subprocess_env(1),
+        timeout=timeout,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -44,11 +71,17 @@ def age_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("age_bundle")
     manifest = write_cohort(root / "cohort", n_subjects=12, synthetic_marker=True)
     out = root / "age"
-    proc = cli("pretrain-age", "--manifest", str(manifest), "--out", str(out), "--cache-dir", str(root / "cache"),
-               *TINY)
+    proc = cli(
+        "pretrain-age", "--manifest", str(manifest), "--out", str(out), "--cache-dir", str(root / "cache"), *TINY
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return {"root": root, "out": out, "bundle": out / "bundle", "proc": proc,
-            "volume": sorted((root / "cohort" / "images").glob("*.nii.gz"))[0]}
+    return {
+        "root": root,
+        "out": out,
+        "bundle": out / "bundle",
+        "proc": proc,
+        "volume": sorted((root / "cohort" / "images").glob("*.nii.gz"))[0],
+    }
 
 
 def expected_ages(bundle_dir: Path, volume: Path) -> np.ndarray:
@@ -106,8 +139,9 @@ def test_pretrain_age_writes_a_checked_age_bundle(age_run):
 
 def test_predict_reports_age_weeks_in_json_and_on_the_console(age_run, tmp_path):
     volume, bundle_dir = age_run["volume"], age_run["bundle"]
-    proc = cli("predict", str(volume), "--model", str(bundle_dir), "--out", str(tmp_path / "a"), "--json",
-               "--device", "cpu")
+    proc = cli(
+        "predict", str(volume), "--model", str(bundle_dir), "--out", str(tmp_path / "a"), "--json", "--device", "cpu"
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     (record,) = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     assert json.loads((tmp_path / "a" / "sub00_ses0.json").read_text()) == record
@@ -126,8 +160,9 @@ def test_predict_reports_age_weeks_in_json_and_on_the_console(age_run, tmp_path)
     data = np.asarray(cam.dataobj)
     assert np.isfinite(data).all() and data.min() >= 0 and data.max() <= 1 + 1e-6
 
-    no_cam = cli("predict", str(volume), "--model", str(bundle_dir), "--out", str(tmp_path / "b"), "--no-cam",
-                 "--device", "cpu")
+    no_cam = cli(
+        "predict", str(volume), "--model", str(bundle_dir), "--out", str(tmp_path / "b"), "--no-cam", "--device", "cpu"
+    )
     assert no_cam.returncode == 0, no_cam.stderr[-2000:]
     assert sorted(p.name for p in (tmp_path / "b").iterdir()) == ["sub00_ses0.json", "sub00_ses0_resampled.nii.gz"]
     quiet = json.loads((tmp_path / "b" / "sub00_ses0.json").read_text())
@@ -152,14 +187,17 @@ def test_tampered_age_bundle_is_refused(age_run, tmp_path):
     assert proc.stdout == "" and (not out.exists() or not any(out.iterdir()))
 
 
-@pytest.mark.parametrize("change, message", [
-    (lambda m: m["target"].update(scale=[1.0, -2.0, 1.0]), "target.scale must be positive"),
-    (lambda m: m["target"].update(offset=[35.0, 36.0]), "target.offset lists 2 values for 3"),
-    (lambda m: m["target"].update(offset=[35.0, float("nan"), 36.0]), "finite numbers"),
-    (lambda m: m.pop("target"), "needs a 'target' object"),
-    (lambda m: m.update(num_classes=2), "num_classes 1"),
-    (lambda m: m.update(task="segmentation"), "'task' must be one of classification, age_regression"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda m: m["target"].update(scale=[1.0, -2.0, 1.0]), "target.scale must be positive"),
+        (lambda m: m["target"].update(offset=[35.0, 36.0]), "target.offset lists 2 values for 3"),
+        (lambda m: m["target"].update(offset=[35.0, float("nan"), 36.0]), "finite numbers"),
+        (lambda m: m.pop("target"), "needs a 'target' object"),
+        (lambda m: m.update(num_classes=2), "num_classes 1"),
+        (lambda m: m.update(task="segmentation"), "'task' must be one of classification, age_regression"),
+    ],
+)
 def test_age_metadata_is_checked(age_run, tmp_path, change, message):
     bundle_dir = tmp_path / "bundle"
     shutil.copytree(age_run["bundle"], bundle_dir)
@@ -216,7 +254,8 @@ def test_slicer_adapter_records_the_age(age_run):
         assert "SYNTHETIC" in row["Model"]
         texts = nodes.texts()
         assert texts["caption"] == "Estimated age (PMA):" and texts["probability"].startswith(
-            f"{nodes.age_weeks:.1f} weeks")
+            f"{nodes.age_weeks:.1f} weeks"
+        )
         assert nodes.cam is not None and nodes.cam.GetImageData().GetDimensions() == array.shape
         (again,) = predict_nodes([node], age_run["bundle"], device="cpu", show=False)  # in process
         assert again.age_weeks == pytest.approx(nodes.age_weeks, abs=1e-4) and again.table.GetNumberOfRows() == 2
@@ -242,10 +281,13 @@ def test_age_saliency_is_the_gradcam_of_the_ensembles_age(tmp_path):
             model(torch.randn(2, 1, *size))  # non-trivial BatchNorm statistics
             model.fc.weight.abs_()  # the age rises with the (non-negative) features: a non-zero map
         models.append(model.eval())
-    meta = default_metadata("age48", arch_params={"widths": TINY_WIDTHS}, preprocess=PreprocessConfig(size=size),
-                            training_data={"description": "pytest random weights", "synthetic": True},
-                            extra={"task": AGE_REGRESSION, "num_classes": 1,
-                                   "target": age_target([36.0, 38.0], [1.0, 5.0])})
+    meta = default_metadata(
+        "age48",
+        arch_params={"widths": TINY_WIDTHS},
+        preprocess=PreprocessConfig(size=size),
+        training_data={"description": "pytest random weights", "synthetic": True},
+        extra={"task": AGE_REGRESSION, "num_classes": 1, "target": age_target([36.0, 38.0], [1.0, 5.0])},
+    )
     for key in ("class_names", "threshold"):
         meta.pop(key)
     with pytest.raises(BundleError, match="target.offset lists 2 values for 3"):
@@ -254,8 +296,10 @@ def test_age_saliency_is_the_gradcam_of_the_ensembles_age(tmp_path):
     bundle = load_bundle(save_bundle(tmp_path / "age48", [m.state_dict() for m in models], meta))
     r = predict(bundle, make_head_volume(seed=4), example_affine(), tta=False)
     x = torch.from_numpy(r.resampled)[None, None]
-    raw = [GradCAM(nn_module=m, target_layers="layer4", postprocessing=lambda m: m)(x, class_idx=0)[0, 0]
-           .detach().numpy() for m in bundle.models]
+    raw = [
+        GradCAM(nn_module=m, target_layers="layer4", postprocessing=lambda m: m)(x, class_idx=0)[0, 0].detach().numpy()
+        for m in bundle.models
+    ]
     with torch.no_grad():
         outputs = [float(m(x)[0, 0]) for m in bundle.models]
     assert r.model_age_weeks == pytest.approx([36.0 + outputs[0], 38.0 + 5.0 * outputs[1]], abs=1e-3)

@@ -86,7 +86,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
         stack.append(node)
         for nxt in sorted(graph.get(node, ())):
             if state.get(nxt) == 1:
-                return stack[stack.index(nxt):] + [nxt]
+                return stack[stack.index(nxt) :] + [nxt]
             if nxt not in state:
                 found = visit(nxt)
                 if found:
@@ -141,9 +141,13 @@ def test_every_library_import_names_a_module_of_the_library():
 
 def private_imports(path: Path, modules: dict[str, Path]) -> list[str]:
     """The private names (``_x``, not ``__x__`` nor a submodule ``_x``) that a file imports from the library."""
-    return [f"{path.relative_to(path.parents[2])} imports {n} from {module}"
-            for module, names in imports(path) if module.startswith("GloResNetLib")
-            for n in names if n.startswith("_") and not n.startswith("__") and f"{module}.{n}" not in modules]
+    return [
+        f"{path.relative_to(path.parents[2])} imports {n} from {module}"
+        for module, names in imports(path)
+        if module.startswith("GloResNetLib")
+        for n in names
+        if n.startswith("_") and not n.startswith("__") and f"{module}.{n}" not in modules
+    ]
 
 
 def test_no_private_name_is_imported_from_another_module():
@@ -157,10 +161,13 @@ def test_no_private_name_is_imported_from_another_module():
 def test_the_private_import_reader_sees_a_private_import(tmp_path):
     sample = tmp_path / "a" / "b" / "sample.py"
     sample.parent.mkdir(parents=True)
-    sample.write_text("from GloResNetLib.io import read_volume\n\ndef f():\n"
-                      "    from GloResNetLib.training.run import _read_json, __all__\n")
+    sample.write_text(
+        "from GloResNetLib.io import read_volume\n\ndef f():\n"
+        "    from GloResNetLib.training.run import _read_json, __all__\n"
+    )
     assert private_imports(sample, library_modules()) == [
-        "a/b/sample.py imports _read_json from GloResNetLib.training.run"]
+        "a/b/sample.py imports _read_json from GloResNetLib.training.run"
+    ]
 
 
 def test_the_cycle_finder_finds_a_cycle():
@@ -185,6 +192,9 @@ def test_the_import_reader_sees_imports_inside_functions(tmp_path):
 def test_the_disclaimer_is_written_once():
     from GloResNetLib.disclaimer import DISCLAIMER
 
-    written = [str(p.relative_to(REPO)) for p in python_files(REPO / "GloResNet", REPO / "GloResNetTraining")
-               if DISCLAIMER in p.read_text() and p.name != "disclaimer.py"]
+    written = [
+        str(p.relative_to(REPO))
+        for p in python_files(REPO / "GloResNet", REPO / "GloResNetTraining")
+        if DISCLAIMER in p.read_text() and p.name != "disclaimer.py"
+    ]
     assert not written, f"import GloResNetLib.disclaimer.DISCLAIMER instead of writing it in {written}"

@@ -15,8 +15,19 @@ from GloResNetLib.errors import BundleError, InputError
 def test_roundtrip_metadata_and_weights(tmp_path):
     path = make_bundle(tmp_path / "b", n_models=2)
     meta = json.loads((path / "metadata.json").read_text())
-    for key in ("arch", "arch_params", "preprocess", "class_names", "threshold", "training_data", "cv_metrics",
-                "library_version", "created", "weights", "provenance"):
+    for key in (
+        "arch",
+        "arch_params",
+        "preprocess",
+        "class_names",
+        "threshold",
+        "training_data",
+        "cv_metrics",
+        "library_version",
+        "created",
+        "weights",
+        "provenance",
+    ):
         assert key in meta
     assert [w["file"] for w in meta["weights"]] == ["model_fold0.safetensors", "model_fold1.safetensors"]
     assert meta["weights"][0]["sha256"] == sha256_file(path / "model_fold0.safetensors")
@@ -67,13 +78,16 @@ def test_missing_files_refused(tmp_path):
         load_bundle(tmp_path / "nothing")
 
 
-@pytest.mark.parametrize("edit, message", [
-    (lambda m: m.pop("training_data"), "lacks training_data"),
-    (lambda m: m.update(threshold=1.5), "threshold"),
-    (lambda m: m.update(class_names=["a"]), "num_classes"),
-    (lambda m: m.update(format_version=99), "newer"),
-    (lambda m: m.update(preprocess={"size": [3, 3, 3]}), "preprocess.size"),
-])
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda m: m.pop("training_data"), "lacks training_data"),
+        (lambda m: m.update(threshold=1.5), "threshold"),
+        (lambda m: m.update(class_names=["a"]), "num_classes"),
+        (lambda m: m.update(format_version=99), "newer"),
+        (lambda m: m.update(preprocess={"size": [3, 3, 3]}), "preprocess.size"),
+    ],
+)
 def test_bad_metadata_refused(tmp_path, edit, message):
     path = make_bundle(tmp_path / "b")
     meta = json.loads((path / "metadata.json").read_text())

@@ -26,8 +26,13 @@ def _edit(path, edit) -> None:
 
 
 def _info(path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "GloResNetLib", "bundle", "info", str(path)], capture_output=True,
-                          text=True, env=subprocess_env(), timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "GloResNetLib", "bundle", "info", str(path)],
+        capture_output=True,
+        text=True,
+        env=subprocess_env(),
+        timeout=300,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -42,35 +47,41 @@ def _nested(depth: int):
     return value
 
 
-@pytest.mark.parametrize("edit, message", [
-    (lambda m: m.update(threshold="abc"), "'threshold' must be a number"),
-    (lambda m: m.update(threshold=float("nan")), "'threshold' must be a number"),
-    (lambda m: m.update(threshold=True), "'threshold' must be a number"),
-    (lambda m: m.update(format_version=None), "'format_version' must be a positive integer"),
-    (lambda m: m.update(format_version="1"), "'format_version' must be a positive integer"),
-    (lambda m: m.update(arch_params=[1, 2]), "'arch_params' must be an object"),
-    (lambda m: m.update(arch_params={"widths": [32768] * 4}), "'arch_params.widths' must be a list of 4-4 integers"),
-    (lambda m: m.update(arch_params={"widths": [8, 16]}), "'arch_params.widths'"),
-    (lambda m: m.update(arch_params={"bogus": 1}), "not a known architecture parameter"),
-    (lambda m: m.update(arch_params={"cam_layer": "layer9"}), "'arch_params.cam_layer' must be one of"),
-    (lambda m: m.update(tta_axes=[5]), "'tta_axes'"),
-    (lambda m: m.update(tta_axes=[0, 0]), "'tta_axes'"),
-    (lambda m: m.update(tta_axes="0"), "'tta_axes'"),
-    (lambda m: m.update(class_names=["no BI", "no BI"]), "'class_names'"),
-    (lambda m: m.update(class_names=[1, 2]), "'class_names'"),
-    (lambda m: m.update(num_classes=1), "'num_classes'"),
-    (lambda m: m.update(preprocess=[]), "'preprocess' must be an object"),
-    (lambda m: m.update(preprocess={"size": [64, 64, "x"]}), "'preprocess.size'"),
-    (lambda m: m.update(preprocess={"size": [64, 64, 64], "antialias": "yes"}), "'preprocess.antialias'"),
-    (lambda m: m.update(preprocess={"normalization": "minmax"}), "'preprocess.normalization'"),
-    (lambda m: m.update(training_data={"synthetic": "no"}), "'training_data.synthetic'"),
-    (lambda m: m.update(name=""), "'name' must not be empty"),
-    (lambda m: m.update(task="segmentation"), "'task' must be one of"),
-    (lambda m: m.update(target=[1]), "'target' must be an object"),
-    (lambda m: m.update(weights=[{"file": "../outside.safetensors", "sha256": "0" * 64}]), "plain file name"),
-    (lambda m: m.update(weights=[]), "'weights' must list"),
-    (lambda m: m.update(cv_metrics=_nested(MAX_DEPTH + 2)), "nested more than"),
-])
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda m: m.update(threshold="abc"), "'threshold' must be a number"),
+        (lambda m: m.update(threshold=float("nan")), "'threshold' must be a number"),
+        (lambda m: m.update(threshold=True), "'threshold' must be a number"),
+        (lambda m: m.update(format_version=None), "'format_version' must be a positive integer"),
+        (lambda m: m.update(format_version="1"), "'format_version' must be a positive integer"),
+        (lambda m: m.update(arch_params=[1, 2]), "'arch_params' must be an object"),
+        (
+            lambda m: m.update(arch_params={"widths": [32768] * 4}),
+            "'arch_params.widths' must be a list of 4-4 integers",
+        ),
+        (lambda m: m.update(arch_params={"widths": [8, 16]}), "'arch_params.widths'"),
+        (lambda m: m.update(arch_params={"bogus": 1}), "not a known architecture parameter"),
+        (lambda m: m.update(arch_params={"cam_layer": "layer9"}), "'arch_params.cam_layer' must be one of"),
+        (lambda m: m.update(tta_axes=[5]), "'tta_axes'"),
+        (lambda m: m.update(tta_axes=[0, 0]), "'tta_axes'"),
+        (lambda m: m.update(tta_axes="0"), "'tta_axes'"),
+        (lambda m: m.update(class_names=["no BI", "no BI"]), "'class_names'"),
+        (lambda m: m.update(class_names=[1, 2]), "'class_names'"),
+        (lambda m: m.update(num_classes=1), "'num_classes'"),
+        (lambda m: m.update(preprocess=[]), "'preprocess' must be an object"),
+        (lambda m: m.update(preprocess={"size": [64, 64, "x"]}), "'preprocess.size'"),
+        (lambda m: m.update(preprocess={"size": [64, 64, 64], "antialias": "yes"}), "'preprocess.antialias'"),
+        (lambda m: m.update(preprocess={"normalization": "minmax"}), "'preprocess.normalization'"),
+        (lambda m: m.update(training_data={"synthetic": "no"}), "'training_data.synthetic'"),
+        (lambda m: m.update(name=""), "'name' must not be empty"),
+        (lambda m: m.update(task="segmentation"), "'task' must be one of"),
+        (lambda m: m.update(target=[1]), "'target' must be an object"),
+        (lambda m: m.update(weights=[{"file": "../outside.safetensors", "sha256": "0" * 64}]), "plain file name"),
+        (lambda m: m.update(weights=[]), "'weights' must list"),
+        (lambda m: m.update(cv_metrics=_nested(MAX_DEPTH + 2)), "nested more than"),
+    ],
+)
 def test_schema_refuses_bad_fields_with_one_line(good_meta, edit, message):
     meta = json.loads(json.dumps(good_meta))
     edit(meta)
@@ -82,8 +93,11 @@ def test_schema_refuses_bad_fields_with_one_line(good_meta, edit, message):
 def test_schema_accepts_the_written_metadata_and_an_age_regression_bundle(good_meta):
     assert validate_metadata(json.loads(json.dumps(good_meta))) is not None
     age = {k: v for k, v in good_meta.items() if k not in ("class_names", "threshold")}
-    age.update(task="age_regression", num_classes=1,
-               target={"name": "postmenstrual age at scan", "unit": "weeks", "mean": 40.1, "sd": 2.3})
+    age.update(
+        task="age_regression",
+        num_classes=1,
+        target={"name": "postmenstrual age at scan", "unit": "weeks", "mean": 40.1, "sd": 2.3},
+    )
     assert validate_metadata(age)["task"] == "age_regression"
     with pytest.raises(BundleError, match="target.mean"):
         validate_metadata(dict(age, target={"mean": float("inf")}))
@@ -93,12 +107,15 @@ def test_arch_names_match_the_architectures():
     assert set(ARCH_NAMES) == set(ARCHITECTURES)
 
 
-@pytest.mark.parametrize("edit, message", [
-    (lambda m: m.update(threshold="abc"), "threshold"),
-    (lambda m: m.update(format_version=None), "format_version"),
-    (lambda m: m.update(arch_params=[1]), "arch_params"),
-    (lambda m: m.update(arch_params={"widths": [32768] * 4}), "widths"),
-])
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda m: m.update(threshold="abc"), "threshold"),
+        (lambda m: m.update(format_version=None), "format_version"),
+        (lambda m: m.update(arch_params=[1]), "arch_params"),
+        (lambda m: m.update(arch_params={"widths": [32768] * 4}), "widths"),
+    ],
+)
 def test_bundle_info_refuses_bad_metadata_exit_2_one_line(tmp_path, capsys, edit, message):
     path = make_bundle(tmp_path / "b")
     _edit(path, edit)
@@ -156,12 +173,15 @@ class _StateOnly:
         return self._state
 
 
-@pytest.mark.parametrize("change, message", [
-    (lambda s: s["conv1.weight"].view(-1)[3].fill_(float("nan")), "NaN or infinite"),
-    (lambda s: s["fc.weight"].view(-1)[0].fill_(float("inf")), "NaN or infinite"),
-    (lambda s: s.update({"conv1.weight": s["conv1.weight"].mul(50).to(torch.int8)}), "int8, expected floating"),
-    (lambda s: s["bn1.running_var"].view(-1)[0].fill_(-1.0), "negative variances"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda s: s["conv1.weight"].view(-1)[3].fill_(float("nan")), "NaN or infinite"),
+        (lambda s: s["fc.weight"].view(-1)[0].fill_(float("inf")), "NaN or infinite"),
+        (lambda s: s.update({"conv1.weight": s["conv1.weight"].mul(50).to(torch.int8)}), "int8, expected floating"),
+        (lambda s: s["bn1.running_var"].view(-1)[0].fill_(-1.0), "negative variances"),
+    ],
+)
 def test_unusable_weights_refused_at_load(tmp_path, change, message):
     path = _bundle_with(tmp_path, change)
     with pytest.raises(BundleError, match=message):
@@ -174,11 +194,14 @@ def test_save_bundle_refuses_metadata_that_would_not_load(tmp_path):
     assert list(tmp_path.iterdir()) == []  # nothing written, no partial folder
 
 
-@pytest.mark.parametrize("training_data, flag", [
-    ({"description": "dHCP", "synthetic": False, "trained": True}, ""),
-    ({"description": "phantoms", "synthetic": True, "trained": True}, SYNTHETIC_FLAG),
-    ({"description": "none", "synthetic": True, "trained": False}, UNTRAINED_FLAG),  # untrained wins
-])
+@pytest.mark.parametrize(
+    "training_data, flag",
+    [
+        ({"description": "dHCP", "synthetic": False, "trained": True}, ""),
+        ({"description": "phantoms", "synthetic": True, "trained": True}, SYNTHETIC_FLAG),
+        ({"description": "none", "synthetic": True, "trained": False}, UNTRAINED_FLAG),  # untrained wins
+    ],
+)
 def test_loading_and_the_models_list_read_metadata_alike_and_word_the_flags_alike(tmp_path, training_data, flag):
     path = make_bundle(tmp_path / "b")
     _edit(path, lambda m: m.update(training_data=training_data))

@@ -18,8 +18,9 @@ from test_models import _Exploit, medicalnet_checkpoint
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
     """Run ``python -m GloResNetLib ARGS`` as a real process."""
-    return subprocess.run([sys.executable, "-m", "GloResNetLib", *args], capture_output=True, text=True,
-                          env=subprocess_env(), timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "GloResNetLib", *args], capture_output=True, text=True, env=subprocess_env(), timeout=300
+    )
 
 
 def test_help_documents_every_command_and_option():
@@ -34,8 +35,9 @@ def test_help_documents_every_command_and_option():
 def test_predict_writes_outputs_and_summary(tmp_path, small_bundle):
     a = save_nifti(tmp_path / "case01.nii.gz", make_head_volume(), example_affine())
     b = save_nifti(tmp_path / "case02.nii", make_head_volume(seed=2, lesion=False), np.diag([1, 1, 1.2, 1]))
-    out = run_cli("predict", str(a), str(b), "--model", str(small_bundle), "--out", str(tmp_path / "out"),
-                  "--device", "cpu")
+    out = run_cli(
+        "predict", str(a), str(b), "--model", str(small_bundle), "--out", str(tmp_path / "out"), "--device", "cpu"
+    )
     assert out.returncode == 0, out.stderr
     assert "case01.nii.gz" in out.stdout and "P(BI)" in out.stdout and "SYNTHETIC" in out.stdout
     for stem, src in (("case01", a), ("case02", b)):
@@ -55,8 +57,21 @@ def test_predict_writes_outputs_and_summary(tmp_path, small_bundle):
 
 def test_predict_json_lines_and_progress(tmp_path, small_bundle, capsys):
     a = save_nifti(tmp_path / "x.nii.gz", make_head_volume(), example_affine())
-    code = main(["predict", str(a), "--model", str(small_bundle), "--out", str(tmp_path / "o"), "--json",
-                 "--no-tta", "--progress-json", "--device", "cpu"])
+    code = main(
+        [
+            "predict",
+            str(a),
+            "--model",
+            str(small_bundle),
+            "--out",
+            str(tmp_path / "o"),
+            "--json",
+            "--no-tta",
+            "--progress-json",
+            "--device",
+            "cpu",
+        ]
+    )
     captured = capsys.readouterr()
     assert code == 0
     lines = [json.loads(line) for line in captured.out.strip().splitlines()]  # events and records: one stream
@@ -69,8 +84,9 @@ def test_predict_json_lines_and_progress(tmp_path, small_bundle, capsys):
 
 
 def test_user_errors_exit_2_with_one_line_and_no_traceback(tmp_path, small_bundle):
-    out = run_cli("predict", str(tmp_path / "missing.nii.gz"), "--model", str(small_bundle),
-                  "--out", str(tmp_path / "o"))
+    out = run_cli(
+        "predict", str(tmp_path / "missing.nii.gz"), "--model", str(small_bundle), "--out", str(tmp_path / "o")
+    )
     assert out.returncode == 2 and "file not found" in out.stderr
     assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1
     out = run_cli("predict", "--model", str(small_bundle))
@@ -81,18 +97,25 @@ def test_corrupt_input_leaves_no_output_files(tmp_path, small_bundle, capsys):
     good = save_nifti(tmp_path / "good.nii.gz", make_head_volume(), example_affine())
     bad = tmp_path / "bad.nii.gz"
     bad.write_bytes(good.read_bytes()[:300])
-    code = main(["predict", str(bad), str(good), "--model", str(small_bundle), "--out", str(tmp_path / "o"),
-                 "--device", "cpu"])
+    code = main(
+        ["predict", str(bad), str(good), "--model", str(small_bundle), "--out", str(tmp_path / "o"), "--device", "cpu"]
+    )
     err = capsys.readouterr().err
     assert code == 2 and "bad.nii.gz" in err
     assert sorted(p.name for p in (tmp_path / "o").iterdir()) == [
-        "good.json", "good_cam.nii.gz", "good_resampled.nii.gz"]
+        "good.json",
+        "good_cam.nii.gz",
+        "good_resampled.nii.gz",
+    ]
 
 
-@pytest.mark.parametrize("vol, message", [
-    (np.full((10, 10, 10), 3.0, np.float32), "constant"),
-    (np.where(np.ones((10, 10, 10)), np.nan, 0).astype(np.float32), "NaN"),
-])
+@pytest.mark.parametrize(
+    "vol, message",
+    [
+        (np.full((10, 10, 10), 3.0, np.float32), "constant"),
+        (np.where(np.ones((10, 10, 10)), np.nan, 0).astype(np.float32), "NaN"),
+    ],
+)
 def test_bad_volumes_via_cli(tmp_path, small_bundle, capsys, vol, message):
     path = save_nifti(tmp_path / "v.nii.gz", vol, np.eye(4))
     code = main(["predict", str(path), "--model", str(small_bundle), "--out", str(tmp_path / "o")])
@@ -103,8 +126,9 @@ def test_bad_volumes_via_cli(tmp_path, small_bundle, capsys, vol, message):
 def test_device_cuda_without_cuda_is_a_user_error(tmp_path, small_bundle, head_nifti, capsys):
     if torch.cuda.is_available():
         pytest.skip("CUDA present")
-    code = main(["predict", str(head_nifti), "--model", str(small_bundle), "--out", str(tmp_path / "o"),
-                 "--device", "cuda"])
+    code = main(
+        ["predict", str(head_nifti), "--model", str(small_bundle), "--out", str(tmp_path / "o"), "--device", "cuda"]
+    )
     assert code == 2 and "CUDA is not available" in capsys.readouterr().err
 
 
@@ -116,8 +140,7 @@ def test_bad_bundle_is_a_user_error(tmp_path, head_nifti, capsys):
 
 def test_bundle_create_from_medicalnet_and_info(tmp_path, capsys):
     ckpt = medicalnet_checkpoint(tmp_path / "resnet_10.pth", build_model("resnet10"))
-    code = main(["bundle", "create", "--arch", "resnet10", "--pretrained", str(ckpt), "--out",
-                 str(tmp_path / "mn")])
+    code = main(["bundle", "create", "--arch", "resnet10", "--pretrained", str(ckpt), "--out", str(tmp_path / "mn")])
     assert code == 0
     meta = json.loads((tmp_path / "mn" / "metadata.json").read_text())
     assert "MedicalNet" in meta["provenance"] and meta["training_data"]["trained"] is False
@@ -129,8 +152,18 @@ def test_bundle_create_from_medicalnet_and_info(tmp_path, capsys):
 def test_bundle_create_from_trained_weights(tmp_path, capsys):
     model = build_model("resnet10")
     torch.save(model.state_dict(), str(tmp_path / "trained.pt"))
-    code = main(["bundle", "create", "--weights", str(tmp_path / "trained.pt"), "--out", str(tmp_path / "tb"),
-                 "--training-data", "in-house cohort, 40 infants"])
+    code = main(
+        [
+            "bundle",
+            "create",
+            "--weights",
+            str(tmp_path / "trained.pt"),
+            "--out",
+            str(tmp_path / "tb"),
+            "--training-data",
+            "in-house cohort, 40 infants",
+        ]
+    )
     assert code == 0
     assert main(["bundle", "info", str(tmp_path / "tb"), "--json"]) == 0
     meta = json.loads(capsys.readouterr().out.split("\n", 1)[1])

@@ -47,8 +47,17 @@ def tiny_runs(tmp_path_factory) -> dict:
     ckpt = {"state_dict": {f"module.{k}": v for k, v in donor.state_dict().items() if not k.startswith("fc.")}}
     torch.save(ckpt, base / "resnet_10_tiny.pth")
     rc = {
-        "r10": main(tiny_cli_args(plain, base / "r10", base / "cache", "--arch", "resnet10",
-                                  "--pretrained", str(base / "resnet_10_tiny.pth"))),
+        "r10": main(
+            tiny_cli_args(
+                plain,
+                base / "r10",
+                base / "cache",
+                "--arch",
+                "resnet10",
+                "--pretrained",
+                str(base / "resnet_10_tiny.pth"),
+            )
+        ),
         "mrf": main(tiny_cli_args(synthetic, base / "mrf", base / "cache", "--arch", "mrf_dsnet")),
     }
     marker.write_text(json.dumps({"r10": str(base / "r10"), "mrf": str(base / "mrf"), "rc": rc}))
@@ -63,8 +72,14 @@ def runs(tmp_path_factory):
 
 
 def gloresnet(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "GloResNetLib", *args], capture_output=True, text=True,
-                          env=subprocess_env(), cwd=cwd, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "GloResNetLib", *args],
+        capture_output=True,
+        text=True,
+        env=subprocess_env(),
+        cwd=cwd,
+        timeout=300,
+    )
 
 
 def flops_of(run_dir: Path) -> float:
@@ -83,8 +98,18 @@ def test_csv_table_has_both_runs_with_exact_figures(runs, tmp_path):
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     header = lines[0]
-    for col in ("run", "architecture", "params", "GFLOPs", "accuracy", "sensitivity", "specificity", "AUC",
-                "predict s", "data"):
+    for col in (
+        "run",
+        "architecture",
+        "params",
+        "GFLOPs",
+        "accuracy",
+        "sensitivity",
+        "specificity",
+        "AUC",
+        "predict s",
+        "data",
+    ):
         assert col in header
     row_r10 = next(line for line in lines if line.startswith("r10 "))
     row_mrf = next(line for line in lines if line.startswith("mrf "))
@@ -101,7 +126,8 @@ def test_csv_table_has_both_runs_with_exact_figures(runs, tmp_path):
         assert int(row["parameters"]) == count_parameters(bundle.models[0])
         assert f"{int(row['parameters']):,}" in (row_r10 if name == "r10" else row_mrf)
         assert int(row["flops"]) == flops_of(run_dir) and float(row["gflops"]) == pytest.approx(
-            flops_of(run_dir) / 1e9, rel=1e-12)
+            flops_of(run_dir) / 1e9, rel=1e-12
+        )
         summary = json.loads((run_dir / "metrics.json").read_text())["summary"]
         for m in METRICS:
             for s in ("mean", "sd"):
@@ -155,8 +181,7 @@ def test_json_output_with_predict_timing_on_a_synthetic_volume(runs, tmp_path):
 def test_predict_input_volume_and_in_process_timing(runs, tmp_path, capsys):
     vol = save_nifti(tmp_path / "vol.nii.gz", make_volume(np.random.default_rng(0), 1, shape=(20, 24, 18)))
     out = tmp_path / "t.json"
-    assert main(["compare", str(runs["mrf"]), "--predict-input", str(vol), "--repeats", "1",
-                 "--out", str(out)]) == 0
+    assert main(["compare", str(runs["mrf"]), "--predict-input", str(vol), "--repeats", "1", "--out", str(out)]) == 0
     doc = json.loads(out.read_text())
     assert doc["timing"]["volume_shape"] == [20, 24, 18] and doc["timing"]["source"] == str(vol)
     assert len(doc["runs"]) == 1 and doc["runs"][0]["predict_s"] > 0
@@ -169,7 +194,8 @@ def test_bad_folders_give_one_line_and_exit_2(runs, tmp_path, capsys):
     proc = gloresnet("compare", str(runs["mrf"]), str(plain), "--no-timing")
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr.strip().splitlines() == [
-        f"gloresnet: error: {plain}: not a training run folder (no config.json)"]
+        f"gloresnet: error: {plain}: not a training run folder (no config.json)"
+    ]
     unfinished = tmp_path / "unfinished"
     unfinished.mkdir()
     (unfinished / "config.json").write_text((runs["mrf"] / "config.json").read_text())
@@ -185,8 +211,11 @@ def test_bad_folders_give_one_line_and_exit_2(runs, tmp_path, capsys):
     body = cap.out.split("\n\n")[0].splitlines()[2:]
     assert [line.split()[0] for line in body] == ["r10"]
     # nothing left (after the warning), a wrong --out suffix, a missing folder: one error line, exit 2
-    for args in ([str(plain), "--skip-bad"], [str(runs["r10"]), "--out", str(tmp_path / "t.xlsx")],
-                 [str(tmp_path / "missing")]):
+    for args in (
+        [str(plain), "--skip-bad"],
+        [str(runs["r10"]), "--out", str(tmp_path / "t.xlsx")],
+        [str(tmp_path / "missing")],
+    ):
         assert main(["compare", *args, "--no-timing"]) == 2
         errors = [x for x in capsys.readouterr().err.splitlines() if x.startswith("gloresnet: error:")]
         assert len(errors) == 1
@@ -195,8 +224,11 @@ def test_bad_folders_give_one_line_and_exit_2(runs, tmp_path, capsys):
 def test_pretraining_source_names_the_file_and_task():
     from GloResNetLib.compare import _pretraining_source
 
-    age = {"format": "gloresnet-pretrained", "task": "brain-age regression (gloresnet pretrain-age; after AGE2HIE)",
-           "file": "age_backbone.safetensors"}
+    age = {
+        "format": "gloresnet-pretrained",
+        "task": "brain-age regression (gloresnet pretrain-age; after AGE2HIE)",
+        "file": "age_backbone.safetensors",
+    }
     cfg = {"pretrained": "/data/w/age_backbone.safetensors"}
     assert _pretraining_source(cfg, {"pretrained": age}) == "age_backbone.safetensors (brain-age regression)"
     assert _pretraining_source({"pretrained": "/m/resnet_10.pth"}, {}) == "resnet_10.pth"

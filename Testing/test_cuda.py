@@ -14,8 +14,7 @@ from conftest import example_affine, make_head_volume
 from GloResNetLib import load_bundle, predict
 from training_fixtures import tiny_config, write_cohort
 
-pytestmark = [pytest.mark.cuda,
-              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
 
 def _corr(a: np.ndarray, b: np.ndarray) -> float:
@@ -45,8 +44,11 @@ def test_training_on_cuda_with_mixed_precision(tmp_path):
 
     assert amp_dtype(torch.device("cuda"), True) in (torch.bfloat16, torch.float16)
     manifest = write_cohort(tmp_path / "cohort", n_subjects=12)
-    run = train_cv(tiny_config(manifest, tmp_path / "run", tmp_path / "cache", device="cuda", amp=True,
-                               folds=2, epochs=2, batch_size=4))
+    run = train_cv(
+        tiny_config(
+            manifest, tmp_path / "run", tmp_path / "cache", device="cuda", amp=True, folds=2, epochs=2, batch_size=4
+        )
+    )
     metrics = json.loads((run / "metrics.json").read_text())
     assert all(np.isfinite(v) for v in metrics["pooled"].values() if isinstance(v, float))
     bundle = load_bundle(run / "bundle", device="cpu")  # trained on the GPU, usable on a CPU

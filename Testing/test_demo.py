@@ -14,8 +14,13 @@ from GloResNetLib.demo_report import QUICK_WARNING
 
 def test_demo_quick_end_to_end(tmp_path):
     out = tmp_path / "demo"
-    proc = subprocess.run([sys.executable, "-m", "GloResNetLib", "demo", "--quick", "--out", str(out),
-                           "--device", "cpu"], capture_output=True, text=True, env=subprocess_env(), timeout=900)
+    proc = subprocess.run(
+        [sys.executable, "-m", "GloResNetLib", "demo", "--quick", "--out", str(out), "--device", "cpu"],
+        capture_output=True,
+        text=True,
+        env=subprocess_env(),
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "report:" in proc.stdout and "SYNTHETIC" in proc.stdout
     assert QUICK_WARNING in proc.stdout and QUICK_WARNING in proc.stderr  # at the start and in the summary
@@ -29,9 +34,17 @@ def test_demo_quick_end_to_end(tmp_path):
         assert method in ("Grad-CAM", "gradient") and len(deletion["saliency_drop"]) == 3
         assert len(deletion["random_drop"]) == 3 and deletion["n_cases"] >= 1
     html = (out / "report.html").read_text()
-    for needle in ("SYNTHETIC DATA", "not for clinical use", "cross-validation", "Pointing game",
-                   "Pointing game by the ensemble's call", QUICK_WARNING, "<th>seed</th><td>0</td>",
-                   "gloresnet-demo-quick-SYNTHETIC", "data:image/png;base64,"):
+    for needle in (
+        "SYNTHETIC DATA",
+        "not for clinical use",
+        "cross-validation",
+        "Pointing game",
+        "Pointing game by the ensemble's call",
+        QUICK_WARNING,
+        "<th>seed</th><td>0</td>",
+        "gloresnet-demo-quick-SYNTHETIC",
+        "data:image/png;base64,",
+    ):
         assert needle in html
     assert html.index("Saliency overlays") < html.index("<details>")
     # without --keep-data the synthetic volumes are gone; the held-out manifest and lesion masks stay
@@ -46,8 +59,13 @@ def test_demo_quick_end_to_end(tmp_path):
     # a second run into the same folder reuses the cohort and replaces the previous results
     marker = out / ".gloresnet-demo"
     assert marker.exists()
-    refused = subprocess.run([sys.executable, "-m", "GloResNetLib", "demo", "--quick", "--out", str(tmp_path)],
-                             capture_output=True, text=True, env=subprocess_env(), timeout=120)
+    refused = subprocess.run(
+        [sys.executable, "-m", "GloResNetLib", "demo", "--quick", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        env=subprocess_env(),
+        timeout=120,
+    )
     assert refused.returncode == 2 and "not made by 'gloresnet demo'" in refused.stderr
 
 
@@ -69,10 +87,21 @@ def test_remove_data_keeps_masks_and_a_rerun_regenerates(tmp_path):
 
 
 def test_demo_help_states_time_disk_and_keep_data():
-    proc = subprocess.run([sys.executable, "-m", "GloResNetLib", "demo", "--help"], capture_output=True, text=True,
-                          env=subprocess_env(), timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "GloResNetLib", "demo", "--help"],
+        capture_output=True,
+        text=True,
+        env=subprocess_env(),
+        timeout=120,
+    )
     text = " ".join(proc.stdout.split())
     assert proc.returncode == 0
-    for needle in ("--keep-data", "about 500 s on a 2-core CPU", "637 MB", "~/.cache/gloresnet",
-                   "rm -r DIR ~/.cache/gloresnet", "figures mean nothing"):
+    for needle in (
+        "--keep-data",
+        "about 500 s on a 2-core CPU",
+        "637 MB",
+        "~/.cache/gloresnet",
+        "rm -r DIR ~/.cache/gloresnet",
+        "figures mean nothing",
+    ):
         assert needle in text, needle

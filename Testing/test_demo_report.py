@@ -25,24 +25,41 @@ def _records(small_bundle):
     hit, miss = score_saliency(r.cam, near, r.input_affine), score_saliency(r.cam, far, r.input_affine)
     assert hit.hit and not miss.hit
     reversed_map = r.cam_network[::-1].copy()  # a second "method" with another map
-    rows = [("a_pwml_hit", 1, "pwml", hit, 0.9), ("b_pwml_miss", 1, "pwml", miss, 0.4),
-            ("c_mixed_hit", 1, "pwml+ivh", hit, 0.95), ("d_ivh_miss", 1, "ivh", miss, 0.3),
-            ("e_healthy", 0, "", None, 0.2), ("f_false_positive", 0, "", None, 0.8)]
+    rows = [
+        ("a_pwml_hit", 1, "pwml", hit, 0.9),
+        ("b_pwml_miss", 1, "pwml", miss, 0.4),
+        ("c_mixed_hit", 1, "pwml+ivh", hit, 0.95),
+        ("d_ivh_miss", 1, "ivh", miss, 0.3),
+        ("e_healthy", 0, "", None, 0.2),
+        ("f_false_positive", 0, "", None, 0.8),
+    ]
     out = []
     for case, label, injuries, score, p in rows:
         result = dataclasses.replace(r, probability=p, label=int(p >= 0.5))
-        out.append({"case": case, "true_label": label, "result": result, "injuries": injuries,
-                    "lesion_network": None, "maps": {"Grad-CAM": r.cam_network, "occlusion": reversed_map},
-                    "scores": {} if score is None else {"Grad-CAM": score, "occlusion": miss}})
+        out.append(
+            {
+                "case": case,
+                "true_label": label,
+                "result": result,
+                "injuries": injuries,
+                "lesion_network": None,
+                "maps": {"Grad-CAM": r.cam_network, "occlusion": reversed_map},
+                "scores": {} if score is None else {"Grad-CAM": score, "occlusion": miss},
+            }
+        )
     return out
 
 
 def test_overlays_show_a_hit_and_a_miss_of_each_lesion_type(small_bundle):
     chosen = choose_overlays(_records(small_bundle), "Grad-CAM")
     assert [(tag, h["case"]) for tag, h in chosen] == [
-        ("ivh: hit", "c_mixed_hit"), ("ivh: miss", "d_ivh_miss"), ("pwml: hit", "a_pwml_hit"),
-        ("pwml: miss", "b_pwml_miss"), ("healthy: false positive", "f_false_positive"),
-        ("healthy: called no BI", "e_healthy")]
+        ("ivh: hit", "c_mixed_hit"),
+        ("ivh: miss", "d_ivh_miss"),
+        ("pwml: hit", "a_pwml_hit"),
+        ("pwml: miss", "b_pwml_miss"),
+        ("healthy: false positive", "f_false_positive"),
+        ("healthy: called no BI", "e_healthy"),
+    ]
 
 
 def test_demo_report_layout(tmp_path, small_bundle):
@@ -56,28 +73,43 @@ def test_demo_report_layout(tmp_path, small_bundle):
     (run_dir / "learning_curves.png").write_bytes(png_bytes(plt.figure(figsize=(4, 2))))
     metrics = {"summary": {"auc": {"mean": 0.9, "sd": 0.05, "best": 0.97}}, "pooled": {"auc": 0.91}}
     records = _records(small_bundle)
-    path = write_demo_report(tmp_path, SETTINGS["quick"], "quick", 7, run_dir, metrics, records, {"total": 3.0},
-                             "demo-bundle-SYNTHETIC", BANNER)
+    path = write_demo_report(
+        tmp_path,
+        SETTINGS["quick"],
+        "quick",
+        7,
+        run_dir,
+        metrics,
+        records,
+        {"total": 3.0},
+        "demo-bundle-SYNTHETIC",
+        BANNER,
+    )
     text = path.read_text()
     assert QUICK_WARNING in text and "<th>seed</th><td>7</td>" in text and "demo-bundle-SYNTHETIC" in text
     assert "<th>GloResNet library</th>" in text and "<th>date</th>" in text
-    order = [text.index(s) for s in ("Summary:", "Learning curves", "Saliency check", "Saliency overlays",
-                                     "<details>", "Run time")]
+    order = [
+        text.index(s)
+        for s in ("Summary:", "Learning curves", "Saliency check", "Saliency overlays", "<details>", "Run time")
+    ]
     assert order == sorted(order)  # the 6-row table comes collapsed, after the saliency sections
     assert 'alt="learning_curves" width="1100"' in text
     for line in ("TTA spread:", "Pooled out-of-fold:", "Peak to lesion:"):
         assert line in text
-    saliency = text[text.index("Saliency check"):text.index("Saliency overlays")]
+    saliency = text[text.index("Saliency check") : text.index("Saliency overlays")]
     assert re.search(r"<td>Grad-CAM</td><td>0\.50</td>", saliency) and "<td>occlusion</td><td>0.00</td>" in saliency
-    assert "Pointing game by the ensemble's call (occlusion): 0/2 hits among injured cases the ensemble " \
+    assert (
+        "Pointing game by the ensemble's call (occlusion): 0/2 hits among injured cases the ensemble "
         "called BI; 0/2 hits among injured cases the ensemble called no BI." in saliency
+    )
     assert "<th>ivh</th><th>pwml</th>" in saliency and "<td>1/2</td><td>2/3</td>" in saliency  # by lesion type
-    overlays = text[text.index("Saliency overlays"):text.index("<details>")]
+    overlays = text[text.index("Saliency overlays") : text.index("<details>")]
     assert overlays.count("<img") == 6 and 'alt="pwml: miss b_pwml_miss"' in overlays
-    table = text[text.index("<details>"):]
+    table = text[text.index("<details>") :]
     assert "pointing game (occlusion)" in table and "pointing game (Grad-CAM)" in table
-    cpu = write_demo_report(tmp_path, SETTINGS["cpu"], "cpu", 0, run_dir, metrics, records[4:5], {"total": 3.0},
-                            "b", BANNER).read_text()
+    cpu = write_demo_report(
+        tmp_path, SETTINGS["cpu"], "cpu", 0, run_dir, metrics, records[4:5], {"total": 3.0}, "b", BANNER
+    ).read_text()
     assert QUICK_WARNING not in cpu
 
 

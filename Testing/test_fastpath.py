@@ -15,15 +15,20 @@ from GloResNetLib.preprocessing import PreprocessConfig, memory_order_view, prep
 from test_preprocessing import flip_axis
 
 
-@pytest.mark.parametrize("arch", ["resnet10", "resnet10_dilated", "resnet18", "resnet10_dilated-nopool",
-                                  "resnet10-layer2"])
+@pytest.mark.parametrize(
+    "arch", ["resnet10", "resnet10_dilated", "resnet18", "resnet10_dilated-nopool", "resnet10-layer2"]
+)
 @pytest.mark.parametrize("pack", [True, False])
 def test_prepared_model_matches_the_model(arch, pack):
     arch, _, variant = arch.partition("-")
     extra = {"nopool": {"stem_pool": False}, "layer2": {"cam_layer": "layer2"}}.get(variant, {})
     model = make_small_model(arch=arch, **extra)
-    fast = fastnet.FastResNet(model, torch.device("cpu"), pack=pack and fastnet._mkldnn_ops(),
-                              blocked_stem=pack and torch.backends.mkldnn.is_available())
+    fast = fastnet.FastResNet(
+        model,
+        torch.device("cpu"),
+        pack=pack and fastnet._mkldnn_ops(),
+        blocked_stem=pack and torch.backends.mkldnn.is_available(),
+    )
     x = torch.randn(3, 1, 40, 35, 33)
     with torch.inference_mode():
         ref, got = model.features(x), fast.features(x)
@@ -81,8 +86,12 @@ def test_cam_upsampling_equals_two_trilinear_resamplings(storage):
 def test_preprocess_is_independent_of_memory_layout(layout):
     vol, aff = make_head_volume(), example_affine()
     ref = preprocess(vol, aff, PreprocessConfig(size=(24, 24, 24)))
-    arr = {"C": vol, "F": np.asfortranarray(vol), "flipped": np.flip(np.flip(vol, 0).copy(), 0),
-           "int16_F": np.asfortranarray(np.round(vol).astype(np.int16))}[layout]
+    arr = {
+        "C": vol,
+        "F": np.asfortranarray(vol),
+        "flipped": np.flip(np.flip(vol, 0).copy(), 0),
+        "int16_F": np.asfortranarray(np.round(vol).astype(np.int16)),
+    }[layout]
     view, perm, flipped = memory_order_view(arr)
     assert view.flags.c_contiguous
     np.testing.assert_array_equal(np.flip(arr, flipped).transpose(perm), view)
@@ -114,4 +123,3 @@ def test_written_volume_reads_back_identically_in_any_memory_order(tmp_path):
         path = write_volume(tmp_path / f"{name}.nii.gz", arr, aff)
         np.testing.assert_array_equal(nib.load(str(path)).get_fdata(dtype=np.float32), vol)
         np.testing.assert_array_equal(read_volume(path)[0], vol)
-

@@ -62,10 +62,25 @@ def test_saliency_names():
 def test_cli_writes_the_gradient_map_on_the_input_grid(tmp_path, small_bundle):
     vol, _ = lesion_volume()
     src = save_nifti(tmp_path / "case.nii.gz", vol, example_affine())
-    base = [sys.executable, "-m", "GloResNetLib", "predict", str(src), "--model", str(small_bundle), "--device",
-            "cpu", "--no-tta"]
-    out = subprocess.run([*base, "--out", str(tmp_path / "o"), "--saliency", "gradcam,gradient", "--json"],
-                         capture_output=True, text=True, env=subprocess_env(), timeout=300)
+    base = [
+        sys.executable,
+        "-m",
+        "GloResNetLib",
+        "predict",
+        str(src),
+        "--model",
+        str(small_bundle),
+        "--device",
+        "cpu",
+        "--no-tta",
+    ]
+    out = subprocess.run(
+        [*base, "--out", str(tmp_path / "o"), "--saliency", "gradcam,gradient", "--json"],
+        capture_output=True,
+        text=True,
+        env=subprocess_env(),
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr
     (record,) = [r for r in map(json.loads, out.stdout.strip().splitlines()) if "event" not in r]
     ref = nib.load(str(src))
@@ -76,7 +91,12 @@ def test_cli_writes_the_gradient_map_on_the_input_grid(tmp_path, small_bundle):
         np.testing.assert_allclose(img.affine, ref.affine, atol=1e-5)
         assert len(record[f"{key}_peak_ras"]) == 3
     assert "occlusion" not in record["outputs"] and record["occlusion_peak_ras"] is None
-    bad = subprocess.run([*base, "--out", str(tmp_path / "b"), "--saliency", "gradient,lime"],
-                         capture_output=True, text=True, env=subprocess_env(), timeout=300)
+    bad = subprocess.run(
+        [*base, "--out", str(tmp_path / "b"), "--saliency", "gradient,lime"],
+        capture_output=True,
+        text=True,
+        env=subprocess_env(),
+        timeout=300,
+    )
     assert bad.returncode == 2 and "Traceback" not in bad.stderr and "lime" in bad.stderr
     assert not (tmp_path / "b").exists()

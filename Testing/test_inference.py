@@ -109,8 +109,10 @@ def test_ensemble_gradcam_is_the_mean_of_the_members_raw_maps(tmp_path):
     b = load_bundle(make_bundle(tmp_path / "b", models=[weak, strong]))
     r = predict(b, make_head_volume(seed=4), example_affine(), tta=False)
     x = torch.from_numpy(r.resampled)[None, None]
-    raw = [GradCAM(nn_module=m, target_layers="layer4", postprocessing=lambda m: m)(x, class_idx=1)[0, 0]
-           .detach().numpy() for m in b.models]
+    raw = [
+        GradCAM(nn_module=m, target_layers="layer4", postprocessing=lambda m: m)(x, class_idx=1)[0, 0].detach().numpy()
+        for m in b.models
+    ]
     assert raw[1].max() > 5 * raw[0].max()
 
     def corr(a, b):

@@ -35,8 +35,12 @@ def test_read_nifti_int16_with_scaling(tmp_path):
 def test_read_nrrd_lps_matches_nifti(tmp_path):
     vol, aff = make_head_volume(), example_affine()
     lps = np.diag([-1.0, -1.0, 1.0, 1.0]) @ aff
-    header = {"space": "left-posterior-superior", "space directions": lps[:3, :3].T,
-              "space origin": lps[:3, 3], "kinds": ["domain"] * 3}
+    header = {
+        "space": "left-posterior-superior",
+        "space directions": lps[:3, :3].T,
+        "space origin": lps[:3, 3],
+        "kinds": ["domain"] * 3,
+    }
     nrrd.write(str(tmp_path / "a.nrrd"), vol, header)
     data, affine = read_volume(tmp_path / "a.nrrd")
     np.testing.assert_array_equal(data, vol)

@@ -81,8 +81,9 @@ def _read_in_child(path: Path) -> dict:
             error = type(exc).__name__ + ": " + str(exc)
         print(json.dumps({{"error": error, "peak_mb": peak_mb()}}))
     """)
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=subprocess_env(),
-                          timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=subprocess_env(), timeout=300
+    )
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -103,9 +104,11 @@ def test_nifti_gzip_bomb_refused_before_decompressing(tmp_path, kind):
 
 
 def test_nrrd_gzip_bomb_refused_before_decompressing(tmp_path):
-    header = (b"NRRD0004\ntype: float\ndimension: 3\nspace: left-posterior-superior\nsizes: 8 8 8\n"
-              b"space directions: (1,0,0) (0,1,0) (0,0,1)\nspace origin: (0,0,0)\nendian: little\n"
-              b"encoding: gzip\n\n")
+    header = (
+        b"NRRD0004\ntype: float\ndimension: 3\nspace: left-posterior-superior\nsizes: 8 8 8\n"
+        b"space directions: (1,0,0) (0,1,0) (0,0,1)\nspace origin: (0,0,0)\nendian: little\n"
+        b"encoding: gzip\n\n"
+    )
     path = tmp_path / "bomb.nrrd"
     path.write_bytes(header + _gzip_bomb(b"", 1 << 30))
     got = _read_in_child(path)
@@ -114,8 +117,10 @@ def test_nrrd_gzip_bomb_refused_before_decompressing(tmp_path):
 
 
 def test_nrrd_declared_size_checked_with_its_voxel_type(tmp_path):
-    header = (b"NRRD0004\ntype: double\ndimension: 3\nsizes: 1000 1000 300\nspace: left-posterior-superior\n"
-              b"space directions: (1,0,0) (0,1,0) (0,0,1)\nendian: little\nencoding: gzip\n\n")
+    header = (
+        b"NRRD0004\ntype: double\ndimension: 3\nsizes: 1000 1000 300\nspace: left-posterior-superior\n"
+        b"space directions: (1,0,0) (0,1,0) (0,0,1)\nendian: little\nencoding: gzip\n\n"
+    )
     (tmp_path / "big.nrrd").write_bytes(header + gzip.compress(bytes(1024)))
     with pytest.raises(InputError, match="8 bytes per voxel is too large"):
         read_volume(tmp_path / "big.nrrd")

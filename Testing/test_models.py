@@ -19,8 +19,11 @@ from GloResNetLib.models import (
 
 def medicalnet_checkpoint(path: Path, model: torch.nn.Module, drop_bn_counters: bool = True) -> Path:
     """A file in Tencent's format: {'state_dict': {'module.<name>': tensor}}, no classifier keys."""
-    state = {f"module.{k}": v.clone() for k, v in model.state_dict().items()
-             if not k.startswith("fc.") and not (drop_bn_counters and k.endswith("num_batches_tracked"))}
+    state = {
+        f"module.{k}": v.clone()
+        for k, v in model.state_dict().items()
+        if not k.startswith("fc.") and not (drop_bn_counters and k.endswith("num_batches_tracked"))
+    }
     torch.save({"state_dict": state}, str(path))
     return path
 
@@ -39,8 +42,9 @@ def test_resnet10_matches_medicalnet_size_and_shapes():
 def test_parameter_names_match_monai_medicalnet_layout():
     from monai.networks.nets import resnet10
 
-    ref = resnet10(spatial_dims=3, n_input_channels=1, conv1_t_stride=2, shortcut_type="B", num_classes=2,
-                   bias_downsample=False)
+    ref = resnet10(
+        spatial_dims=3, n_input_channels=1, conv1_t_stride=2, shortcut_type="B", num_classes=2, bias_downsample=False
+    )
     ours = build_model("resnet10")
     ref_shapes = {k: tuple(v.shape) for k, v in ref.state_dict().items()}
     our_shapes = {k: tuple(v.shape) for k, v in ours.state_dict().items()}
@@ -147,7 +151,8 @@ def test_every_architecture_keeps_the_backbone_contract(arch):
         torch.testing.assert_close(model(x), logits)
     cam = gradcam_map(model, feats, 1)
     assert cam.shape == (2, *feats.shape[2:]) and bool((cam >= 0).all())
-    assert isinstance(model, PoolingBackbone) == (arch in ("resnet10", "resnet10_dilated", "resnet18",
-                                                           "slice_resnet18"))
+    assert isinstance(model, PoolingBackbone) == (
+        arch in ("resnet10", "resnet10_dilated", "resnet18", "slice_resnet18")
+    )
     assert isinstance(model, GradCamBackbone) == (arch == "slice_resnet18")
     assert isinstance(model, PretrainedLoader) == (arch in ("acs_resnet18", "slice_resnet18"))

@@ -79,13 +79,19 @@ def blob_bundle(path: Path, arch: str, params: dict, size: int = 64):
     """A loaded one-model bundle of :func:`monotone` weights (network grid = a size^3 identity-affine input)."""
     torch.manual_seed(0)
     model = monotone(build_model(arch, **params))
-    meta = default_metadata(path.name, arch=arch, arch_params=params, preprocess=PreprocessConfig(size=size),
-                            training_data={"description": "test", "synthetic": True, "trained": True})
+    meta = default_metadata(
+        path.name,
+        arch=arch,
+        arch_params=params,
+        preprocess=PreprocessConfig(size=size),
+        training_data={"description": "test", "synthetic": True, "trained": True},
+    )
     return load_bundle(save_bundle(path, [model.state_dict()], meta))
 
 
-def planar_reference(x: torch.Tensor, w2d: torch.Tensor, bias: torch.Tensor | None, k: int, stride: int,
-                     padding: int, dilation: int) -> torch.Tensor:
+def planar_reference(
+    x: torch.Tensor, w2d: torch.Tensor, bias: torch.Tensor | None, k: int, stride: int, padding: int, dilation: int
+) -> torch.Tensor:
     """ACS by definition: one full k^3 convolution whose kernel is zero outside the central plane of each
     output group's view (group 0: plane orthogonal to axis 0, ...), split as acsconv 0.1.1 splits."""
     out = w2d.shape[0]
@@ -93,20 +99,31 @@ def planar_reference(x: torch.Tensor, w2d: torch.Tensor, bias: torch.Tensor | No
     full = torch.zeros(out, w2d.shape[1], k, k, k)
     start = 0
     for axis, n in enumerate(sizes):
-        block = w2d[start:start + n]
+        block = w2d[start : start + n]
         if axis == 0:
-            full[start:start + n, :, k // 2, :, :] = block
+            full[start : start + n, :, k // 2, :, :] = block
         elif axis == 1:
-            full[start:start + n, :, :, k // 2, :] = block
+            full[start : start + n, :, :, k // 2, :] = block
         else:
-            full[start:start + n, :, :, :, k // 2] = block
+            full[start : start + n, :, :, :, k // 2] = block
         start += n
     return F.conv3d(x, full, bias, stride, padding, dilation)
 
 
-@pytest.mark.parametrize(("cin", "cout", "k", "stride", "padding", "dilation"), [
-    (3, 8, 3, 1, 1, 1), (3, 8, 3, 2, 1, 1), (1, 64, 7, 2, 3, 1), (4, 10, 1, 2, 0, 1),
-    (2, 7, 3, 1, 0, 1), (2, 7, 3, 2, 0, 1), (3, 8, 3, 1, 2, 2), (3, 8, 5, 2, 1, 1), (3, 8, 3, 2, 2, 1)])
+@pytest.mark.parametrize(
+    ("cin", "cout", "k", "stride", "padding", "dilation"),
+    [
+        (3, 8, 3, 1, 1, 1),
+        (3, 8, 3, 2, 1, 1),
+        (1, 64, 7, 2, 3, 1),
+        (4, 10, 1, 2, 0, 1),
+        (2, 7, 3, 1, 0, 1),
+        (2, 7, 3, 2, 0, 1),
+        (3, 8, 3, 1, 2, 2),
+        (3, 8, 5, 2, 1, 1),
+        (3, 8, 3, 2, 2, 1),
+    ],
+)
 def test_acs_operator_equals_a_3d_convolution_with_planar_kernels(cin, cout, k, stride, padding, dilation):
     torch.manual_seed(k * 10 + stride)
     conv = ACSConv3d(cin, cout, k, stride=stride, padding=padding, dilation=dilation, bias=True)
@@ -130,8 +147,7 @@ def test_acs_split_and_views_in_the_ras_grid():
         x = torch.zeros(1, 1, 7, 7, 7)
         x[0, 0, 3, 3, 3] = 1.0
         y = conv(x)[0]
-    spans = [tuple(int(v) for v in (y[g] != 0).nonzero().amax(0) - (y[g] != 0).nonzero().amin(0) + 1)
-             for g in range(3)]
+    spans = [tuple(int(v) for v in (y[g] != 0).nonzero().amax(0) - (y[g] != 0).nonzero().amin(0) + 1) for g in range(3)]
     assert spans == [(1, 3, 3), (3, 1, 3), (3, 3, 1)]
     with pytest.raises(ValueError, match="odd"):
         ACSConv3d(1, 3, 2)
@@ -186,9 +202,15 @@ def test_2d_weights_map_one_to_one_into_acs_kernels(weights_2d, suffix):
     report = load_pretrained_weights(model, str(folder / f"resnet18_2d{suffix}"), arch="acs_resnet18")
     own = model.state_dict()
     assert torch.equal(own["conv1.weight"], state["conv1.weight"].sum(1, keepdim=True))  # RGB summed
-    for key in ("layer1.0.conv1.weight", "layer2.0.downsample.0.weight", "layer3.1.conv2.weight",
-                "layer4.1.bn2.weight", "layer4.1.bn2.running_var", "layer2.0.downsample.1.running_mean",
-                "bn1.num_batches_tracked"):
+    for key in (
+        "layer1.0.conv1.weight",
+        "layer2.0.downsample.0.weight",
+        "layer3.1.conv2.weight",
+        "layer4.1.bn2.weight",
+        "layer4.1.bn2.running_var",
+        "layer2.0.downsample.1.running_mean",
+        "bn1.num_batches_tracked",
+    ):
         assert torch.equal(own[key], state[key]), key
     assert sorted(report.dropped_head) == ["fc.bias", "fc.weight"] and report.unexpected == []
     assert report.missing == ["fc.bias", "fc.weight"] and len(report.loaded) == len(state) - 2
@@ -204,7 +226,7 @@ def test_2d_weights_map_one_to_one_into_acs_kernels(weights_2d, suffix):
         acs = model.conv1(vol)
     n0, n1, _ = acs_split(WIDTHS[0])
     for z in (2, 3):  # interior slices (padding along z does not reach them)
-        torch.testing.assert_close(acs[0, n0 + n1:, :, :, z], ref[0, n0 + n1:], atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(acs[0, n0 + n1 :, :, :, z], ref[0, n0 + n1 :], atol=1e-4, rtol=1e-4)
 
 
 def test_stem_adaptation_for_other_channel_counts():
@@ -231,11 +253,17 @@ def test_wrong_weight_files_are_refused_in_one_line(tmp_path, weights_2d):
     (tmp_path / "garbage.pth").write_bytes(b"not a zip file at all")
     model = build_model("acs_resnet18", widths=WIDTHS)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    cases = {"resnet_10.pth": "3D checkpoint", "pickled_object.pth": "not a PyTorch weights file|refused",
-             "pickled_module.pth": "refused", "resnet34ish.pth": "does not.*layer1.2",
-             "partial.safetensors": "lacks 10 ResNet-18 tensors", "wider.pth": "wrong architecture",
-             "garbage.safetensors": "safetensors", "garbage.pth": "not a PyTorch weights file",
-             "absent.pth": "not found"}
+    cases = {
+        "resnet_10.pth": "3D checkpoint",
+        "pickled_object.pth": "not a PyTorch weights file|refused",
+        "pickled_module.pth": "refused",
+        "resnet34ish.pth": "does not.*layer1.2",
+        "partial.safetensors": "lacks 10 ResNet-18 tensors",
+        "wider.pth": "wrong architecture",
+        "garbage.safetensors": "safetensors",
+        "garbage.pth": "not a PyTorch weights file",
+        "absent.pth": "not found",
+    }
     for name, match in cases.items():
         with pytest.raises(BundleError, match=match) as exc:
             load_pretrained_weights(model, str(tmp_path / name), arch="acs_resnet18")
@@ -267,8 +295,23 @@ def test_tiny_cv_run_through_the_cli_with_2d_weights(tmp_path):
     write_2d_weights(folder, widths=TINY_WIDTHS)
     cohort = write_cohort(tmp_path / "cohort", n_subjects=8)
     out = tmp_path / "run"
-    args = tiny_cli_args(cohort, out, tmp_path / "cache", "--arch", "acs_resnet18", "--size", "32", "--folds", "2",
-                         "--epochs", "1", "--batch-size", "4", "--pretrained", str(folder / "resnet18_2d.pth"))
+    args = tiny_cli_args(
+        cohort,
+        out,
+        tmp_path / "cache",
+        "--arch",
+        "acs_resnet18",
+        "--size",
+        "32",
+        "--folds",
+        "2",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "4",
+        "--pretrained",
+        str(folder / "resnet18_2d.pth"),
+    )
     assert main(args) == 0
     config = json.loads((out / "config.json").read_text())
     assert config["arch"] == "acs_resnet18" and config["arch_params"] == {"widths": TINY_WIDTHS}

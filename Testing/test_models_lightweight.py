@@ -88,14 +88,20 @@ def test_branches_are_depthwise_with_different_dilations():
 
 
 def test_json_parameters_and_bad_values():
-    model = build_model("mrf_dsnet", widths=[4, 8, 8, 16], depths=[0, 1, 2, 1], strides=[2, 2, 2, 2],
-                        act="hardswish").eval()
+    model = build_model(
+        "mrf_dsnet", widths=[4, 8, 8, 16], depths=[0, 1, 2, 1], strides=[2, 2, 2, 2], act="hardswish"
+    ).eval()
     assert any(isinstance(m, torch.nn.Hardswish) for m in model.modules())
     assert sum(isinstance(m, MRFUnit) for m in model.modules()) == 4
     with torch.no_grad():
         assert model.features(torch.zeros(1, 1, 32, 32, 32)).shape == (1, 16, 1, 1, 1)
-    for bad in ({"widths": [8, 16, 32]}, {"act": "gelu"}, {"strides": [2, 2, 3, 1]}, {"dilations": [0, 1]},
-                {"nonsense": 1}):
+    for bad in (
+        {"widths": [8, 16, 32]},
+        {"act": "gelu"},
+        {"strides": [2, 2, 3, 1]},
+        {"dilations": [0, 1]},
+        {"nonsense": 1},
+    ):
         with pytest.raises(BundleError, match="mrf_dsnet"):
             build_model("mrf_dsnet", **bad)
 
@@ -103,9 +109,13 @@ def test_json_parameters_and_bad_values():
 def test_gradcam_through_a_bundle_is_on_the_input_grid(tmp_path):
     size = (48, 40, 32)
     model = make_small_model(seed=3, arch="mrf_dsnet")
-    meta = default_metadata("mrf", arch="mrf_dsnet", arch_params={"widths": list(SMALL_WIDTHS)},
-                            preprocess=PreprocessConfig(size=size),
-                            training_data={"description": "test", "synthetic": True, "trained": True})
+    meta = default_metadata(
+        "mrf",
+        arch="mrf_dsnet",
+        arch_params={"widths": list(SMALL_WIDTHS)},
+        preprocess=PreprocessConfig(size=size),
+        training_data={"description": "test", "synthetic": True, "trained": True},
+    )
     bundle = load_bundle(save_bundle(tmp_path / "mrf", [model.state_dict()], meta))
     vol = make_head_volume((40, 48, 36))
     result = predict(bundle, vol, example_affine(), tta=True, cam=True)

@@ -60,8 +60,7 @@ def test_features_are_the_2d_encoder_applied_to_each_slice(axis):
         feats = model.features(x)
         for s in (0, 5, x.shape[2 + axis] - 1):
             image = x.select(2 + axis, s)  # (B, 1, H, W): the other two axes in increasing order
-            torch.testing.assert_close(feats.select(2 + axis, s), model.encoder.features(image),
-                                       atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(feats.select(2 + axis, s), model.encoder.features(image), atol=1e-5, rtol=1e-5)
 
 
 def test_position_embedding_fits_any_slice_count():
@@ -129,8 +128,7 @@ def test_slices_per_step_subsamples_in_training_only():
         model(x)
     assert seen[-1] == 2 * 24  # evaluation sees every slice
     hook.remove()
-    for bad in ({"slices_per_step": 0}, {"slice_axis": 3}, {"pooling": "sum"}, {"positions": 1},
-                {"widths": [8, 16]}):
+    for bad in ({"slices_per_step": 0}, {"slice_axis": 3}, {"pooling": "sum"}, {"positions": 1}, {"widths": [8, 16]}):
         with pytest.raises(BundleError, match="slice_resnet18"):
             build_model("slice_resnet18", **bad)
 
@@ -143,8 +141,9 @@ def test_gradcam_weights_each_slice_by_its_own_gradient():
     cam = gradcam_map(model, feats, 1)  # what inference does: the model's own gradcam
     a = feats.clone().requires_grad_(True)
     (grad,) = torch.autograd.grad(model.head(model.pool_features(a))[0, 1], a)
-    ref = torch.stack([F.relu(torch.einsum("c,cxz->xz", grad[0, :, :, s].mean((1, 2)), feats[0, :, :, s]))
-                       for s in range(9)], dim=1)  # slice s's channels weighted by slice s's mean gradient
+    ref = torch.stack(
+        [F.relu(torch.einsum("c,cxz->xz", grad[0, :, :, s].mean((1, 2)), feats[0, :, :, s])) for s in range(9)], dim=1
+    )  # slice s's channels weighted by slice s's mean gradient
     assert cam.shape == (1, 2, 9, 2) and cam.min() >= 0 and cam.max() > 0
     torch.testing.assert_close(cam[0], ref, atol=1e-6, rtol=1e-5)
     # not the same as one set of weights for the whole volume
@@ -158,8 +157,11 @@ def test_gradcam_through_predict_lights_only_the_lesion_slices(tmp_path, axis, p
     # non-negative kernels and neutral BatchNorm: slices without the ball have exactly zero features, so a
     # correct per-slice map is zero on them and positive on some of the ball's slices
     centre = (16, 40, 28)
-    bundle = blob_bundle(tmp_path / "slice", "slice_resnet18",
-                         {"widths": WIDTHS, "stem_pool": False, "slice_axis": axis, "pooling": pooling})
+    bundle = blob_bundle(
+        tmp_path / "slice",
+        "slice_resnet18",
+        {"widths": WIDTHS, "stem_pool": False, "slice_axis": axis, "pooling": pooling},
+    )
     vol = blob_volume(64, centre, radius=4.0)
     result = predict(bundle, vol, np.eye(4), tta=True, cam=True)
     assert result.cam.shape == vol.shape and result.cam_network.shape == (64, 64, 64)
@@ -197,8 +199,9 @@ def test_2d_weights_load_into_the_encoder(weights_2d, suffix):
     model.eval()
     g = torch.randn(3, 1, 40, 36)
     with torch.no_grad():
-        torch.testing.assert_close(model.encoder.features(g), net.features(g.expand(3, 3, 40, 36)),
-                                   atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(
+            model.encoder.features(g), net.features(g.expand(3, 3, 40, 36)), atol=1e-4, rtol=1e-4
+        )
 
 
 def test_wrong_weight_files_are_refused(tmp_path, weights_2d):
@@ -208,8 +211,11 @@ def test_wrong_weight_files_are_refused(tmp_path, weights_2d):
     prefixed = {f"encoder.{k}": v for k, v in state.items()}  # e.g. a slice_resnet18 bundle's weights
     save_file({k: v.contiguous() for k, v in prefixed.items()}, str(tmp_path / "prefixed.safetensors"))
     model = build_model("slice_resnet18", widths=WIDTHS)
-    for name, match in (("medicalnet.pth", "3D checkpoint"), ("object.pth", "refused"),
-                        ("prefixed.safetensors", "not a torchvision-style")):
+    for name, match in (
+        ("medicalnet.pth", "3D checkpoint"),
+        ("object.pth", "refused"),
+        ("prefixed.safetensors", "not a torchvision-style"),
+    ):
         with pytest.raises(BundleError, match=match) as exc:
             load_pretrained_weights(model, str(tmp_path / name), arch="slice_resnet18")
         assert "\n" not in str(exc.value) and name in str(exc.value)
@@ -222,9 +228,25 @@ def test_tiny_cv_run_through_the_cli_with_2d_weights_and_arch_params(tmp_path):
     cohort = write_cohort(tmp_path / "cohort", n_subjects=8)
     out = tmp_path / "run"
     params = {"slice_axis": 1, "pooling": "max", "positions": 16}
-    args = tiny_cli_args(cohort, out, tmp_path / "cache", "--arch", "slice_resnet18", "--size", "32",
-                         "--folds", "2", "--epochs", "1", "--batch-size", "4", "--arch-params", json.dumps(params),
-                         "--pretrained", str(folder / "resnet18_2d.safetensors"))
+    args = tiny_cli_args(
+        cohort,
+        out,
+        tmp_path / "cache",
+        "--arch",
+        "slice_resnet18",
+        "--size",
+        "32",
+        "--folds",
+        "2",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "4",
+        "--arch-params",
+        json.dumps(params),
+        "--pretrained",
+        str(folder / "resnet18_2d.safetensors"),
+    )
     assert main(args) == 0
     config = json.loads((out / "config.json").read_text())
     assert config["arch"] == "slice_resnet18" and config["arch_params"] == {**params, "widths": TINY_WIDTHS}

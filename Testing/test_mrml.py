@@ -100,10 +100,13 @@ def bundle_path(tmp_path_factory):
         model(torch.randn(2, 1, *SIZE))
         model.fc.weight[1].abs_()
         model.fc.weight[0] = -model.fc.weight[1] * 0.5
-    meta = default_metadata("tiny", arch_params={"widths": list(WIDTHS)},
-                            preprocess=PreprocessConfig(size=SIZE), provenance="test_mrml fixture",
-                            training_data={"description": "pytest random weights", "synthetic": True,
-                                           "trained": True})
+    meta = default_metadata(
+        "tiny",
+        arch_params={"widths": list(WIDTHS)},
+        preprocess=PreprocessConfig(size=SIZE),
+        provenance="test_mrml fixture",
+        training_data={"description": "pytest random weights", "synthetic": True, "trained": True},
+    )
     return save_bundle(tmp_path_factory.mktemp("bundles") / "tiny32", [model.eval().state_dict()], meta)
 
 
@@ -164,12 +167,14 @@ def test_unusable_volume_nodes_are_refused(scene):
     flat = slicer.util.addVolumeFromArray(np.random.rand(1, 20, 20).astype(np.float32), name="flat")
     with pytest.raises(InputError, match="2D"):
         check_volume_node(flat)
-    rgb = slicer.util.addVolumeFromArray(np.random.rand(5, 6, 7, 3).astype(np.float32), name="rgb",
-                                         nodeClassName="vtkMRMLVectorVolumeNode")
+    rgb = slicer.util.addVolumeFromArray(
+        np.random.rand(5, 6, 7, 3).astype(np.float32), name="rgb", nodeClassName="vtkMRMLVectorVolumeNode"
+    )
     with pytest.raises(InputError, match="components|not a scalar"):
         check_volume_node(rgb)
-    labels = slicer.util.addVolumeFromArray(np.ones((5, 6, 7), np.uint8), name="seg",
-                                            nodeClassName="vtkMRMLLabelMapVolumeNode")
+    labels = slicer.util.addVolumeFromArray(
+        np.ones((5, 6, 7), np.uint8), name="seg", nodeClassName="vtkMRMLLabelMapVolumeNode"
+    )
     with pytest.raises(InputError, match="label map"):
         check_volume_node(labels)
     empty = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "empty")
@@ -236,8 +241,9 @@ def test_in_process_logic_equals_gloresnet_predict_subprocess(tmp_path, scene, v
     # the same volume saved by Slicer as NIfTI, predicted by the real command line
     nifti = write_volume_file(volume, tmp_path / "case.nii.gz")
     args = predict_args([nifti], bundle_path, tmp_path / "out", device="cpu")
-    done = subprocess.run(gloresnet_command(args), env=child_env({"OMP_NUM_THREADS": "2"}),
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        gloresnet_command(args), env=child_env({"OMP_NUM_THREADS": "2"}), capture_output=True, text=True, timeout=300
+    )
     assert done.returncode == 0, done.stderr
     lines = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
     (record,) = [line for line in lines if "event" not in line]  # progress events share stdout
@@ -292,8 +298,12 @@ def test_background_job_makes_result_nodes_and_reruns_reuse_them(scene, volume, 
     np.testing.assert_allclose(volume_to_array(nodes.cam)[0], in_process.cam, atol=1e-4)  # not mirrored
     # slice views: input as background, saliency as foreground at the requested opacity
     layers = slice_layers(scene)
-    assert len(layers) == 3 and all(v["background"] == volume.GetID() and v["foreground"] == nodes.cam.GetID()
-                                    and v["foreground_opacity"] == pytest.approx(0.6) for v in layers)
+    assert len(layers) == 3 and all(
+        v["background"] == volume.GetID()
+        and v["foreground"] == nodes.cam.GetID()
+        and v["foreground_opacity"] == pytest.approx(0.6)
+        for v in layers
+    )
     # jump to the saliency peak (world coordinates include the parent transform)
     peak = nodes.peak_ras()
     k, j, i = np.unravel_index(int(np.argmax(cam)), cam.shape)
@@ -364,15 +374,15 @@ def test_colour_table_lookup(tmp_path, scene):
 
 
 def test_display_helpers(scene, volume):
-    cam = output_volume(np.linspace(0, 1, np.prod(SHAPE)).reshape(SHAPE), "cam", reference=volume,
-                             scene=scene)
+    cam = output_volume(np.linspace(0, 1, np.prod(SHAPE)).reshape(SHAPE), "cam", reference=volume, scene=scene)
     configure_cam_display(cam, heat_color_node(scene), threshold=0.4)
     set_cam_threshold(cam, 0.7)
     assert cam.GetDisplayNode().GetLowerThreshold() == pytest.approx(0.7)
     assert set_slice_layers(background=volume, foreground=cam, foreground_opacity=0.3, scene=scene) == 3
     set_slice_layers(foreground_opacity=0.9, scene=scene)  # other layers kept
-    assert all(v["foreground"] == cam.GetID() and v["foreground_opacity"] == pytest.approx(0.9)
-               for v in slice_layers(scene))
+    assert all(
+        v["foreground"] == cam.GetID() and v["foreground_opacity"] == pytest.approx(0.9) for v in slice_layers(scene)
+    )
     set_slice_layers(background=None, scene=scene)
     assert all(v["background"] is None for v in slice_layers(scene))
     zero = output_volume(np.zeros((4, 4, 4)), "zero", affine=np.eye(4), scene=scene)
@@ -380,19 +390,18 @@ def test_display_helpers(scene, volume):
 
 
 def test_tables_and_plots_update_in_place(scene):
-    table = table_from_columns("Training curves", {"epoch": [1, 2], "train_loss": [0.9, 0.7],
-                                                         "fold": ["0", "0"]})
+    table = table_from_columns("Training curves", {"epoch": [1, 2], "train_loss": [0.9, 0.7], "fold": ["0", "0"]})
     assert table.GetTable().GetColumnByName("epoch").IsA("vtkDoubleArray")
     assert table.GetTable().GetColumnByName("fold").IsA("vtkStringArray")
-    chart = plot_chart("Loss", table, "epoch", ["train_loss", "val_loss"], y_title="loss",
-                            series_names=["train", "validation"])
+    chart = plot_chart(
+        "Loss", table, "epoch", ["train_loss", "val_loss"], y_title="loss", series_names=["train", "validation"]
+    )
     assert table.GetTable().GetColumnByName("val_loss") is None  # plotted before the first value arrives
     append_table_row(table, {"epoch": 3, "train_loss": 0.5, "val_loss": 0.6, "val_auc": None})
     assert table_column(table, "val_loss")[:2] == [pytest.approx(np.nan, nan_ok=True)] * 2
     assert table_column(table, "val_loss")[2] == pytest.approx(0.6)
     assert np.isnan(table_column(table, "val_auc")[2])
-    assert plot_chart("Loss", table, "epoch", ["train_loss", "val_loss"],
-                           series_names=["train", "validation"]) is chart
+    assert plot_chart("Loss", table, "epoch", ["train_loss", "val_loss"], series_names=["train", "validation"]) is chart
     assert chart.GetNumberOfPlotSeriesNodes() == 2
     assert scene.GetNumberOfNodesByClass("vtkMRMLPlotSeriesNode") == 2
     series = chart.GetNthPlotSeriesNode(1)
@@ -431,8 +440,7 @@ def test_job_failures_are_reported_with_the_log(tmp_path, scene, volume, bundle_
 def test_saliency_nodes_from_job_and_in_process(scene, volume, bundle_path):
     from GloResNetLib.occlusion import OcclusionConfig
 
-    job = PredictionJob([volume], bundle_path, device="cpu", tta=False, saliency="all",
-                             occlusion_mask=16).start()
+    job = PredictionJob([volume], bundle_path, device="cpu", tta=False, saliency="all", occlusion_mask=16).start()
     (nodes,) = job.wait(300)
     assert job.succeeded, job.failure_message()
     # all three maps kept as volume nodes with exactly the input's geometry; the overlay shows the gradient map
@@ -446,16 +454,28 @@ def test_saliency_nodes_from_job_and_in_process(scene, volume, bundle_path):
     grad = slicer.util.arrayFromVolume(nodes.gradient).copy()
     assert np.isfinite(occ).all() and occ.max() > 0 and np.isfinite(grad).all() and 0.5 < grad.max() <= 1 + 1e-6
     for node, array in ((nodes.occlusion, occ), (nodes.gradient, grad)):  # threshold: a fraction of the maximum
-        assert node.GetDisplayNode().GetLowerThreshold() == pytest.approx(DEFAULT_CAM_THRESHOLD * array.max(),
-                                                                          rel=1e-4)
+        assert node.GetDisplayNode().GetLowerThreshold() == pytest.approx(DEFAULT_CAM_THRESHOLD * array.max(), rel=1e-4)
     assert nodes.peak_ras() == peak_ras(nodes.gradient)
     # "both" (Grad-CAM and occlusion): the occlusion map is shown
-    both = show_prediction(volume, nodes.summary, volume_to_array(nodes.cam)[0], *volume_to_array(nodes.resampled),
-                           occlusion=volume_to_array(nodes.occlusion)[0], show=False)
+    both = show_prediction(
+        volume,
+        nodes.summary,
+        volume_to_array(nodes.cam)[0],
+        *volume_to_array(nodes.resampled),
+        occlusion=volume_to_array(nodes.occlusion)[0],
+        show=False,
+    )
     assert both.overlay is both.occlusion and both.gradient is None
     # in process, one method each, same settings: the same maps, no other saliency node
-    (inproc,) = predict_nodes([volume], bundle_path, tta=False, device="cpu", saliency="occlusion",
-                                   occlusion=OcclusionConfig(mask_size=16), show=False)
+    (inproc,) = predict_nodes(
+        [volume],
+        bundle_path,
+        tta=False,
+        device="cpu",
+        saliency="occlusion",
+        occlusion=OcclusionConfig(mask_size=16),
+        show=False,
+    )
     assert inproc.cam is None and inproc.gradient is None and inproc.overlay is inproc.occlusion
     np.testing.assert_allclose(slicer.util.arrayFromVolume(inproc.occlusion), occ, atol=1e-5)
     (inproc,) = predict_nodes([volume], bundle_path, tta=False, device="cpu", saliency="gradient", show=False)

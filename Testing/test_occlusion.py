@@ -31,8 +31,15 @@ def _monai_map(model, image, mask, overlap, mode, b_box=None) -> np.ndarray:
 
     # MONAI activates with a sigmoid when the *input* has one channel, whatever the model's outputs: pass the
     # softmax explicitly (what our map follows)
-    occ = OcclusionSensitivity(model, mask_size=mask, n_batch=16, verbose=False, mode=mode, overlap=overlap,
-                               activate=lambda out: out.softmax(1))
+    occ = OcclusionSensitivity(
+        model,
+        mask_size=mask,
+        n_batch=16,
+        verbose=False,
+        mode=mode,
+        overlap=overlap,
+        activate=lambda out: out.softmax(1),
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # MONAI 1.6 indexes with lists (a torch deprecation warning)
         out, _ = occ(image[None, None], b_box=b_box)
@@ -48,8 +55,9 @@ def _head_image(size: int = 24) -> torch.Tensor:
 def test_occlusion_equals_monai_on_a_small_resnet(mask, overlap, fill, cam_layer):
     model = make_small_model(0, cam_layer=cam_layer)  # layer1: the demo's Grad-CAM layer, stages after it
     image = _head_image(20)
-    ours = occlusion_sensitivity([model], image, OcclusionConfig(mask_size=mask, overlap=overlap, fill=fill,
-                                                                 head_box=False, batch=5))
+    ours = occlusion_sensitivity(
+        [model], image, OcclusionConfig(mask_size=mask, overlap=overlap, fill=fill, head_box=False, batch=5)
+    )
     ref = _monai_map(model, image, mask, overlap, fill)
     assert ours.occluded.shape == ref.shape == (20, 20, 20) and ours.windows == 216
     np.testing.assert_allclose(ours.occluded, ref, atol=2e-5)
@@ -133,8 +141,11 @@ def lesion_model(vol: np.ndarray, lesion: np.ndarray, config: PreprocessConfig) 
 
 
 def _bundle(models, config: PreprocessConfig) -> Bundle:
-    meta = default_metadata("lesion-test", preprocess=config,
-                            training_data={"description": "constructed", "synthetic": True, "trained": True})
+    meta = default_metadata(
+        "lesion-test",
+        preprocess=config,
+        training_data={"description": "constructed", "synthetic": True, "trained": True},
+    )
     return Bundle(path=Path("constructed"), metadata=meta, models=models)
 
 
@@ -151,8 +162,14 @@ def test_occlusion_map_on_the_input_grid_of_oblique_anisotropic_inputs(codes):
     bundle = _bundle([lesion_model(vol, lesion, config)], config)
     affine = example_affine()  # oblique (7 degrees) and anisotropic (0.9, 0.8, 1.3 mm)
     array, stored_affine = _stored(vol, affine, codes)
-    result = predict(bundle, array, stored_affine, tta=False, saliency="occlusion",
-                     occlusion=OcclusionConfig(mask_size=6, overlap=0.5))
+    result = predict(
+        bundle,
+        array,
+        stored_affine,
+        tta=False,
+        saliency="occlusion",
+        occlusion=OcclusionConfig(mask_size=6, overlap=0.5),
+    )
     assert result.cam is None and result.occlusion.shape == array.shape
     assert np.isfinite(result.occlusion).all() and result.occlusion.max() > 0.3
     centre = (affine @ np.array([*LESION_CENTRE, 1.0]))[:3]
@@ -173,8 +190,9 @@ def test_predict_both_maps_and_saliency_choice(head_nifti, small_bundle):
     from GloResNetLib.inference import predict_file
 
     bundle = load_bundle(small_bundle, device="cpu")
-    both = predict_file(bundle, head_nifti, tta=False, saliency="both",
-                        occlusion=OcclusionConfig(mask_size=16, overlap=0.0))
+    both = predict_file(
+        bundle, head_nifti, tta=False, saliency="both", occlusion=OcclusionConfig(mask_size=16, overlap=0.0)
+    )
     cam_only = predict_file(bundle, head_nifti, tta=False)
     assert both.cam.shape == both.occlusion.shape == nib.load(str(head_nifti)).shape
     np.testing.assert_allclose(both.cam, cam_only.cam, atol=1e-6)
@@ -190,10 +208,34 @@ def test_predict_both_maps_and_saliency_choice(head_nifti, small_bundle):
 def test_cli_writes_occlusion_and_cam_with_peaks_and_progress(tmp_path, small_bundle):
     vol, _ = lesion_volume()
     src = save_nifti(tmp_path / "case.nii.gz", vol, example_affine())
-    out = subprocess.run([sys.executable, "-m", "GloResNetLib", "predict", str(src), "--model", str(small_bundle),
-                          "--out", str(tmp_path / "o"), "--device", "cpu", "--no-tta", "--saliency", "both",
-                          "--occlusion-mask", "16", "--occlusion-overlap", "0", "--json", "--progress-json"],
-                         capture_output=True, text=True, env=subprocess_env(), timeout=300)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "GloResNetLib",
+            "predict",
+            str(src),
+            "--model",
+            str(small_bundle),
+            "--out",
+            str(tmp_path / "o"),
+            "--device",
+            "cpu",
+            "--no-tta",
+            "--saliency",
+            "both",
+            "--occlusion-mask",
+            "16",
+            "--occlusion-overlap",
+            "0",
+            "--json",
+            "--progress-json",
+        ],
+        capture_output=True,
+        text=True,
+        env=subprocess_env(),
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr
     lines = [json.loads(line) for line in out.stdout.strip().splitlines()]
     (record,) = [line for line in lines if "event" not in line]  # the events share stdout with the record
@@ -211,16 +253,32 @@ def test_cli_writes_occlusion_and_cam_with_peaks_and_progress(tmp_path, small_bu
 
 
 def test_cli_default_is_gradcam_and_bad_occlusion_options_exit_2(tmp_path, small_bundle, head_nifti):
-    base = [sys.executable, "-m", "GloResNetLib", "predict", str(head_nifti), "--model", str(small_bundle),
-            "--device", "cpu", "--no-tta"]
-    out = subprocess.run([*base, "--out", str(tmp_path / "a")], capture_output=True, text=True,
-                         env=subprocess_env(), timeout=300)
+    base = [
+        sys.executable,
+        "-m",
+        "GloResNetLib",
+        "predict",
+        str(head_nifti),
+        "--model",
+        str(small_bundle),
+        "--device",
+        "cpu",
+        "--no-tta",
+    ]
+    out = subprocess.run(
+        [*base, "--out", str(tmp_path / "a")], capture_output=True, text=True, env=subprocess_env(), timeout=300
+    )
     assert out.returncode == 0, out.stderr
     names = sorted(p.name for p in (tmp_path / "a").iterdir())
     assert names == ["case01.json", "case01_cam.nii.gz", "case01_resampled.nii.gz"]
     for bad in (["--occlusion-overlap", "1.5"], ["--occlusion-mask", "0"], ["--saliency", "lime"]):
-        out = subprocess.run([*base, "--out", str(tmp_path / "b"), "--saliency", "occlusion", *bad],
-                             capture_output=True, text=True, env=subprocess_env(), timeout=300)
+        out = subprocess.run(
+            [*base, "--out", str(tmp_path / "b"), "--saliency", "occlusion", *bad],
+            capture_output=True,
+            text=True,
+            env=subprocess_env(),
+            timeout=300,
+        )
         assert out.returncode == 2 and "Traceback" not in out.stderr and not (tmp_path / "b").exists()
 
 

@@ -25,13 +25,13 @@ SET = ("case.json", "case_cam.nii.gz", "case_resampled.nii.gz")
 
 def _snapshot(folder: Path) -> dict[str, str]:
     """Every entry of ``folder`` (hidden ones too) -> SHA-256 of its content."""
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "<dir>"
-            for p in sorted(folder.iterdir())}
+    return {
+        p.name: hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "<dir>" for p in sorted(folder.iterdir())
+    }
 
 
 def _predict(case: Path, bundle: Path, out: Path, *extra: str) -> int:
-    return main(["predict", str(case), "--model", str(bundle), "--out", str(out), "--device", "cpu", "--json",
-                 *extra])
+    return main(["predict", str(case), "--model", str(bundle), "--out", str(out), "--device", "cpu", "--json", *extra])
 
 
 @pytest.fixture
@@ -63,6 +63,7 @@ def _file_size_limit(limit: int):
     def apply() -> None:
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write then fails with EFBIG instead of a kill
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
     return apply
 
 
@@ -73,9 +74,27 @@ def test_file_size_limit_keeps_the_previous_set(tmp_path, case, small_bundle, ot
     before = _snapshot(out)
     assert set(before) == set(SET)
     env = dict(subprocess_env(), PYTHONDONTWRITEBYTECODE="1")
-    done = subprocess.run([sys.executable, "-m", "GloResNetLib", "predict", str(case), "--model", str(other_bundle),
-                           "--out", str(out), "--device", "cpu", "--json"], capture_output=True, text=True, env=env,
-                          timeout=300, preexec_fn=_file_size_limit(64 << 10))
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "GloResNetLib",
+            "predict",
+            str(case),
+            "--model",
+            str(other_bundle),
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        preexec_fn=_file_size_limit(64 << 10),
+    )
     assert done.returncode == 2, done.stderr
     assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
     assert "File too large" in done.stderr and "previous files were kept" in done.stderr
@@ -105,8 +124,7 @@ def test_read_only_out_refused_before_any_computing(tmp_path, case, small_bundle
             out.mkdir()
             out.chmod(0o555)
             stack.callback(out.chmod, 0o755)
-        code = main(["predict", str(case), "--model", str(small_bundle), "--out", str(out / "sub"),
-                     "--progress-json"])
+        code = main(["predict", str(case), "--model", str(small_bundle), "--out", str(out / "sub"), "--progress-json"])
         err = capsys.readouterr().err
     assert code == 2 and "Traceback" not in err
     assert err.strip().splitlines() == [err.strip()] and "cannot write to the --out folder" in err
@@ -151,8 +169,12 @@ def test_nan_output_is_refused_and_nothing_written(tmp_path, case, capsys):
 
 
 def test_closed_stdout_ends_quietly(small_bundle):
-    proc = subprocess.Popen([sys.executable, "-m", "GloResNetLib", "bundle", "info", str(small_bundle), "--json"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=subprocess_env())
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "GloResNetLib", "bundle", "info", str(small_bundle), "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=subprocess_env(),
+    )
     proc.stdout.close()  # the reader is gone before anything is written, as `| head` after its lines
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=300) == 141
@@ -162,10 +184,15 @@ def test_closed_stdout_ends_quietly(small_bundle):
 def test_standard_output_on_a_full_disk_is_one_line(tmp_path, small_bundle):
     # stdout redirected to a file that cannot grow (EFBIG from a real file-size limit in the child)
     with open(tmp_path / "info.json", "wb") as stdout:
-        done = subprocess.run([sys.executable, "-m", "GloResNetLib", "bundle", "info", str(small_bundle), "--json"],
-                              stdout=stdout, stderr=subprocess.PIPE, text=True, timeout=300,
-                              env=dict(subprocess_env(), PYTHONDONTWRITEBYTECODE="1"),
-                              preexec_fn=_file_size_limit(100))
+        done = subprocess.run(
+            [sys.executable, "-m", "GloResNetLib", "bundle", "info", str(small_bundle), "--json"],
+            stdout=stdout,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=300,
+            env=dict(subprocess_env(), PYTHONDONTWRITEBYTECODE="1"),
+            preexec_fn=_file_size_limit(100),
+        )
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [done.stderr.strip()] and "File too large" in done.stderr
 

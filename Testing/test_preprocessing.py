@@ -89,8 +89,7 @@ def test_resize_affine_keeps_field_of_view_centre():
 def test_antialias_reduces_aliasing_when_shrinking():
     checker = np.indices((64, 64, 64)).sum(0) % 2 * 100.0 + np.linspace(0, 50, 64)[:, None, None]
     plain = preprocess(checker.astype(np.float32), np.eye(4), PreprocessConfig(size=(20, 20, 20)))
-    smooth = preprocess(checker.astype(np.float32), np.eye(4),
-                        PreprocessConfig(size=(20, 20, 20), antialias=True))
+    smooth = preprocess(checker.astype(np.float32), np.eye(4), PreprocessConfig(size=(20, 20, 20), antialias=True))
     rough = lambda a: np.abs(np.diff(a, axis=1)).mean()  # noqa: E731
     assert rough(smooth.array) < 0.5 * rough(plain.array)
 
@@ -105,13 +104,16 @@ def test_network_grid_maps_back_onto_input_grid():
     assert np.corrcoef(back.ravel(), v.ravel())[0, 1] > 0.9
 
 
-@pytest.mark.parametrize("bad, message", [
-    (np.full((10, 10, 10), 7.0, np.float32), "constant"),
-    (np.zeros((10, 10, 0), np.float32), "empty"),
-    (np.ones((10, 10), np.float32), "3D"),
-    (np.ones((4, 4, 4, 2), np.float32), "3D"),
-    (np.ones((10, 10, 10), bool), "voxel type"),
-])
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (np.full((10, 10, 10), 7.0, np.float32), "constant"),
+        (np.zeros((10, 10, 0), np.float32), "empty"),
+        (np.ones((10, 10), np.float32), "3D"),
+        (np.ones((4, 4, 4, 2), np.float32), "3D"),
+        (np.ones((10, 10, 10), bool), "voxel type"),
+    ],
+)
 def test_bad_arrays_refused(bad, message):
     with pytest.raises(InputError, match=message):
         preprocess(bad, np.eye(4), CFG)

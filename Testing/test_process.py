@@ -88,8 +88,12 @@ def test_command_and_environment(tmp_path, monkeypatch):
     assert "--saliency" not in predict_args(["x"], "m", "o")  # gradcam: the command's default
     for method in ("gradient", "all", "gradcam,gradient"):
         assert predict_args(["x"], "m", "o", saliency=method)[-2:] == ["--saliency", method]
-    assert predict_args(["x"], "m", "o", saliency="all", occlusion_mask=8)[-4:] == \
-        ["--saliency", "all", "--occlusion-mask", "8"]
+    assert predict_args(["x"], "m", "o", saliency="all", occlusion_mask=8)[-4:] == [
+        "--saliency",
+        "all",
+        "--occlusion-mask",
+        "8",
+    ]
     assert "--saliency" not in predict_args(["x"], "m", "o", cam=False, saliency="gradient")
 
 
@@ -121,13 +125,16 @@ def test_events_are_parsed_from_both_streams():
 
 
 def test_last_log_lines_are_kept_and_failure_message_uses_them():
-    proc = child("""
+    proc = child(
+        """
         import sys
         for i in range(50):
             print(f"line {i}", flush=True)
         print("RuntimeError: something broke", file=sys.stderr, flush=True)
         sys.exit(3)
-    """, log_lines=10)
+    """,
+        log_lines=10,
+    )
     events = proc.wait(timeout=90)
     assert events[-1]["returncode"] == 3
     assert len(proc.last_log(100)) == 10
@@ -225,15 +232,18 @@ def test_follow_times_out_and_start_twice_is_refused():
     assert not proc.running
 
 
-@pytest.mark.parametrize(("rc", "log", "kind"), [
-    (1, "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate", "cuda_oom"),
-    (2, "gloresnet: error: --device cuda requested but CUDA is not available", "cuda_missing"),
-    (1, "ModuleNotFoundError: No module named 'nibabel'", "missing_dependency"),
-    (2, "gloresnet: error: x.nii: file not found", "user_error"),
-    (-9, "", "killed"),
-    (1, "Segmentation fault", "crashed"),
-    (0, "", "ok"),
-])
+@pytest.mark.parametrize(
+    ("rc", "log", "kind"),
+    [
+        (1, "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate", "cuda_oom"),
+        (2, "gloresnet: error: --device cuda requested but CUDA is not available", "cuda_missing"),
+        (1, "ModuleNotFoundError: No module named 'nibabel'", "missing_dependency"),
+        (2, "gloresnet: error: x.nii: file not found", "user_error"),
+        (-9, "", "killed"),
+        (1, "Segmentation fault", "crashed"),
+        (0, "", "ok"),
+    ],
+)
 def test_diagnose(rc, log, kind):
     diag = diagnose(rc, log)
     assert diag.kind == kind
@@ -245,12 +255,20 @@ def test_diagnose(rc, log, kind):
 def _bundle_dir(root: Path, name: str, **meta) -> Path:
     path = root / name
     path.mkdir(parents=True)
-    body = {"format_version": 1, "name": name, "arch": "resnet10", "num_classes": 2,
-            "class_names": ["no BI", "BI"], "preprocess": {"size": [64, 64, 64]},
-            "weights": [{"file": "model.safetensors", "sha256": "0" * 64}],
-            "training_data": {"description": "synthetic phantoms", "synthetic": True, "trained": True},
-            "provenance": "test", "threshold": 0.5,
-            "cv_metrics": {"auc": {"mean": 0.7, "sd": 0.05}}, **meta}
+    body = {
+        "format_version": 1,
+        "name": name,
+        "arch": "resnet10",
+        "num_classes": 2,
+        "class_names": ["no BI", "BI"],
+        "preprocess": {"size": [64, 64, 64]},
+        "weights": [{"file": "model.safetensors", "sha256": "0" * 64}],
+        "training_data": {"description": "synthetic phantoms", "synthetic": True, "trained": True},
+        "provenance": "test",
+        "threshold": 0.5,
+        "cv_metrics": {"auc": {"mean": 0.7, "sd": 0.05}},
+        **meta,
+    }
     (path / "metadata.json").write_text(json.dumps(body))
     return path
 
@@ -296,8 +314,10 @@ def test_register_bundle_verifies_checksums_in_a_child(tmp_path):
 
 def test_requirements_and_torch_pinning(tmp_path):
     reqs = tmp_path / "requirements.txt"
-    reqs.write_text("# comment\nnumpy>=1.0  # fine\n\n-c constraints.txt\nnumpy>=999\n"
-                    "definitely-not-installed-gloresnet-xyz>=1\nnibabel; python_version < '3'\n")
+    reqs.write_text(
+        "# comment\nnumpy>=1.0  # fine\n\n-c constraints.txt\nnumpy>=999\n"
+        "definitely-not-installed-gloresnet-xyz>=1\nnibabel; python_version < '3'\n"
+    )
     lines = read_requirements(reqs)
     assert lines[0] == "numpy>=1.0" and len(lines) == 4
     assert missing_requirements(lines) == ["numpy>=999", "definitely-not-installed-gloresnet-xyz>=1"]

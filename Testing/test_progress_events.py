@@ -21,11 +21,15 @@ def emitted_kinds() -> dict[str, set[str]]:
         for node in ast.walk(ast.parse(path.read_text())):
             kinds = []
             if isinstance(node, ast.Dict):
-                kinds = [v.value for k, v in zip(node.keys, node.values)
-                         if isinstance(k, ast.Constant) and k.value == "event" and isinstance(v, ast.Constant)]
+                kinds = [
+                    v.value
+                    for k, v in zip(node.keys, node.values)
+                    if isinstance(k, ast.Constant) and k.value == "event" and isinstance(v, ast.Constant)
+                ]
             elif isinstance(node, ast.Call):
-                kinds = [kw.value.value for kw in node.keywords
-                         if kw.arg == "event" and isinstance(kw.value, ast.Constant)]
+                kinds = [
+                    kw.value.value for kw in node.keywords if kw.arg == "event" and isinstance(kw.value, ast.Constant)
+                ]
             for kind in kinds:
                 found.setdefault(kind, set()).add(path.name)
     return found

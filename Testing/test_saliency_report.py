@@ -57,8 +57,12 @@ def test_overlay_png_and_html_report(tmp_path, small_bundle):
     lesion[20:26, 30:36, 28:34] = 1
     png = overlay_png(r, lesion, "case - SYNTHETIC")
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
-    path = write_html(tmp_path / "r.html", "Report", [("Overlay", img_tag(png, "overlay"))],
-                      banner="SYNTHETIC DATA - not for clinical use")
+    path = write_html(
+        tmp_path / "r.html",
+        "Report",
+        [("Overlay", img_tag(png, "overlay"))],
+        banner="SYNTHETIC DATA - not for clinical use",
+    )
     text = path.read_text()
     assert text.count("SYNTHETIC DATA - not for clinical use") == 2 and "data:image/png;base64," in text
 
@@ -106,8 +110,14 @@ def test_html_header_warning_and_details(tmp_path):
     from GloResNetLib.report import details_html, explain_html
 
     body = details_html("160 scans: click", "<table><tr><td>row</td></tr></table>") + explain_html("tta_spread")
-    path = write_html(tmp_path / "r.html", "Report", [("Cases", body)], banner="SYNTHETIC DATA",
-                      header=[("date", "2026-11-27"), ("seed", 3)], warning="QUICK: figures mean nothing")
+    path = write_html(
+        tmp_path / "r.html",
+        "Report",
+        [("Cases", body)],
+        banner="SYNTHETIC DATA",
+        header=[("date", "2026-11-27"), ("seed", 3)],
+        warning="QUICK: figures mean nothing",
+    )
     text = path.read_text()
     assert "<details><summary>160 scans: click</summary>" in text and "TTA spread:" in text
     assert "<th>seed</th><td>3</td>" in text and text.index("QUICK: figures") < text.index("<h2>Cases")

@@ -27,18 +27,80 @@ REPO = Path(__file__).resolve().parents[1]
 #: ExtensionsIndex scripts/check_description_files.py, ACCEPTED_EXTENSION_CATEGORIES (read 2026-11, listed in
 #: the project's REFERENCES.md); the index's CI rejects an entry with any other category.
 ACCEPTED_EXTENSION_CATEGORIES = {
-    "Active Learning", "Analysis", "Auto3dgm", "BigImage", "Cardiac", "Chest Imaging Platform", "Conda",
-    "Converters", "DICOM", "DSCI", "Developer Tools", "Diffusion", "Examples", "Exporter", "FTV Segmentation",
-    "Filtering", "Filtering.Morphology", "Filtering.Vesselness", "Holographic Display", "Image Synthesis", "IGT",
-    "Informatics", "Netstim", "Neuroimaging", "Nuclear Medicine", "Orthodontics", "Osteotomy Planning",
-    "Otolaryngology", "Photogrammetry", "Pipelines", "Planning", "Printing", "Quantification", "Radiotherapy",
-    "Registration", "Remote", "Rendering", "SPHARM", "Segmentation", "Sequences", "Shape Analysis",
-    "Shape Regression", "Shape Visualization", "Simulation", "SlicerCMF", "SlicerMorph", "Spectral Imaging",
-    "Supervisely", "Surface Models", "SurfaceLearner", "Tomographic Reconstruction", "Tracking", "Tractography",
-    "Training", "Ultrasound", "Utilities", "Vascular Modeling Toolkit", "Virtual Reality", "VisSimTools",
-    "Web System Tools", "Wizards"}
-SCHEMA_KEYS = {"$schema", "build_dependencies", "build_subdirectory", "category", "enabled", "scm_revision",
-               "scm_type", "scm_url", "tier", "dicom_support_rule"}
+    "Active Learning",
+    "Analysis",
+    "Auto3dgm",
+    "BigImage",
+    "Cardiac",
+    "Chest Imaging Platform",
+    "Conda",
+    "Converters",
+    "DICOM",
+    "DSCI",
+    "Developer Tools",
+    "Diffusion",
+    "Examples",
+    "Exporter",
+    "FTV Segmentation",
+    "Filtering",
+    "Filtering.Morphology",
+    "Filtering.Vesselness",
+    "Holographic Display",
+    "Image Synthesis",
+    "IGT",
+    "Informatics",
+    "Netstim",
+    "Neuroimaging",
+    "Nuclear Medicine",
+    "Orthodontics",
+    "Osteotomy Planning",
+    "Otolaryngology",
+    "Photogrammetry",
+    "Pipelines",
+    "Planning",
+    "Printing",
+    "Quantification",
+    "Radiotherapy",
+    "Registration",
+    "Remote",
+    "Rendering",
+    "SPHARM",
+    "Segmentation",
+    "Sequences",
+    "Shape Analysis",
+    "Shape Regression",
+    "Shape Visualization",
+    "Simulation",
+    "SlicerCMF",
+    "SlicerMorph",
+    "Spectral Imaging",
+    "Supervisely",
+    "Surface Models",
+    "SurfaceLearner",
+    "Tomographic Reconstruction",
+    "Tracking",
+    "Tractography",
+    "Training",
+    "Ultrasound",
+    "Utilities",
+    "Vascular Modeling Toolkit",
+    "Virtual Reality",
+    "VisSimTools",
+    "Web System Tools",
+    "Wizards",
+}
+SCHEMA_KEYS = {
+    "$schema",
+    "build_dependencies",
+    "build_subdirectory",
+    "category",
+    "enabled",
+    "scm_revision",
+    "scm_type",
+    "scm_url",
+    "tier",
+    "dicom_support_rule",
+}
 
 
 def cmake_calls(text: str, command: str) -> list[list[str]]:
@@ -62,19 +124,25 @@ def cmake_string(text: str, name: str) -> str:
 
 def modules() -> list[Path]:
     """Module folders of the extension: ``X/CMakeLists.txt`` with ``X/X.py``."""
-    return sorted(p.parent for p in REPO.glob("*/CMakeLists.txt")
-                  if (p.parent / f"{p.parent.name}.py").is_file())
+    return sorted(p.parent for p in REPO.glob("*/CMakeLists.txt") if (p.parent / f"{p.parent.name}.py").is_file())
 
 
 # ------------------------------------------------------------------------------------------------------------
 # CMake
 # ------------------------------------------------------------------------------------------------------------
 
+
 def test_top_level_cmake_describes_the_extension():
     text = (REPO / "CMakeLists.txt").read_text()
     assert cmake_calls(text, "project") == [["GloResNet"]]
-    for key in ("EXTENSION_HOMEPAGE", "EXTENSION_CATEGORY", "EXTENSION_CONTRIBUTORS", "EXTENSION_DESCRIPTION",
-                "EXTENSION_ICONURL", "EXTENSION_SCREENSHOTURLS"):
+    for key in (
+        "EXTENSION_HOMEPAGE",
+        "EXTENSION_CATEGORY",
+        "EXTENSION_CONTRIBUTORS",
+        "EXTENSION_DESCRIPTION",
+        "EXTENSION_ICONURL",
+        "EXTENSION_SCREENSHOTURLS",
+    ):
         assert cmake_string(text, key).strip(), key
     assert cmake_string(text, "EXTENSION_DEPENDS") == "PyTorch"
     assert cmake_string(text, "EXTENSION_ICONURL").endswith("Resources/Icons/GloResNet.png")
@@ -106,25 +174,36 @@ def test_module_cmake_lists_every_script_and_resource(module: Path):
     on_disk = {str(p.relative_to(module)) for p in module.glob("*.py")}
     for lib in module.glob("*Lib"):
         on_disk |= {str(p.relative_to(module)) for p in lib.rglob("*.py") if "__pycache__" not in p.parts}
-        data = {str(p.relative_to(module)) for p in lib.rglob("*")
-                if p.is_file() and p.suffix not in (".py", ".pyc") and "__pycache__" not in p.parts}
+        data = {
+            str(p.relative_to(module))
+            for p in lib.rglob("*")
+            if p.is_file() and p.suffix not in (".py", ".pyc") and "__pycache__" not in p.parts
+        }
         unlisted = sorted(data - set(resources))
         assert not unlisted, f"package data not in MODULE_PYTHON_RESOURCES: {unlisted}"
     missing, extra = sorted(on_disk - set(scripts)), sorted(set(scripts) - on_disk)
     assert not missing and not extra, (
-        f"{module.name}/CMakeLists.txt MODULE_PYTHON_SCRIPTS is out of date: add {missing}, remove {extra}")
+        f"{module.name}/CMakeLists.txt MODULE_PYTHON_SCRIPTS is out of date: add {missing}, remove {extra}"
+    )
     for resource in resources:
         assert (module / resource).is_file(), f"resource {resource} missing"
-    for required in (f"Resources/Icons/{module.name}.png", f"Resources/UI/{module.name}.ui",
-                     f"Resources/{module.name}-requirements.txt"):
+    for required in (
+        f"Resources/Icons/{module.name}.png",
+        f"Resources/UI/{module.name}.ui",
+        f"Resources/{module.name}-requirements.txt",
+    ):
         assert required in resources
     (macro,) = cmake_calls(text, "slicerMacroBuildScriptedModule")
     assert macro[:2] == ["NAME", "${MODULE_NAME}"]
-    assert {"SCRIPTS", "${MODULE_PYTHON_SCRIPTS}", "RESOURCES", "${MODULE_PYTHON_RESOURCES}",
-            "WITH_GENERIC_TESTS"} <= set(macro)
+    assert {
+        "SCRIPTS",
+        "${MODULE_PYTHON_SCRIPTS}",
+        "RESOURCES",
+        "${MODULE_PYTHON_RESOURCES}",
+        "WITH_GENERIC_TESTS",
+    } <= set(macro)
     testing = re.search(r"if\s*\(\s*BUILD_TESTING\s*\)(.*?)endif", text, re.S | re.I)
-    assert testing and cmake_calls(testing.group(1), "slicer_add_python_unittest") == [
-        ["SCRIPT", "${MODULE_NAME}.py"]]
+    assert testing and cmake_calls(testing.group(1), "slicer_add_python_unittest") == [["SCRIPT", "${MODULE_NAME}.py"]]
 
 
 def built_files(module: Path) -> set[str]:
@@ -152,6 +231,7 @@ def test_no_file_is_built_by_two_modules():
 # Catalog entry, licence, icons, screenshots
 # ------------------------------------------------------------------------------------------------------------
 
+
 def test_catalog_entry():
     entries = list(REPO.glob("*.json"))
     (entry,) = [p for p in entries if p.stem == "GloResNet"]
@@ -159,8 +239,11 @@ def test_catalog_entry():
     cmake = (REPO / "CMakeLists.txt").read_text()
     assert entry.stem == cmake_calls(cmake, "project")[0][0]  # file name == project() name
     assert set(meta) <= SCHEMA_KEYS, f"not allowed by the schema: {set(meta) - SCHEMA_KEYS}"
-    assert re.fullmatch(r"https://raw\.githubusercontent\.com/Slicer/Slicer/main/Schemas/"
-                        r"slicer-extension-catalog-entry-schema-v1\.0\.\d\.json#", meta["$schema"])
+    assert re.fullmatch(
+        r"https://raw\.githubusercontent\.com/Slicer/Slicer/main/Schemas/"
+        r"slicer-extension-catalog-entry-schema-v1\.0\.\d\.json#",
+        meta["$schema"],
+    )
     assert meta["category"] == cmake_string(cmake, "EXTENSION_CATEGORY")
     assert meta["category"] in ACCEPTED_EXTENSION_CATEGORIES, "the Extensions Index CI would reject it"
     for module in modules():  # the modules sit in the same category of Slicer's module menu
@@ -206,47 +289,124 @@ def test_requirements_never_pull_torch():
 #: (thin: the logic lives in GloResNetLib.slicer_side, at most 400 lines) and texts its source must contain.
 EXPECTED = {
     "GloResNet": {
-        "widgets": {"inputVolumeSelector", "modelComboBox", "browseModelButton", "deviceComboBox",
-                    "ttaCheckBox", "predictButton", "cancelButton", "progressBar", "statusLabel",
-                    "probabilityValueLabel", "labelValueLabel", "spreadValueLabel", "modelValueLabel",
-                    "deviceValueLabel", "timeValueLabel", "researchNoticeLabel", "jumpToPeakButton",
-                    "logTextEdit"},
+        "widgets": {
+            "inputVolumeSelector",
+            "modelComboBox",
+            "browseModelButton",
+            "deviceComboBox",
+            "ttaCheckBox",
+            "predictButton",
+            "cancelButton",
+            "progressBar",
+            "statusLabel",
+            "probabilityValueLabel",
+            "labelValueLabel",
+            "spreadValueLabel",
+            "modelValueLabel",
+            "deviceValueLabel",
+            "timeValueLabel",
+            "researchNoticeLabel",
+            "jumpToPeakButton",
+            "logTextEdit",
+        },
         "bindings": {"inputVolume", "device", "useTTA", "camOpacity", "camThreshold", "showResampled"},
         "max_lines": 400,
         "source": ("dependencies.ensure_dependencies",),  # installed on demand, on first Predict
     },
     "GloResNetTraining": {
-        "widgets": {"sourceComboBox", "manifestPathLineEdit", "dhcpPathLineEdit", "labelsTableView",
-                    "addSceneVolumesButton", "syntheticCheckBox", "checkDatasetButton",
-                    "datasetReportTextEdit", "outputFolderPathLineEdit", "runNameLineEdit",
-                    "paperDefaultsButton", "cpuDemoButton", "archComboBox", "widthComboBox", "foldsSpinBox",
-                    "epochsSpinBox", "batchSizeSpinBox", "learningRateDoubleSpinBox",
-                    "mixupAlphaDoubleSpinBox",
-                    "classWeightsCheckBox", "inputSizeSpinBox", "pretrainedPathLineEdit", "deviceComboBox",
-                    "seedSpinBox", "startButton", "stopButton", "resumeButton", "cancelButton", "progressBar",
-                    "statusLabel", "metricsSummaryLabel", "showResultsButton", "openInGloResNetButton",
-                    "researchNoticeLabel", "logTextEdit"},
-        "bindings": {"source", "syntheticData", "runName", "arch", "width", "folds", "epochs", "batchSize",
-                     "learningRate", "mixupAlpha", "classWeights", "inputSize", "device", "seed"},
+        "widgets": {
+            "sourceComboBox",
+            "manifestPathLineEdit",
+            "dhcpPathLineEdit",
+            "labelsTableView",
+            "addSceneVolumesButton",
+            "syntheticCheckBox",
+            "checkDatasetButton",
+            "datasetReportTextEdit",
+            "outputFolderPathLineEdit",
+            "runNameLineEdit",
+            "paperDefaultsButton",
+            "cpuDemoButton",
+            "archComboBox",
+            "widthComboBox",
+            "foldsSpinBox",
+            "epochsSpinBox",
+            "batchSizeSpinBox",
+            "learningRateDoubleSpinBox",
+            "mixupAlphaDoubleSpinBox",
+            "classWeightsCheckBox",
+            "inputSizeSpinBox",
+            "pretrainedPathLineEdit",
+            "deviceComboBox",
+            "seedSpinBox",
+            "startButton",
+            "stopButton",
+            "resumeButton",
+            "cancelButton",
+            "progressBar",
+            "statusLabel",
+            "metricsSummaryLabel",
+            "showResultsButton",
+            "openInGloResNetButton",
+            "researchNoticeLabel",
+            "logTextEdit",
+        },
+        "bindings": {
+            "source",
+            "syntheticData",
+            "runName",
+            "arch",
+            "width",
+            "folds",
+            "epochs",
+            "batchSize",
+            "learningRate",
+            "mixupAlpha",
+            "classWeights",
+            "inputSize",
+            "device",
+            "seed",
+        },
         "max_lines": 400,  # a larger GUI (dataset, settings, run, results); the logic is in slicer_side
-        "source": ("dependencies.ensure_dependencies", "ensureDependencies", "training_logic", "cancel_all",
-                   "shutdown", "training_gui.setup_path_fields", "paths.sync_field"),
+        "source": (
+            "dependencies.ensure_dependencies",
+            "ensureDependencies",
+            "training_logic",
+            "cancel_all",
+            "shutdown",
+            "training_gui.setup_path_fields",
+            "paths.sync_field",
+        ),
     },
 }
 #: The class of GloResNetLib.slicer_side each module's logic is made of (as the module file names it).
 LOGIC_MIXINS = {"GloResNet": "predict_logic.PredictionLogic", "GloResNetTraining": "training_logic.TrainingLogic"}
 #: Naming convention of the widgets -> Qt class (the longest matching suffix wins).
 SUFFIX_CLASSES = {
-    "CollapsibleButton": "ctkCollapsibleButton", "Button": "QPushButton", "Label": "QLabel",
-    "ComboBox": "QComboBox", "CheckBox": "QCheckBox", "SliderWidget": "ctkSliderWidget",
-    "Selector": "qMRMLNodeComboBox", "TextEdit": "QPlainTextEdit", "progressBar": "QProgressBar",
-    "SpinBox": "QSpinBox", "DoubleSpinBox": "QDoubleSpinBox", "PathLineEdit": "ctkPathLineEdit",
-    "LineEdit": "QLineEdit", "TableView": "qMRMLTableView",
+    "CollapsibleButton": "ctkCollapsibleButton",
+    "Button": "QPushButton",
+    "Label": "QLabel",
+    "ComboBox": "QComboBox",
+    "CheckBox": "QCheckBox",
+    "SliderWidget": "ctkSliderWidget",
+    "Selector": "qMRMLNodeComboBox",
+    "TextEdit": "QPlainTextEdit",
+    "progressBar": "QProgressBar",
+    "SpinBox": "QSpinBox",
+    "DoubleSpinBox": "QDoubleSpinBox",
+    "PathLineEdit": "ctkPathLineEdit",
+    "LineEdit": "QLineEdit",
+    "TableView": "qMRMLTableView",
 }
 #: Parameter type -> widget classes the parameter node wrapper can bind to it.
-BINDABLE = {"bool": {"QCheckBox", "QPushButton"}, "float": {"ctkSliderWidget", "QDoubleSpinBox"},
-            "int": {"QSpinBox", "QSlider"}, "str": {"QLineEdit", "QComboBox", "QTextEdit"},
-            "node": {"qMRMLNodeComboBox"}, "path": {"ctkPathLineEdit", "ctkDirectoryButton"}}
+BINDABLE = {
+    "bool": {"QCheckBox", "QPushButton"},
+    "float": {"ctkSliderWidget", "QDoubleSpinBox"},
+    "int": {"QSpinBox", "QSlider"},
+    "str": {"QLineEdit", "QComboBox", "QTextEdit"},
+    "node": {"qMRMLNodeComboBox"},
+    "path": {"ctkPathLineEdit", "ctkDirectoryButton"},
+}
 MODULES = modules()
 
 
@@ -269,10 +429,15 @@ def module_tree(module: Path) -> ast.Module:
 
 
 def used_ui_names(tree: ast.Module) -> set[str]:
-    names = {node.attr for node in ast.walk(tree)
-             if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Attribute)
-             and node.value.attr == "ui" and isinstance(node.value.value, ast.Name)
-             and node.value.value.id == "self"}
+    names = {
+        node.attr
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Attribute)
+        and isinstance(node.value, ast.Attribute)
+        and node.value.attr == "ui"
+        and isinstance(node.value.value, ast.Name)
+        and node.value.value.id == "self"
+    }
     return names | {widget for widget, _ in path_fields(tree)}
 
 
@@ -290,8 +455,12 @@ def path_fields(tree: ast.Module) -> list[tuple[str, str]]:
 
 
 def parameter_fields(tree: ast.Module) -> dict[str, ast.expr]:
-    (cls,) = [n for n in tree.body if isinstance(n, ast.ClassDef)
-              and any(getattr(d, "id", None) == "parameterNodeWrapper" for d in n.decorator_list)]
+    (cls,) = [
+        n
+        for n in tree.body
+        if isinstance(n, ast.ClassDef)
+        and any(getattr(d, "id", None) == "parameterNodeWrapper" for d in n.decorator_list)
+    ]
     return {s.target.id: s.annotation for s in cls.body if isinstance(s, ast.AnnAssign)}
 
 
@@ -329,10 +498,12 @@ def test_ui_file_is_valid_designer_xml(module: Path):
     widgets = ui_widgets(ui_file(module))
     for connection in root.iter("connection"):
         assert connection.findtext("sender") in widgets and connection.findtext("receiver") in widgets
-    mrml_widgets = {n for n, w in widgets.items()
-                    if w.get("class") in ("qMRMLNodeComboBox", "qMRMLTableView")}
-    scene_receivers = {c.findtext("receiver") for c in root.iter("connection")
-                       if c.findtext("signal") == "mrmlSceneChanged(vtkMRMLScene*)"}
+    mrml_widgets = {n for n, w in widgets.items() if w.get("class") in ("qMRMLNodeComboBox", "qMRMLTableView")}
+    scene_receivers = {
+        c.findtext("receiver")
+        for c in root.iter("connection")
+        if c.findtext("signal") == "mrmlSceneChanged(vtkMRMLScene*)"
+    }
     assert mrml_widgets <= scene_receivers, "every MRML widget must receive the scene"
 
 
@@ -366,8 +537,11 @@ def test_predict_module_widgets_by_role():
     fields = parameter_fields(module_tree(REPO / "GloResNet"))
     choice = ast.literal_eval(fields["saliencyMethod"].slice.elts[1].args[0])
     job = ast.parse((REPO / "GloResNet" / "GloResNetLib" / "slicer_side" / "prediction_job.py").read_text())
-    (methods,) = [ast.literal_eval(n.value) for n in job.body if isinstance(n, ast.Assign)
-                  and getattr(n.targets[0], "id", "") == "SALIENCY_METHODS"]
+    (methods,) = [
+        ast.literal_eval(n.value)
+        for n in job.body
+        if isinstance(n, ast.Assign) and getattr(n.targets[0], "id", "") == "SALIENCY_METHODS"
+    ]
     assert tuple(choice) == methods and {"gradient", "all"} <= set(methods)
     tip = widgets["saliencyMethodComboBox"].find("property[@name='toolTip']/string").text
     assert all(f"{m}:" in tip for m in methods)
@@ -410,14 +584,18 @@ def test_module_file_follows_the_wizard_layout_and_stays_thin(module: Path):
     tree = module_tree(module)
     classes = {n.name: [ast.unparse(b) for b in n.bases] for n in tree.body if isinstance(n, ast.ClassDef)}
     assert classes[name] == ["ScriptedLoadableModule"]
-    assert classes[f"{name}Widget"] == ["common.ModuleWidgetHelpers", "ScriptedLoadableModuleWidget",
-                                        "VTKObservationMixin"]
+    assert classes[f"{name}Widget"] == [
+        "common.ModuleWidgetHelpers",
+        "ScriptedLoadableModuleWidget",
+        "VTKObservationMixin",
+    ]
     # the logic itself is a Qt-free class of GloResNetLib.slicer_side, mixed in before Slicer's base class
     assert classes[f"{name}Logic"] == [LOGIC_MIXINS[name], "ScriptedLoadableModuleLogic"]
     assert classes[f"{name}Test"] == ["ScriptedLoadableModuleTest"]
     assert f"{name}ParameterNode" in classes
-    assert len(source.splitlines()) <= EXPECTED[name]["max_lines"], \
+    assert len(source.splitlines()) <= EXPECTED[name]["max_lines"], (
         "keep the module file thin: move logic to GloResNetLib"
+    )
     assert f'loadUI(self.resourcePath("UI/{name}.ui"))' in source and "childWidgetVariables" in source
     assert "Research use only" in source and "not a medical device" in source
     assert "StartCloseEvent" in source and "EndCloseEvent" in source and "aboutToQuit" in source
@@ -438,16 +616,27 @@ def test_module_file_follows_the_wizard_layout_and_stays_thin(module: Path):
 #: others are tested with slicer-core, which has no Qt.
 QT_FILES = {"common.py", "predict_gui.py", "selftest.py", "training_gui.py"}
 #: Files that need neither the MRML nor the application: processes, jobs, parameters, bundles.
-PLAIN_FILES = {"background.py", "bundles.py", "command.py", "devices.py", "diagnosis.py", "files.py", "jobs.py",
-               "requirements.py", "training_jobs.py", "training_params.py"}
+PLAIN_FILES = {
+    "background.py",
+    "bundles.py",
+    "command.py",
+    "devices.py",
+    "diagnosis.py",
+    "files.py",
+    "jobs.py",
+    "requirements.py",
+    "training_jobs.py",
+    "training_params.py",
+}
 
 
 def imported_roots(path: Path) -> set[str]:
     """Top-level names of every module ``path`` imports, inside functions too."""
     nodes = list(ast.walk(ast.parse(path.read_text())))
     imported = {a.name.split(".")[0] for n in nodes if isinstance(n, ast.Import) for a in n.names}
-    return imported | {n.module.split(".")[0] for n in nodes if isinstance(n, ast.ImportFrom) and n.module
-                       and not n.level}
+    return imported | {
+        n.module.split(".")[0] for n in nodes if isinstance(n, ast.ImportFrom) and n.module and not n.level
+    }
 
 
 def test_library_glue_never_imports_qt():
@@ -468,15 +657,29 @@ def test_widget_helpers_name_widgets_of_the_ui():
 
     WIDGET_SUFFIXES = (*SUFFIX_CLASSES, "Widget")
     for module, helper, names in (
-            ("GloResNet", "predict_gui.py", set()),
-            ("GloResNetTraining", "training_gui.py", {f.widget for f in paths.TRAINING_PATH_FIELDS})):
+        ("GloResNet", "predict_gui.py", set()),
+        ("GloResNetTraining", "training_gui.py", {f.widget for f in paths.TRAINING_PATH_FIELDS}),
+    ):
         tree = ast.parse((side / helper).read_text())
-        names |= {n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute) and isinstance(n.value, ast.Name)
-                  and n.value.id == "ui"}
-        names |= {k.value for n in ast.walk(tree) if isinstance(n, ast.Dict) for k in n.keys
-                  if isinstance(k, ast.Constant) and str(k.value).endswith(WIDGET_SUFFIXES)}
-        names |= {v.value for n in ast.walk(tree) if isinstance(n, ast.Dict) for v in n.values
-                  if isinstance(v, ast.Constant) and str(v.value).endswith(WIDGET_SUFFIXES)}
+        names |= {
+            n.attr
+            for n in ast.walk(tree)
+            if isinstance(n, ast.Attribute) and isinstance(n.value, ast.Name) and n.value.id == "ui"
+        }
+        names |= {
+            k.value
+            for n in ast.walk(tree)
+            if isinstance(n, ast.Dict)
+            for k in n.keys
+            if isinstance(k, ast.Constant) and str(k.value).endswith(WIDGET_SUFFIXES)
+        }
+        names |= {
+            v.value
+            for n in ast.walk(tree)
+            if isinstance(n, ast.Dict)
+            for v in n.values
+            if isinstance(v, ast.Constant) and str(v.value).endswith(WIDGET_SUFFIXES)
+        }
         widgets = ui_widgets(ui_file(REPO / module))
         assert len(names) >= 8, names
         missing = sorted(names - set(widgets))

@@ -45,11 +45,15 @@ def dotted_name(path: Path) -> str:
 def load_time_imports(path: Path) -> set[Path]:
     """GloResNetLib files imported when ``path`` is imported (statements outside functions and classes)."""
     tree = ast.parse(path.read_text())
-    package = dotted_name(path) if path.name == "__init__.py" else dotted_name(path).rpartition(".")[0] \
-        if LIB in path.parents else ""
+    package = (
+        dotted_name(path)
+        if path.name == "__init__.py"
+        else dotted_name(path).rpartition(".")[0]
+        if LIB in path.parents
+        else ""
+    )
     found = set()
-    nodes = [n for stmt in tree.body if not isinstance(stmt, (ast.FunctionDef, ast.ClassDef))
-             for n in ast.walk(stmt)]
+    nodes = [n for stmt in tree.body if not isinstance(stmt, (ast.FunctionDef, ast.ClassDef)) for n in ast.walk(stmt)]
     for node in nodes:
         names = []
         if isinstance(node, ast.Import):
@@ -57,7 +61,7 @@ def load_time_imports(path: Path) -> set[Path]:
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:
-                parent = package.split(".")[:len(package.split(".")) - node.level + 1]
+                parent = package.split(".")[: len(package.split(".")) - node.level + 1]
                 base = ".".join(parent + ([node.module] if node.module else []))
             names = [base] + [f"{base}.{a.name}" for a in node.names]
         for name in names:
@@ -115,13 +119,17 @@ def python39_problems(path: Path) -> list[str]:
         tree = ast.parse(source, filename=str(path), feature_version=(3, 9))
     except SyntaxError as exc:
         return [f"{path.name}:{exc.lineno}: not Python 3.9 syntax ({exc.msg})"]
-    postponed = any(isinstance(n, ast.ImportFrom) and n.module == "__future__"
-                    and any(a.name == "annotations" for a in n.names) for n in tree.body)
+    postponed = any(
+        isinstance(n, ast.ImportFrom) and n.module == "__future__" and any(a.name == "annotations" for a in n.names)
+        for n in tree.body
+    )
     if postponed:
         return []
-    return [f"{path.name}:{a.lineno}: '{ast.unparse(a)}' is evaluated at import and fails on Python 3.9"
-            for a in evaluated_annotations(tree)
-            if any(isinstance(n, ast.BinOp) and isinstance(n.op, ast.BitOr) for n in ast.walk(a))]
+    return [
+        f"{path.name}:{a.lineno}: '{ast.unparse(a)}' is evaluated at import and fails on Python 3.9"
+        for a in evaluated_annotations(tree)
+        if any(isinstance(n, ast.BinOp) and isinstance(n.op, ast.BitOr) for n in ast.walk(a))
+    ]
 
 
 @pytest.mark.parametrize("module", MODULES, ids=lambda p: p.name)
@@ -136,8 +144,10 @@ def test_module_files_import_on_python_39_to_refuse_old_slicer(module: Path):
 
 def test_the_python_39_check_sees_an_evaluated_pep604_annotation(tmp_path):
     bad = tmp_path / "bad.py"
-    bad.write_text("from pathlib import Path\n\nclass A:\n    def f(self) -> Path | None:\n"
-                   "        x: int | None = None\n        return x\n")
+    bad.write_text(
+        "from pathlib import Path\n\nclass A:\n    def f(self) -> Path | None:\n"
+        "        x: int | None = None\n        return x\n"
+    )
     assert [p.split(":")[1] for p in python39_problems(bad)] == ["4"]  # not the local annotation
     bad.write_text("from __future__ import annotations\n" + bad.read_text())
     assert python39_problems(bad) == []
@@ -156,12 +166,21 @@ def test_no_signal_argument_lands_on_an_optional_parameter(module: Path):
     methods = {n.name: n for n in cls.body if isinstance(n, ast.FunctionDef)}
     checked = 0
     for call in ast.walk(cls):
-        if not (isinstance(call, ast.Call) and isinstance(call.func, ast.Attribute) and call.func.attr == "connect"
-                and len(call.args) == 2 and isinstance(call.args[0], ast.Constant)):
+        if not (
+            isinstance(call, ast.Call)
+            and isinstance(call.func, ast.Attribute)
+            and call.func.attr == "connect"
+            and len(call.args) == 2
+            and isinstance(call.args[0], ast.Constant)
+        ):
             continue
         slot = call.args[1]
-        if not (isinstance(slot, ast.Attribute) and isinstance(slot.value, ast.Name) and slot.value.id == "self"
-                and slot.attr in methods):
+        if not (
+            isinstance(slot, ast.Attribute)
+            and isinstance(slot.value, ast.Name)
+            and slot.value.id == "self"
+            and slot.attr in methods
+        ):
             continue
         signature = re.fullmatch(r"\w+\((.*)\)", call.args[0].value).group(1)
         passed = len([a for a in signature.split(",") if a.strip()])
@@ -169,7 +188,8 @@ def test_no_signal_argument_lands_on_an_optional_parameter(module: Path):
         required = len(params) - len(methods[slot.attr].args.defaults)
         assert min(passed, len(params)) <= required, (
             f"{call.args[0].value} -> self.{slot.attr}: PythonQt passes the signal's argument as optional "
-            f"parameter '{params[required].arg}'; connect a lambda")
+            f"parameter '{params[required].arg}'; connect a lambda"
+        )
         checked += 1
     assert checked >= 3
 
@@ -182,15 +202,22 @@ def test_self_test_initialises_the_parameter_node(module: Path):
         uses = [n.lineno for n in ast.walk(method) if isinstance(n, ast.Attribute) and n.attr == "_parameterNode"]
         if not uses:
             continue
-        inits = [n.lineno for n in ast.walk(method) if isinstance(n, ast.Call)
-                 and isinstance(n.func, ast.Attribute) and n.func.attr == "initializeParameterNode"]
+        inits = [
+            n.lineno
+            for n in ast.walk(method)
+            if isinstance(n, ast.Call)
+            and isinstance(n.func, ast.Attribute)
+            and n.func.attr == "initializeParameterNode"
+        ]
         assert inits and min(inits) < min(uses), (
-            f"{cls.name}.{method.name} uses the widget's parameter node without initialising it")
+            f"{cls.name}.{method.name} uses the widget's parameter node without initialising it"
+        )
 
 
 def python_files() -> list[Path]:
-    return [p for p in (REPO / "GloResNet").rglob("*.py") if "__pycache__" not in p.parts] + \
-        [module_file(m) for m in MODULES if m.name != "GloResNet"]
+    return [p for p in (REPO / "GloResNet").rglob("*.py") if "__pycache__" not in p.parts] + [
+        module_file(m) for m in MODULES if m.name != "GloResNet"
+    ]
 
 
 def test_one_dependency_installer_and_no_skip_packages():
@@ -215,7 +242,7 @@ def test_training_module_reaches_the_library_and_the_predict_module_slicers_way(
     source = module_file(REPO / "GloResNetTraining").read_text()
     assert "common.predict_logic()" in source
     common = (LIB / "slicer_side" / "common.py").read_text()
-    assert 'slicer.util.getModuleLogic(PREDICT_MODULE)' in common
+    assert "slicer.util.getModuleLogic(PREDICT_MODULE)" in common
 
 
 def test_path_fields_follow_the_line_edit_text():
@@ -224,6 +251,9 @@ def test_path_fields_follow_the_line_edit_text():
     helper = (LIB / "slicer_side" / "training_gui.py").read_text()
     assert '"currentPathChanged(QString)"' not in source + helper
     assert "training_gui.setup_path_fields(self.ui, self.onPathChanged)" in source
-    assert re.search(r'lineEdit\.connect\("textChanged\(QString\)", lambda text, field=spec\.field: '
-                     r'on_text\(field, text\)\)', helper)
+    assert re.search(
+        r'lineEdit\.connect\("textChanged\(QString\)", lambda text, field=spec\.field: '
+        r"on_text\(field, text\)\)",
+        helper,
+    )
     assert "paths.sync_field(self._parameterNode, field, text)" in source

@@ -23,6 +23,7 @@ from test_slicer_module_files import REPO  # noqa: E402
 # Results layout: charts and table through the layout's own view nodes
 # ------------------------------------------------------------------------------------------------------------
 
+
 @pytest.fixture
 def layout():
     """A scene with Slicer's layout logic (it creates the view nodes a layout names, as in the app)."""
@@ -34,8 +35,10 @@ def layout():
 
 
 def view_nodes(scene, view_class: str) -> dict[str, object]:
-    return {scene.GetNthNodeByClass(i, view_class).GetSingletonTag(): scene.GetNthNodeByClass(i, view_class)
-            for i in range(scene.GetNumberOfNodesByClass(view_class))}
+    return {
+        scene.GetNthNodeByClass(i, view_class).GetSingletonTag(): scene.GetNthNodeByClass(i, view_class)
+        for i in range(scene.GetNumberOfNodesByClass(view_class))
+    }
 
 
 def test_charts_and_table_go_to_the_views_the_layout_names(layout):
@@ -43,8 +46,10 @@ def test_charts_and_table_go_to_the_views_the_layout_names(layout):
     other_table = scene.AddNewNodeByClass("vtkMRMLTableNode", "GloResNet results")
     other_chart = scene.AddNewNodeByClass("vtkMRMLPlotChartNode", "someone's chart")
     # views of other layouts exist first (GloResNet's "Show results table" uses the four-up table layout)
-    for arrangement in (slicer.vtkMRMLLayoutNode.SlicerLayoutFourUpPlotView,
-                        slicer.vtkMRMLLayoutNode.SlicerLayoutFourUpTableView):
+    for arrangement in (
+        slicer.vtkMRMLLayoutNode.SlicerLayoutFourUpPlotView,
+        slicer.vtkMRMLLayoutNode.SlicerLayoutFourUpTableView,
+    ):
         layout_node.SetViewArrangement(arrangement)
     before_tables, before_plots = view_nodes(scene, views.TABLE_VIEW), view_nodes(scene, views.PLOT_VIEW)
     assert before_tables and before_plots
@@ -83,14 +88,22 @@ def test_charts_and_table_go_to_the_views_the_layout_names(layout):
 def test_layout_views_are_checked_against_the_layout_xml(layout):
     scene, _, layout_node = layout
     assert views.layout_views(views.TRAINING_RESULTS_LAYOUT) == {
-        views.LOSS_VIEW: views.PLOT_VIEW, views.METRIC_VIEW: views.PLOT_VIEW, views.TABLE_VIEW_TAG: views.TABLE_VIEW}
+        views.LOSS_VIEW: views.PLOT_VIEW,
+        views.METRIC_VIEW: views.PLOT_VIEW,
+        views.TABLE_VIEW_TAG: views.TABLE_VIEW,
+    }
     chart = scene.AddNewNodeByClass("vtkMRMLPlotChartNode")
     with pytest.raises(ValueError, match="no vtkMRMLPlotViewNode view 'PlotView1'"):
-        views.place_in_layout(layout_node, views.TRAINING_RESULTS_LAYOUT_ID, views.TRAINING_RESULTS_LAYOUT,
-                              plots={"PlotView1": chart})
+        views.place_in_layout(
+            layout_node, views.TRAINING_RESULTS_LAYOUT_ID, views.TRAINING_RESULTS_LAYOUT, plots={"PlotView1": chart}
+        )
     with pytest.raises(ValueError, match="no vtkMRMLPlotViewNode"):  # a table view's tag used for a plot
-        views.place_in_layout(layout_node, views.TRAINING_RESULTS_LAYOUT_ID, views.TRAINING_RESULTS_LAYOUT,
-                              plots={views.TABLE_VIEW_TAG: chart})
+        views.place_in_layout(
+            layout_node,
+            views.TRAINING_RESULTS_LAYOUT_ID,
+            views.TRAINING_RESULTS_LAYOUT,
+            plots={views.TABLE_VIEW_TAG: chart},
+        )
     changed = views.TRAINING_RESULTS_LAYOUT.replace('splitSize="300"', 'splitSize="200"')
     views.show_layout(layout_node, views.TRAINING_RESULTS_LAYOUT_ID, changed)  # an older description is replaced
     assert layout_node.GetLayoutDescription(views.TRAINING_RESULTS_LAYOUT_ID) == changed
@@ -108,6 +121,7 @@ def test_a_view_missing_from_the_scene_is_reported():
 # Path fields
 # ------------------------------------------------------------------------------------------------------------
 
+
 class FieldHolder:
     """Stands for the module's parameter-node wrapper (slicer.parameterNodeWrapper is not in slicer-core): the
     str fields the path line edits are synced with."""
@@ -124,14 +138,19 @@ def test_a_cleared_field_reaches_the_parameters_and_no_old_weights_are_used(tmp_
     assert TrainingParameters.from_gui({k: v for k, v in gui.items() if v is not None}).pretrained == str(weights)
     assert paths.sync_field(holder, "pretrainedPath", "") and holder.pretrainedPath == ""
     assert not paths.sync_field(holder, "pretrainedPath", "")  # unchanged: the node is not written again
-    params = TrainingParameters.from_gui({"pretrainedPath": holder.pretrainedPath, "manifestPath": "m.csv",
-                                             "outputFolder": str(tmp_path), "runName": "r"})
+    params = TrainingParameters.from_gui(
+        {
+            "pretrainedPath": holder.pretrainedPath,
+            "manifestPath": "m.csv",
+            "outputFolder": str(tmp_path),
+            "runName": "r",
+        }
+    )
     assert params.pretrained == "" and "--pretrained" not in train_args(params)
     # typed text is kept as typed (a space inside a folder name survives); the parameters strip the ends
     assert paths.sync_field(holder, "outputFolder", f" {tmp_path}/my run ")
     assert holder.outputFolder == f" {tmp_path}/my run "
-    assert TrainingParameters.from_gui({"outputFolder": holder.outputFolder}).output_folder == \
-        f"{tmp_path}/my run"
+    assert TrainingParameters.from_gui({"outputFolder": holder.outputFolder}).output_folder == f"{tmp_path}/my run"
 
 
 def test_paths_are_checked_with_a_message_naming_the_field(tmp_path):
@@ -144,12 +163,13 @@ def test_paths_are_checked_with_a_message_naming_the_field(tmp_path):
     check({"manifestPath": f"  {manifest_txt} "}, "manifest")
     check({"manifestPath": str(folder), "dhcpFolder": str(manifest_txt)}, "scene")  # not the dataset source
     for values, source, message in (
-            ({"manifestPath": str(folder)}, "manifest", "CSV manifest: .* is a folder, not a file"),
-            ({"manifestPath": str(tmp_path / "none.csv")}, "manifest", "CSV manifest: .* does not exist"),
-            ({"dhcpFolder": str(manifest_txt)}, "dhcp", "dHCP folder: .* is a file, not a folder"),
-            ({"outputFolder": str(manifest_txt)}, "manifest", "Output folder: .* is a file, not a folder"),
-            ({"outputFolder": str(manifest_txt / "sub")}, "manifest", "Output folder: .* cannot be written"),
-            ({"pretrainedPath": str(folder)}, "scene", "Pretrained weights: .* is a folder, not a file")):
+        ({"manifestPath": str(folder)}, "manifest", "CSV manifest: .* is a folder, not a file"),
+        ({"manifestPath": str(tmp_path / "none.csv")}, "manifest", "CSV manifest: .* does not exist"),
+        ({"dhcpFolder": str(manifest_txt)}, "dhcp", "dHCP folder: .* is a file, not a folder"),
+        ({"outputFolder": str(manifest_txt)}, "manifest", "Output folder: .* is a file, not a folder"),
+        ({"outputFolder": str(manifest_txt / "sub")}, "manifest", "Output folder: .* cannot be written"),
+        ({"pretrainedPath": str(folder)}, "scene", "Pretrained weights: .* is a folder, not a file"),
+    ):
         with pytest.raises(InputError, match=message):
             check(values, source)
     if os.geteuid() != 0:  # root may write anywhere
@@ -162,8 +182,9 @@ def test_paths_are_checked_with_a_message_naming_the_field(tmp_path):
 def test_the_training_parameters_run_the_path_checks(tmp_path):
     manifest = tmp_path / "cohort.txt"
     manifest.write_text("x")
-    params = TrainingParameters(manifest=str(manifest), output_folder=str(manifest), run_name="r", folds=2,
-                                   epochs=1, batch_size=2)
+    params = TrainingParameters(
+        manifest=str(manifest), output_folder=str(manifest), run_name="r", folds=2, epochs=1, batch_size=2
+    )
     with pytest.raises(InputError, match="Output folder: .* is a file"):
         params.validate()
 
@@ -171,6 +192,7 @@ def test_the_training_parameters_run_the_path_checks(tmp_path):
 # ------------------------------------------------------------------------------------------------------------
 # Device probe, installer, version, reload
 # ------------------------------------------------------------------------------------------------------------
+
 
 def wait_for(probe: common.DeviceProbe, timeout: float = 120) -> list[str]:
     texts, deadline = [], time.monotonic() + timeout
@@ -214,8 +236,7 @@ def test_installer_pins_torch_and_never_skips_packages(tmp_path):
 
 def test_each_module_installs_from_its_own_requirements_file():
     predict = read_requirements(REPO / "GloResNet" / "Resources" / "GloResNet-requirements.txt")
-    training = read_requirements(
-        REPO / "GloResNetTraining" / "Resources" / "GloResNetTraining-requirements.txt")
+    training = read_requirements(REPO / "GloResNetTraining" / "Resources" / "GloResNetTraining-requirements.txt")
     assert set(predict) <= set(training)  # training runs the prediction code too
     assert set(TRAINING_REQUIREMENTS) <= set(training)
     assert not missing_requirements(training)  # what the tests here run with
@@ -242,6 +263,7 @@ def test_developer_reload_forgets_only_the_library():
 # Saliency methods: the prediction job's torch-free list is the core's
 # ------------------------------------------------------------------------------------------------------------
 
+
 def test_the_job_knows_the_cores_saliency_methods_without_importing_torch():
     import subprocess
 
@@ -257,6 +279,11 @@ def test_the_job_knows_the_cores_saliency_methods_without_importing_torch():
         with pytest.raises(InputError, match="saliency"):
             check_saliency(bad)
     code = "import sys; import GloResNetLib.slicer_side.prediction_job; print('torch' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                         env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
     assert out.returncode == 0 and out.stdout.strip() == "False", out.stderr

@@ -49,8 +49,9 @@ def test_random_geometry_affines_and_orientations():
 
 
 def test_explicit_geometry_and_anisotropic_voxels():
-    img, affine, _, info = synth.synth_volume(1, 32, shape=(30, 36, 20), voxel_size=(0.8, 0.8, 1.2),
-                                              orientation="PSR", rotation_deg=(2, -3, 4))
+    img, affine, _, info = synth.synth_volume(
+        1, 32, shape=(30, 36, 20), voxel_size=(0.8, 0.8, 1.2), orientation="PSR", rotation_deg=(2, -3, 4)
+    )
     assert img.shape == (30, 36, 20)
     np.testing.assert_allclose(np.linalg.norm(affine[:3, :3], axis=0), [0.8, 0.8, 1.2])
     assert nib.aff2axcodes(affine) == ("P", "S", "R")
@@ -77,8 +78,7 @@ def test_same_seed_same_arrays_different_seed_differs():
 @pytest.mark.parametrize("difficulty", [0.0, 1.0])
 def test_lesion_masks_inside_brain(injury, difficulty):
     for seed in range(3):
-        img, _, mask, info = synth.synth_volume(seed, 30 + 5 * seed, (injury,), difficulty=difficulty,
-                                                max_dim=SMALL)
+        img, _, mask, info = synth.synth_volume(seed, 30 + 5 * seed, (injury,), difficulty=difficulty, max_dim=SMALL)
         brain = info["brain_mask"].astype(bool)
         assert mask.dtype == np.uint8 and set(np.unique(mask)) <= {0, 1}
         assert mask.sum() > 0, (injury, seed)
@@ -95,10 +95,10 @@ def test_difficulty_scales_lesions():
     assert easy > 2 * hard > 0
 
 
-
 def test_diffuse_component_is_independent_of_the_label():
     """The diffuse white-matter change (not in the lesion mask) comes with healthy and injured brains alike,
     so that it is no label cue; the same seed gives the same draw whatever the injuries."""
+
     def diffuse(seed, injuries):
         return synth.synth_volume(seed, 40, injuries, max_dim=12, noise=False, bias=False)[3]["diffuse_injury"]
 
@@ -106,6 +106,7 @@ def test_diffuse_component_is_independent_of_the_label():
     injured = [diffuse(seed, ("pwml",)) for seed in range(16)]
     assert [h > 0 for h in healthy] == [i > 0 for i in injured]
     assert 0 < sum(h > 0 for h in healthy) < len(healthy)
+
 
 @pytest.mark.parametrize("age", [29.0, 41.0])
 def test_neonatal_t2_contrast(age):
@@ -138,8 +139,16 @@ def test_brain_grows_and_folds_with_age():
 def test_storage_order_keeps_world_position(other):
     # isotropic voxels and no storage-axis artefacts (slice profile, ghosting, Gibbs ringing act along the
     # storage axes, as in a scanner): then only the storage order differs
-    kwargs = dict(age_weeks=36, injuries=("pwml",), rotation_deg=(3, -2, 4), noise=False, bias=False,
-                  voxel_size=2.5, max_dim=None, artefact_strength=0.0)
+    kwargs = dict(
+        age_weeks=36,
+        injuries=("pwml",),
+        rotation_deg=(3, -2, 4),
+        noise=False,
+        bias=False,
+        voxel_size=2.5,
+        max_dim=None,
+        artefact_strength=0.0,
+    )
     ras_img, ras_aff, ras_mask, _ = synth.synth_volume(7, orientation="RAS", **kwargs)
     img, aff, mask, _ = synth.synth_volume(7, orientation=other, **kwargs)
     assert nib.aff2axcodes(aff) == tuple(other)
@@ -233,8 +242,14 @@ def test_bids_layout(tmp_path):
         assert part["sex"] in ("male", "female") and 24 <= float(part["birth_age"]) <= 36
         assert float(part["birth_weight"]) > 0
         sessions = _read_tsv(root / f"sub-{sub}" / f"sub-{sub}_sessions.tsv")
-        assert list(sessions[0]) == ["session_id", "scan_age", "scan_head_circumference", "radiology_score",
-                                     "scan_number", "sedation"]
+        assert list(sessions[0]) == [
+            "session_id",
+            "scan_age",
+            "scan_head_circumference",
+            "radiology_score",
+            "scan_number",
+            "sedation",
+        ]
         for ses in sessions:
             n_sessions += 1
             anat = root / f"sub-{sub}" / f"ses-{ses['session_id']}" / "anat"
@@ -292,8 +307,22 @@ def test_cli_parser_and_handler(tmp_path, capsys):
     parser = argparse.ArgumentParser(prog="gloresnet")
     sub = parser.add_subparsers()
     synth.add_parser(sub)
-    args = parser.parse_args(["synth", "--n", "3", "--out", str(tmp_path / "c"), "--seed", "2",
-                              "--difficulty", "0.2", "--bids", "--max-dim", "20"])
+    args = parser.parse_args(
+        [
+            "synth",
+            "--n",
+            "3",
+            "--out",
+            str(tmp_path / "c"),
+            "--seed",
+            "2",
+            "--difficulty",
+            "0.2",
+            "--bids",
+            "--max-dim",
+            "20",
+        ]
+    )
     assert args.func is synth.run_synth
     assert args.func(args) == 0
     line = capsys.readouterr().out.strip()

@@ -16,8 +16,15 @@ from GloResNetLib.synth import anatomy as A
 from GloResNetLib.synth.lesions import HOSTS
 from scipy import ndimage
 
-RAS = dict(orientation="RAS", rotation_deg=0.0, max_dim=None, noise=False, bias=False, artefact_strength=0.0,
-           brain_extracted=False)
+RAS = dict(
+    orientation="RAS",
+    rotation_deg=0.0,
+    max_dim=None,
+    noise=False,
+    bias=False,
+    artefact_strength=0.0,
+    brain_extracted=False,
+)
 
 
 def _render(seed, age, injuries=(), voxel=1.5, **kw):
@@ -30,7 +37,7 @@ def test_brain_volume_follows_the_neonatal_norm(age):
     norm = A.BRAIN_VOLUME_ML[int(age)]
     for seed in range(2):
         _, _, _, info = _render(seed, age, voxel=1.5)
-        measured = np.isin(info["labels_full"], A.BRAIN_LABELS).sum() * 1.5 ** 3 / 1000.0
+        measured = np.isin(info["labels_full"], A.BRAIN_LABELS).sum() * 1.5**3 / 1000.0
         assert abs(measured - norm) < 0.2 * norm, (age, seed, measured, norm)
         assert abs(info["brain_volume_ml"] - measured) < 0.1 * norm
 
@@ -128,8 +135,14 @@ def test_template_cache_is_checked_and_rebuilt(tmp_path, monkeypatch):
 
 
 def _cli(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "GloResNetLib", *args], capture_output=True, text=True,
-                          env=subprocess_env(), cwd=cwd, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "GloResNetLib", *args],
+        capture_output=True,
+        text=True,
+        env=subprocess_env(),
+        cwd=cwd,
+        timeout=600,
+    )
 
 
 def test_synth_from_user_label_maps(tmp_path):
@@ -146,17 +159,17 @@ def test_synth_from_user_label_maps(tmp_path):
     img = nib.load(out / rows[0].split(",")[0])
     assert np.isfinite(img.get_fdata()).all() and img.get_fdata().max() > 0
     # the user's brain keeps its size: no rescaling to the plan's age
-    brain_user = np.isin(info["labels"], [2, 3, 5, 6, 7, 8, 9]).sum() * 1.2 ** 3 / 1000
+    brain_user = np.isin(info["labels"], [2, 3, 5, 6, 7, 8, 9]).sum() * 1.2**3 / 1000
     vols = [s["brain_volume_ml"] for s in meta["scans"]]
     assert all(abs(v - brain_user) < 0.25 * brain_user for v in vols), (vols, brain_user)
 
     bad = tmp_path / "map.json"
     bad.write_text(json.dumps({"0": "background", "1": "not-a-tissue"}))
-    proc = _cli("synth", "--out", str(tmp_path / "x"), "--n", "2", "--anatomy", str(maps), "--anatomy-labels",
-                str(bad))
+    proc = _cli("synth", "--out", str(tmp_path / "x"), "--n", "2", "--anatomy", str(maps), "--anatomy-labels", str(bad))
     assert proc.returncode == 2 and "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
     partial = tmp_path / "partial.json"
     partial.write_text(json.dumps({str(k): k for k in range(4)}))  # labels 4-9 missing
-    proc = _cli("synth", "--out", str(tmp_path / "y"), "--n", "2", "--anatomy", str(maps), "--anatomy-labels",
-                str(partial))
+    proc = _cli(
+        "synth", "--out", str(tmp_path / "y"), "--n", "2", "--anatomy", str(maps), "--anatomy-labels", str(partial)
+    )
     assert proc.returncode == 2 and "not in the label mapping" in proc.stderr

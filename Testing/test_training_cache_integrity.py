@@ -70,8 +70,20 @@ def test_a_read_only_cache_folder_falls_back_to_no_cache_with_one_warning(cohort
     # the training process sees the cache folder through a real read-only mount (its own mount namespace)
     script = 'mount --bind "$0" "$0" && mount -o remount,bind,ro "$0" && exec "$@"'
     out = tmp_path / "run"
-    proc = run(["unshare", "-m", "sh", "-c", script, str(cache), sys.executable, "-m", "GloResNetLib",
-                *train_args(cohort, out, cache)])
+    proc = run(
+        [
+            "unshare",
+            "-m",
+            "sh",
+            "-c",
+            script,
+            str(cache),
+            sys.executable,
+            "-m",
+            "GloResNetLib",
+            *train_args(cohort, out, cache),
+        ]
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stderr.count("cannot be written") == 1 and "Read-only file system" in proc.stderr
     assert "unreadable image" not in proc.stderr and (out / "bundle" / "metadata.json").is_file()
@@ -80,8 +92,9 @@ def test_a_read_only_cache_folder_falls_back_to_no_cache_with_one_warning(cohort
     # a file where the cache folder should be: the same fallback (as root, chmod would not stop a write)
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
-    code = main(["train", "--check-only", "--manifest", str(cohort), "--size", "16", "--cache-dir",
-                 str(blocker / "cache")])
+    code = main(
+        ["train", "--check-only", "--manifest", str(cohort), "--size", "16", "--cache-dir", str(blocker / "cache")]
+    )
     assert code == 0 and caplog.text.count("cannot be written (Not a directory)") == 1
     assert "unreadable image" not in caplog.text
 
@@ -94,8 +107,9 @@ def test_identical_content_under_another_row_is_a_dataset_problem(cohort, tmp_pa
     shutil.copyfile(folder / src["path"], folder / "images" / "renamed.nii.gz")
     rows.append(dict(src, path="images/renamed.nii.gz", label="0", subject="sub99", session="ses0"))
     manifest = write_manifest(folder / "manifest.csv", rows, COLUMNS)
-    code = main(["train", "--check-only", "--manifest", str(manifest), "--size", "16", "--cache-dir",
-                 str(tmp_path / "cache")])
+    code = main(
+        ["train", "--check-only", "--manifest", str(manifest), "--size", "16", "--cache-dir", str(tmp_path / "cache")]
+    )
     out = capsys.readouterr().out
     assert code == 2
     assert "1 problem(s): 1 duplicate image" in out

@@ -78,9 +78,7 @@ def test_run_folder_holds_everything(run):
     folds = json.loads((d / "folds.json").read_text())
     samples = folds["samples"]
     for f in folds["folds"]:
-        assert not {samples[i]["subject"] for i in f["test"]} & {
-            samples[i]["subject"] for i in f["train"] + f["val"]
-        }
+        assert not {samples[i]["subject"] for i in f["test"]} & {samples[i]["subject"] for i in f["train"] + f["val"]}
     log = (d / "train.log").read_text()
     assert "fold 2 finished" in log and "Cross-validation" in log and not list(d.rglob("*.tmp*"))
     oof = read_oof(d / "oof.csv")
@@ -139,9 +137,7 @@ def test_metrics_json_equals_sklearn_on_the_oof_csv(run):
     for name in SUMMARY_METRICS:
         values = [m[name] for m in per_fold]
         s = doc["summary"][name]
-        assert s["mean"] == pytest.approx(np.mean(values)) and s["sd"] == pytest.approx(
-            np.std(values, ddof=1)
-        )
+        assert s["mean"] == pytest.approx(np.mean(values)) and s["sd"] == pytest.approx(np.std(values, ddof=1))
         assert s["best"] == pytest.approx(max(values))
     y = np.array([int(r["label"]) for r in oof])
     p = np.array([float(r["probability"]) for r in oof])
@@ -153,9 +149,7 @@ def test_bundle_loads_predicts_and_reproduces_the_oof_predictions(run, data):
     bundle = load_bundle(run["dir"] / "bundle")
     meta = bundle.metadata
     assert len(bundle.models) == 3 and bundle.threshold == 0.5 and meta["preprocess"]["size"] == [16, 16, 16]
-    assert meta["cv_metrics"]["protocol"] == "honest" and set(meta["cv_metrics"]["summary"]) == set(
-        SUMMARY_METRICS
-    )
+    assert meta["cv_metrics"]["protocol"] == "honest" and set(meta["cv_metrics"]["summary"]) == set(SUMMARY_METRICS)
     td = bundle.training_data
     assert td["n"] == 16 and td["classes"] == {"no BI": 8, "BI": 8} and td["synthetic"] is False
     assert td["source"] == str(data["manifest"].resolve()) and td["trained"] is True
@@ -164,9 +158,7 @@ def test_bundle_loads_predicts_and_reproduces_the_oof_predictions(run, data):
     row = oof[5]
     array, affine = read_volume(row["path"])
     result = predict(bundle, array, affine, tta=True, cam=True)
-    assert (
-        0.0 <= result.probability <= 1.0 and result.cam is not None and len(result.model_probabilities) == 3
-    )
+    assert 0.0 <= result.probability <= 1.0 and result.cam is not None and len(result.model_probabilities) == 3
     # the fold model that never saw this volume reproduces its out-of-fold probability
     k = int(row["fold"])
     assert result.model_probabilities[k] == pytest.approx(float(row["probability"]), abs=1e-5)

@@ -102,10 +102,7 @@ def test_manifest_without_required_column_and_bad_options(tmp_path):
     with pytest.raises(DatasetError, match="lacks column"):
         read_manifest(tmp_path / "m.csv")
     assert main(["train", "--manifest", str(tmp_path / "m.csv"), "--out", str(tmp_path / "r")]) == 2
-    assert (
-        main(["train", "--manifest", str(tmp_path / "m.csv"), "--out", str(tmp_path / "r"), "--folds", "1"])
-        == 2
-    )
+    assert main(["train", "--manifest", str(tmp_path / "m.csv"), "--out", str(tmp_path / "r"), "--folds", "1"]) == 2
     assert main(["train", "--out", str(tmp_path / "r")]) == 2  # no dataset
     assert main(["evaluate", str(tmp_path)]) == 2  # not a run folder
 
@@ -214,9 +211,7 @@ def test_cache_hit_miss_and_staleness(tmp_path):
     assert cache.misses == 2 and not np.array_equal(a, c)
 
     # another preprocessing setting: another entry; the old one still served for the old setting
-    other = PreprocessCache(
-        tmp_path / "cache", PreprocessConfig(size=(16, 16, 16), normalization="zscore_foreground")
-    )
+    other = PreprocessCache(tmp_path / "cache", PreprocessConfig(size=(16, 16, 16), normalization="zscore_foreground"))
     other.get(src)
     assert other.misses == 1 and len(list((tmp_path / "cache").rglob("*.npy"))) == 3
     again = PreprocessCache(tmp_path / "cache", PreprocessConfig(size=(16, 16, 16)))
@@ -294,14 +289,10 @@ def test_binary_metrics_match_sklearn():
     assert m["confusion_matrix"] == [[3, 1], [1, 3]]
     assert m["accuracy"] == 0.75 and m["sensitivity"] == 0.75 and m["specificity"] == 0.75
     assert m["auc"] == pytest.approx(roc_auc_score(y, p))
-    assert m["f1"] == pytest.approx(f1_score(y, pred)) and m["balanced_accuracy"] == balanced_accuracy_score(
-        y, pred
-    )
+    assert m["f1"] == pytest.approx(f1_score(y, pred)) and m["balanced_accuracy"] == balanced_accuracy_score(y, pred)
     assert binary_metrics([1, 1], [0.3, 0.9])["auc"] is None
     s = summarize([dict(m, fold=0), dict(m, fold=1, accuracy=0.5)])
-    assert (
-        s["accuracy"]["mean"] == 0.625 and s["accuracy"]["best"] == 0.75 and s["accuracy"]["best_fold"] == 0
-    )
+    assert s["accuracy"]["mean"] == 0.625 and s["accuracy"]["best"] == 0.75 and s["accuracy"]["best_fold"] == 0
     assert s["accuracy"]["sd"] == pytest.approx(np.std([0.75, 0.5], ddof=1))
 
 

@@ -48,8 +48,11 @@ def test_a_last_batch_of_one_is_folded_into_the_others_and_logged(c13, tmp_path)
     proc = cli(train_args(c13["manifest"], out, c13["cache"], "--folds", "2", "--batch-size", "2"))
     assert proc.returncode == 0, proc.stderr[-3000:]
     log = (out / "train.log").read_text()
-    notes = re.findall(r"fold (\d): (\d+) training volumes in batches of 2 would leave a batch of 1, .*? it is "
-                       r"folded into the other batches: (\d+) step\(s\) per epoch", log)
+    notes = re.findall(
+        r"fold (\d): (\d+) training volumes in batches of 2 would leave a batch of 1, .*? it is "
+        r"folded into the other batches: (\d+) step\(s\) per epoch",
+        log,
+    )
     assert notes, log
     for fold, n, steps in notes:
         assert int(steps) == int(n) // 2 and int(n) % 2 == 1
@@ -85,8 +88,23 @@ def test_a_diverged_model_is_never_selected(c13, tmp_path):
     assert not is_improvement(float("nan"), None) and not is_improvement(float("nan"), -1.0)
     assert not is_improvement(float("inf"), -1.0) and is_improvement(-0.5, -1.0) and is_improvement(-2.0, None)
     out = tmp_path / "run"
-    proc = cli(train_args(c13["manifest"], out, c13["cache"], "--folds", "2", "--batch-size", "4", "--lr", "1e30",
-                          "--mixup-alpha", "0", "--epochs", "2"))
+    proc = cli(
+        train_args(
+            c13["manifest"],
+            out,
+            c13["cache"],
+            "--folds",
+            "2",
+            "--batch-size",
+            "4",
+            "--lr",
+            "1e30",
+            "--mixup-alpha",
+            "0",
+            "--epochs",
+            "2",
+        )
+    )
     lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("gloresnet:")]
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
     assert len(lines) == 1 and "was not finite in any of 2 epoch(s)" in lines[0]
@@ -114,8 +132,7 @@ def test_a_refused_start_blocks_nothing_and_train_log_says_why(tmp_path, capsys)
 def test_resume_keeps_threads_synthetic_is_said_and_best_epoch_counts_from_1(tmp_path):
     manifest = write_cohort(tmp_path / "cohort", n_subjects=8, two_sessions_every=100, synthetic_marker=True)
     out, cache = tmp_path / "run", tmp_path / "cache"
-    args = tiny_cli_args(manifest, out, cache, "--folds", "2", "--epochs", "3", "--batch-size", "4",
-                         "--progress-json")
+    args = tiny_cli_args(manifest, out, cache, "--folds", "2", "--epochs", "3", "--batch-size", "4", "--progress-json")
     first = start(args, tmp_path / "first.err")
     read_until(first, lambda e: e["event"] == "epoch")
     first.send_signal(signal.SIGINT)

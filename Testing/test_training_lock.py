@@ -47,8 +47,18 @@ def cohort(tmp_path_factory):
 
 def test_two_resumes_on_one_run_folder_one_refuses_naming_the_holder(cohort, tmp_path):
     run_dir = tmp_path / "run"
-    args = tiny_cli_args(cohort["manifest"], run_dir, cohort["cache"], "--epochs", "3", "--folds", "2",
-                         "--batch-size", "4", "--progress-json")
+    args = tiny_cli_args(
+        cohort["manifest"],
+        run_dir,
+        cohort["cache"],
+        "--epochs",
+        "3",
+        "--folds",
+        "2",
+        "--batch-size",
+        "4",
+        "--progress-json",
+    )
     first = start(args, tmp_path / "first.err")
     read_until(first, lambda e: e["event"] == "epoch")
     first.kill()  # SIGKILL after the first last.pt: its lock file stays, naming a dead PID
@@ -89,8 +99,20 @@ def test_two_resumes_on_one_run_folder_one_refuses_naming_the_holder(cohort, tmp
 
 def test_a_fold_job_and_a_whole_run_job_exclude_each_other(cohort, tmp_path):
     run_dir = tmp_path / "run"
-    args = tiny_cli_args(cohort["manifest"], run_dir, cohort["cache"], "--epochs", "2", "--folds", "2",
-                         "--batch-size", "4", "--progress-json", "--fold", "0")
+    args = tiny_cli_args(
+        cohort["manifest"],
+        run_dir,
+        cohort["cache"],
+        "--epochs",
+        "2",
+        "--folds",
+        "2",
+        "--batch-size",
+        "4",
+        "--progress-json",
+        "--fold",
+        "0",
+    )
     fold0 = start(args, tmp_path / "fold0.err")
     try:
         read_until(fold0, lambda e: e["event"] == "start")
@@ -110,9 +132,26 @@ def test_a_fold_job_and_a_whole_run_job_exclude_each_other(cohort, tmp_path):
 def test_pretrain_age_refuses_a_second_job_on_its_folder(cohort, tmp_path):
     out = tmp_path / "age"
     args = [
-        "pretrain-age", "--manifest", str(cohort["manifest"]), "--out", str(out), "--cache-dir",
-        str(cohort["cache"]), "--size", "16", "--folds", "2", "--epochs", "2", "--batch-size", "4",
-        "--widths", ",".join(map(str, TINY_WIDTHS)), "--no-tensorboard", "--num-threads", "1",
+        "pretrain-age",
+        "--manifest",
+        str(cohort["manifest"]),
+        "--out",
+        str(out),
+        "--cache-dir",
+        str(cohort["cache"]),
+        "--size",
+        "16",
+        "--folds",
+        "2",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "4",
+        "--widths",
+        ",".join(map(str, TINY_WIDTHS)),
+        "--no-tensorboard",
+        "--num-threads",
+        "1",
     ]
     holder = start([*args, "--progress-json"], tmp_path / "holder.err")
     try:

@@ -87,24 +87,35 @@ def add_volume(array: np.ndarray, name: str, affine: np.ndarray | None = None):
 
 
 def nan_equal(values, expected) -> bool:
-    return all((isinstance(a, float) and math.isnan(a) and b is None) or a == pytest.approx(b)
-               for a, b in zip(values, expected, strict=True))
+    return all(
+        (isinstance(a, float) and math.isnan(a) and b is None) or a == pytest.approx(b)
+        for a, b in zip(values, expected, strict=True)
+    )
 
 
 # ------------------------------------------------------------------------------------------------------------
 # Progress events -> nodes (recorded)
 # ------------------------------------------------------------------------------------------------------------
 
+
 def epoch_event(fold, epoch, loss, val_loss, auc, acc, fraction, eta=10.0):
-    return {"event": "epoch", "fold": fold, "epoch": epoch, "epochs": 3, "train_loss": loss,
-            "val_loss": val_loss, "val_auc": auc, "val_accuracy": acc, "lr": 0.002, "fraction": fraction,
-            "eta_s": eta}
+    return {
+        "event": "epoch",
+        "fold": fold,
+        "epoch": epoch,
+        "epochs": 3,
+        "train_loss": loss,
+        "val_loss": val_loss,
+        "val_auc": auc,
+        "val_accuracy": acc,
+        "lr": 0.002,
+        "fraction": fraction,
+        "eta_s": eta,
+    }
 
 
-FOLD0 = {"accuracy": 0.5, "balanced_accuracy": 0.5, "sensitivity": 1.0, "specificity": 0.0, "auc": 0.9,
-         "f1": 0.6}
-FOLD1 = {"accuracy": 0.75, "balanced_accuracy": 0.7, "sensitivity": 0.5, "specificity": 1.0, "auc": None,
-         "f1": 0.5}
+FOLD0 = {"accuracy": 0.5, "balanced_accuracy": 0.5, "sensitivity": 1.0, "specificity": 0.0, "auc": 0.9, "f1": 0.6}
+FOLD1 = {"accuracy": 0.75, "balanced_accuracy": 0.7, "sensitivity": 0.5, "specificity": 1.0, "auc": None, "f1": 0.5}
 RECORDED = [
     {"event": "stage", "stage": "preprocessing", "done": 5, "total": 11, "stage_fraction": 0.45},
     {"event": "start", "run_dir": "/runs/r1", "folds": 2, "epochs": 3, "n_train": 11},
@@ -117,13 +128,19 @@ RECORDED = [
     epoch_event(1, 1, 0.75, 0.66, 0.5, 0.5, 5 / 6),
     epoch_event(1, 2, 0.7, 0.64, 0.5, 0.5, 1.0, 0.0),
     {"event": "fold_end", "fold": 1, "metrics": FOLD1},
-    {"event": "done", "run_dir": "/runs/r1", "bundle": None,
-     "metrics": {"accuracy": {"mean": 0.625, "sd": 0.1767766952966369, "best": 0.75},
-                 "balanced_accuracy": {"mean": 0.6, "sd": 0.1414213562373095, "best": 0.7},
-                 "sensitivity": {"mean": 0.75, "sd": 0.3535533905932738, "best": 1.0},
-                 "specificity": {"mean": 0.5, "sd": 0.7071067811865476, "best": 1.0},
-                 "auc": {"mean": 0.9, "sd": 0.0, "best": 0.9},
-                 "f1": {"mean": 0.55, "sd": 0.07, "best": 0.6}}},
+    {
+        "event": "done",
+        "run_dir": "/runs/r1",
+        "bundle": None,
+        "metrics": {
+            "accuracy": {"mean": 0.625, "sd": 0.1767766952966369, "best": 0.75},
+            "balanced_accuracy": {"mean": 0.6, "sd": 0.1414213562373095, "best": 0.7},
+            "sensitivity": {"mean": 0.75, "sd": 0.3535533905932738, "best": 1.0},
+            "specificity": {"mean": 0.5, "sd": 0.7071067811865476, "best": 1.0},
+            "auc": {"mean": 0.9, "sd": 0.0, "best": 0.9},
+            "f1": {"mean": 0.55, "sd": 0.07, "best": 0.6},
+        },
+    },
 ]
 
 
@@ -147,8 +164,10 @@ def test_recorded_events_become_curve_tables_charts_and_a_metrics_table(scene):
     assert nan_equal(table_column(fold0, "Validation loss"), [None, 0.65, 0.6])
     assert nan_equal(table_column(fold0, "Validation AUC"), [None, 0.75, 1.0])
     assert table_column(fold1, "Validation accuracy") == pytest.approx([0.5, 0.5, 0.5])
-    for chart, ys in ((nodes["loss_chart"], ("Training loss", "Validation loss")),
-                      (nodes["metric_chart"], ("Validation AUC", "Validation accuracy"))):
+    for chart, ys in (
+        (nodes["loss_chart"], ("Training loss", "Validation loss")),
+        (nodes["metric_chart"], ("Validation AUC", "Validation accuracy")),
+    ):
         assert chart.GetNumberOfPlotSeriesNodes() == 4  # 2 folds x 2 curves
         series = [chart.GetNthPlotSeriesNode(i) for i in range(4)]
         assert [s.GetTableNode() for s in series] == [fold0, fold0, fold1, fold1]
@@ -169,8 +188,10 @@ def test_recorded_events_become_curve_tables_charts_and_a_metrics_table(scene):
     assert "Accuracy 0.625 ± 0.177 (best 0.750)" in monitor.summary_text()
 
     # nodes are updated in place: the same events again (a resumed process repeats an epoch) add nothing
-    counts = {c: scene.GetNumberOfNodesByClass(c) for c in ("vtkMRMLTableNode", "vtkMRMLPlotChartNode",
-                                                               "vtkMRMLPlotSeriesNode")}
+    counts = {
+        c: scene.GetNumberOfNodesByClass(c)
+        for c in ("vtkMRMLTableNode", "vtkMRMLPlotChartNode", "vtkMRMLPlotSeriesNode")
+    }
     assert counts == {"vtkMRMLTableNode": 3, "vtkMRMLPlotChartNode": 2, "vtkMRMLPlotSeriesNode": 8}
     monitor.handle(epoch_event(1, 2, 0.1, 0.2, 0.9, 1.0, 1.0))
     monitor.handle_all(RECORDED[1:])
@@ -186,8 +207,9 @@ def test_recorded_events_become_curve_tables_charts_and_a_metrics_table(scene):
     assert monitor.stopped_at == (0, 1) and "stopped at fold 1, epoch 2" in monitor.status
     assert fold0.GetNumberOfRows() == 1
     monitor.handle({"event": "error", "message": "dataset x has 2 problem(s)\nmore"})
-    assert monitor.errors == ["dataset x has 2 problem(s)\nmore"] and monitor.status == \
-        "error: dataset x has 2 problem(s)"
+    assert (
+        monitor.errors == ["dataset x has 2 problem(s)\nmore"] and monitor.status == "error: dataset x has 2 problem(s)"
+    )
     assert format_duration(3725) == "1 h 02 min" and format_duration(None) == "?"
     assert sys.modules.get("qt") is None
 
@@ -196,14 +218,14 @@ def test_recorded_events_become_curve_tables_charts_and_a_metrics_table(scene):
 # Scene volumes as a dataset; dataset check
 # ------------------------------------------------------------------------------------------------------------
 
+
 def test_scene_volumes_with_typed_labels_become_a_checked_dataset(scene, tmp_path, cohort):
     rng = np.random.default_rng(1)
     nodes = [add_volume(make_volume(rng, k % 2), f"case {k}") for k in range(8)]
     labelmap = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "seg")
     output = add_volume(np.zeros((5, 5, 5), np.float32), "case 0 GloResNet saliency")
     output.SetAttribute(ROLE_ATTRIBUTE, CAM_ROLE)
-    assert input_volumes() == nodes and labelmap not in input_volumes() \
-        and output not in input_volumes()
+    assert input_volumes() == nodes and labelmap not in input_volumes() and output not in input_volumes()
 
     table = labels_table()
     assert labels_table() is table
@@ -257,8 +279,7 @@ def test_dataset_check_reports_every_problem(tmp_path, cohort):
     existing = sorted((cohort["manifest"].parent / "images").iterdir())[0]
     rows = [{"path": "missing.nii.gz", "label": 1}, {"path": existing, "label": 3}]
     write_manifest(tmp_path / "bad.csv", rows, columns=("path", "label"))
-    params = TrainingParameters(manifest=str(tmp_path / "bad.csv"), output_folder=str(tmp_path),
-                                   run_name="r", size=16)
+    params = TrainingParameters(manifest=str(tmp_path / "bad.csv"), output_folder=str(tmp_path), run_name="r", size=16)
     check = DatasetCheck(params, env=ENV)
     check.wait(timeout=TIMEOUT)
     assert not check.ok and check.process.returncode == 2
@@ -269,6 +290,7 @@ def test_dataset_check_reports_every_problem(tmp_path, cohort):
 # ------------------------------------------------------------------------------------------------------------
 # Real background runs
 # ------------------------------------------------------------------------------------------------------------
+
 
 def test_real_training_stopped_resumed_registered_and_used_for_prediction(scene, cohort, tmp_path):
     models = tmp_path / "models"
@@ -323,8 +345,7 @@ def test_real_training_stopped_resumed_registered_and_used_for_prediction(scene,
 
     # "open in GloResNet": a held-out case, predicted through the GloResNet logic's in-process path
     case = pick_heldout_case(job.run_dir)
-    assert case is not None and case.path.is_file() and case.label == 1 and "held out from fold" in \
-        case.description
+    assert case is not None and case.path.is_file() and case.label == 1 and "held out from fold" in case.description
     from GloResNetLib.bundle import load_bundle
     from GloResNetLib.inference import predict
     from GloResNetLib.io import read_volume
@@ -343,8 +364,9 @@ def test_bundle_registration_names_and_idempotence(tmp_path):
     def fake_bundle(run: str, created: str) -> Path:
         folder = tmp_path / run / "bundle"
         folder.mkdir(parents=True)
-        (folder / "metadata.json").write_text(json.dumps({"name": "cohort run", "created": created,
-                                                          "weights": [{"file": "w", "sha256": created}]}))
+        (folder / "metadata.json").write_text(
+            json.dumps({"name": "cohort run", "created": created, "weights": [{"file": "w", "sha256": created}]})
+        )
         (folder / "w").write_bytes(b"x")
         return folder
 
@@ -404,8 +426,22 @@ def test_no_process_is_left_behind(cohort, tmp_path):
     assert not pid_alive(pids[1]) and not descendants(pids[1])
 
 
-PLAIN_SLICER_SIDE = ("background", "bundles", "command", "common", "dependencies", "devices", "diagnosis", "files",
-                     "jobs", "paths", "requirements", "training_jobs", "training_params", "views")
+PLAIN_SLICER_SIDE = (
+    "background",
+    "bundles",
+    "command",
+    "common",
+    "dependencies",
+    "devices",
+    "diagnosis",
+    "files",
+    "jobs",
+    "paths",
+    "requirements",
+    "training_jobs",
+    "training_params",
+    "views",
+)
 
 
 def test_importing_the_slicer_side_is_cheap():
@@ -415,11 +451,12 @@ def test_importing_the_slicer_side_is_cheap():
     every = sorted(p.stem for p in lib.glob("*.py") if p.stem != "__init__")
     assert set(PLAIN_SLICER_SIDE) < set(every)
     for names, forbidden in ((PLAIN_SLICER_SIDE, ("torch", "slicer", "vtk", "qt")), (every, ("torch", "qt"))):
-        code = ("import sys, importlib; "
-                f"[importlib.import_module('GloResNetLib.slicer_side.' + n) for n in {names!r}]; "
-                f"print(sorted(m for m in {forbidden!r} if m in sys.modules))")
-        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
-                             env=child_env())
+        code = (
+            "import sys, importlib; "
+            f"[importlib.import_module('GloResNetLib.slicer_side.' + n) for n in {names!r}]; "
+            f"print(sorted(m for m in {forbidden!r} if m in sys.modules))"
+        )
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=child_env())
         assert out.returncode == 0 and out.stdout.strip() == "[]", (names, out.stdout, out.stderr)
 
 
@@ -454,5 +491,3 @@ def test_a_crashed_parent_leaves_no_orphan(cohort, tmp_path):
     finally:
         if parent.poll() is None:
             parent.kill()
-
-

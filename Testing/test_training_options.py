@@ -12,14 +12,48 @@ from GloResNetLib.training.config import AGE, TRAIN, AgeConfig, Range, TrainConf
 from GloResNetLib.training.options import given_options, parse_config
 
 NON_DEFAULT = TrainConfig(
-    manifest="data/m.csv", out="runs/r1", skip_bad=True, synthetic=True, max_volumes=40, dhcp_label_rule="3or5",
-    dhcp_preterm_only=False, dhcp_max_birth_age=35.5, dhcp_sessions="first", size=96,
-    normalization="zscore_foreground", antialias=True, arch="resnet10_dilated",
-    arch_params={"widths": [16, 32, 64, 128], "dropout": 0.2}, pretrained="w.pth", folds=3, seed=7,
-    protocol="paper", val_fraction=0.25, select_metric="auc", epochs=20, batch_size=8, lr=1e-4,
-    weight_decay=0.0, warmup_epochs=2, patience=5, grad_accum=2, class_weights=False, mixup_alpha=0.4,
-    flip_prob=0.0, affine_degrees=10.0, affine_scale=0.1, tta=False, threshold=0.4, name="n", fold=1,
-    device="cpu", progress_json=True, cache_dir="c", tensorboard=False, amp=False, num_threads=2,
+    manifest="data/m.csv",
+    out="runs/r1",
+    skip_bad=True,
+    synthetic=True,
+    max_volumes=40,
+    dhcp_label_rule="3or5",
+    dhcp_preterm_only=False,
+    dhcp_max_birth_age=35.5,
+    dhcp_sessions="first",
+    size=96,
+    normalization="zscore_foreground",
+    antialias=True,
+    arch="resnet10_dilated",
+    arch_params={"widths": [16, 32, 64, 128], "dropout": 0.2},
+    pretrained="w.pth",
+    folds=3,
+    seed=7,
+    protocol="paper",
+    val_fraction=0.25,
+    select_metric="auc",
+    epochs=20,
+    batch_size=8,
+    lr=1e-4,
+    weight_decay=0.0,
+    warmup_epochs=2,
+    patience=5,
+    grad_accum=2,
+    class_weights=False,
+    mixup_alpha=0.4,
+    flip_prob=0.0,
+    affine_degrees=10.0,
+    affine_scale=0.1,
+    tta=False,
+    threshold=0.4,
+    name="n",
+    fold=1,
+    device="cpu",
+    progress_json=True,
+    cache_dir="c",
+    tensorboard=False,
+    amp=False,
+    num_threads=2,
 )
 
 
@@ -73,20 +107,23 @@ def test_help_shows_the_field_defaults():
     for command, default in ((TRAIN, "(default 1)"), (AGE, "(default 0)")):
         text = sub[command].format_help()
         assert "(default 150)" in text and "--mixup-alpha" in text
-        options = text[text.index("options:"):]
-        mixup = options[options.index("--mixup-alpha MIXUP_ALPHA"):options.index("--flip-prob FLIP_PROB")]
+        options = text[text.index("options:") :]
+        mixup = options[options.index("--mixup-alpha MIXUP_ALPHA") : options.index("--flip-prob FLIP_PROB")]
         assert default in " ".join(mixup.split())
 
 
-@pytest.mark.parametrize(("change", "message"), [
-    ({"epochs": 0}, "--epochs must be at least 1"),
-    ({"flip_prob": 1.5}, r"--flip-prob must be in \[0, 1\]"),
-    ({"val_fraction": 0.5}, r"--val-fraction must be in \(0, 0.5\)"),
-    ({"lr": 0.0}, "--lr must be positive"),
-    ({"protocol": "other"}, "--protocol must be one of"),
-    ({"warmup_epochs": 150}, "--warmup-epochs must be below --epochs"),
-    ({"fold": 5}, r"--fold must lie in 0..4"),
-])
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"epochs": 0}, "--epochs must be at least 1"),
+        ({"flip_prob": 1.5}, r"--flip-prob must be in \[0, 1\]"),
+        ({"val_fraction": 0.5}, r"--val-fraction must be in \(0, 0.5\)"),
+        ({"lr": 0.0}, "--lr must be positive"),
+        ({"protocol": "other"}, "--protocol must be one of"),
+        ({"warmup_epochs": 150}, "--warmup-epochs must be below --epochs"),
+        ({"fold": 5}, r"--fold must lie in 0..4"),
+    ],
+)
 def test_validation_from_the_field_ranges(change, message):
     with pytest.raises(InputError, match=message):
         TrainConfig(manifest="m.csv", out="o", **change).validate()

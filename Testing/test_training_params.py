@@ -39,43 +39,108 @@ def test_paper_defaults_cpu_demo_preset_and_the_command_line(tmp_path):
 
     paper = TrainingParameters()
     fields = ("arch", "folds", "epochs", "batch_size", "lr", "mixup_alpha", "class_weights", "size", "seed")
-    assert tuple(getattr(paper, k) for k in fields) == ("resnet10", 5, 150, 32, 2e-3, 1.0, True, 128, 42) \
+    assert (
+        tuple(getattr(paper, k) for k in fields)
+        == ("resnet10", 5, 150, 32, 2e-3, 1.0, True, 128, 42)
         == tuple(getattr(TrainConfig(), k) for k in fields)
+    )
     assert paper.widths is None and paper.pretrained == "" and paper.device == "auto"
     demo = TrainingParameters.cpu_demo(manifest="m.csv", seed=7)
-    assert (demo.arch, demo.widths, demo.size, demo.epochs, demo.batch_size, demo.device, demo.seed) == \
-        ("resnet10_dilated", (16, 32, 64, 128), 64, 30, 8, "cpu", 7)
+    assert (demo.arch, demo.widths, demo.size, demo.epochs, demo.batch_size, demo.device, demo.seed) == (
+        "resnet10_dilated",
+        (16, 32, 64, 128),
+        64,
+        30,
+        8,
+        "cpu",
+        7,
+    )
     assert demo.apply_paper_defaults().replace(seed=42, manifest="") == paper.replace(device="auto")
 
     manifest = tmp_path / "data" / "manifest.csv"
     weights = tmp_path / "resnet_10.pth"
-    p = TrainingParameters(manifest=str(manifest), output_folder=str(tmp_path / "runs"), run_name="r1",
-                              folds=3, epochs=20, batch_size=8, lr=1e-4, mixup_alpha=0.4, class_weights=False,
-                              size=96, pretrained=str(weights), device="cuda", seed=3, synthetic=True,
-                              num_threads=2)
+    p = TrainingParameters(
+        manifest=str(manifest),
+        output_folder=str(tmp_path / "runs"),
+        run_name="r1",
+        folds=3,
+        epochs=20,
+        batch_size=8,
+        lr=1e-4,
+        mixup_alpha=0.4,
+        class_weights=False,
+        size=96,
+        pretrained=str(weights),
+        device="cuda",
+        seed=3,
+        synthetic=True,
+        num_threads=2,
+    )
     args = train_args(p)
     # TrainConfig.to_argv: the options that differ from their defaults, in TrainConfig's field order
-    assert args == ["train", "--manifest", str(manifest), "--out", str(tmp_path / "runs" / "r1"), "--synthetic",
-                    "--size", "96", "--pretrained", str(weights), "--folds", "3", "--seed", "3", "--epochs", "20",
-                    "--batch-size", "8", "--lr", "0.0001", "--no-class-weights", "--mixup-alpha", "0.4",
-                    "--device", "cuda", "--progress-json", "--num-threads", "2"]
+    assert args == [
+        "train",
+        "--manifest",
+        str(manifest),
+        "--out",
+        str(tmp_path / "runs" / "r1"),
+        "--synthetic",
+        "--size",
+        "96",
+        "--pretrained",
+        str(weights),
+        "--folds",
+        "3",
+        "--seed",
+        "3",
+        "--epochs",
+        "20",
+        "--batch-size",
+        "8",
+        "--lr",
+        "0.0001",
+        "--no-class-weights",
+        "--mixup-alpha",
+        "0.4",
+        "--device",
+        "cuda",
+        "--progress-json",
+        "--num-threads",
+        "2",
+    ]
     assert args == ["train", *p.config().to_argv()]
     # the real command-line parser reads these arguments back into exactly the GUI's configuration
-    for params in (p, demo.replace(output_folder=str(tmp_path), run_name="d", manifest=str(manifest)),
-                   paper.replace(source="dhcp", dhcp=str(tmp_path), output_folder=str(tmp_path), run_name="x",
-                                 tensorboard=False, cache_dir=str(tmp_path / "c"))):
+    for params in (
+        p,
+        demo.replace(output_folder=str(tmp_path), run_name="d", manifest=str(manifest)),
+        paper.replace(
+            source="dhcp",
+            dhcp=str(tmp_path),
+            output_folder=str(tmp_path),
+            run_name="x",
+            tensorboard=False,
+            cache_dir=str(tmp_path / "c"),
+        ),
+    ):
         parsed = build_parser().parse_args(train_args(params))
         assert parsed.command == "train" and parsed.progress_json
         assert TrainConfig(**given_options(parsed, TrainConfig)).run_fields() == params.config().run_fields()
-    assert train_args(paper.replace(source="dhcp", dhcp=str(tmp_path), output_folder=str(tmp_path),
-                                       run_name="x"))[1:3] == ["--dhcp", str(tmp_path)]
+    assert train_args(paper.replace(source="dhcp", dhcp=str(tmp_path), output_folder=str(tmp_path), run_name="x"))[
+        1:3
+    ] == ["--dhcp", str(tmp_path)]
     assert "--widths" in train_args(demo.replace(output_folder=str(tmp_path), run_name="d"))
 
     assert resume_args(tmp_path / "runs" / "r1", device="cpu", num_threads=1) == [
-        "train", "--device", "cpu", "--resume", str(tmp_path / "runs" / "r1"), "--progress-json",
-        "--num-threads", "1"]
-    assert check_args(p) == ["train", "--manifest", str(manifest), "--size", "96", "--progress-json",
-                             "--check-only"]
+        "train",
+        "--device",
+        "cpu",
+        "--resume",
+        str(tmp_path / "runs" / "r1"),
+        "--progress-json",
+        "--num-threads",
+        "1",
+    ]
+    assert check_args(p) == ["train", "--manifest", str(manifest), "--size", "96", "--progress-json", "--check-only"]
     named = TrainingParameters(output_folder=str(tmp_path)).with_run_name()
     assert named.run_name.startswith("gloresnet-") and named.run_dir.parent == tmp_path
     assert named.with_run_name() is named
@@ -95,8 +160,12 @@ def test_gui_fields_map_to_the_parameters_and_their_defaults_are_the_papers():
     tree = ast.parse(module.read_text())
     (cls,) = [n for n in tree.body if isinstance(n, ast.ClassDef) and n.name.endswith("ParameterNode")]
     fields = {f.target.id: f for f in cls.body if isinstance(f, ast.AnnAssign)}
-    namespace = {"tp": training_params, "list": list, "DEFAULTS": TrainingParameters(),
-                 "SOURCE_NAMES": {v: k for k, v in SOURCE_LABELS.items()}}
+    namespace = {
+        "tp": training_params,
+        "list": list,
+        "DEFAULTS": TrainingParameters(),
+        "SOURCE_NAMES": {v: k for k, v in SOURCE_LABELS.items()},
+    }
     defaults = {name: eval(ast.unparse(fields[name].value), namespace) for name in GUI_FIELDS}
     assert defaults == TrainingParameters().to_gui()  # the GUI starts with the paper's settings
     for name, value in TrainingParameters.cpu_demo(source="scene").to_gui().items():
@@ -130,17 +199,23 @@ def test_gui_fields_map_to_the_parameters_and_their_defaults_are_the_papers():
 def test_bad_parameters_are_refused_before_anything_runs(tmp_path, cohort):
     good = tiny_params(cohort, tmp_path)
     assert good.validate() is good
-    for changes, match in (({"folds": 1}, "--folds"), ({"batch_size": 1}, "--batch-size"),
-                           ({"lr": 0.0}, "--lr"), ({"mixup_alpha": -1.0}, "--mixup-alpha"),
-                           ({"arch": "vgg"}, "architecture"), ({"device": "tpu"}, "device"),
-                           ({"pretrained": str(tmp_path / "w.pth")}, "full network width"),
-                           ({"pretrained": str(tmp_path / "w.pth"), "widths": None}, "not found"),
-                           # pretrain-age weights (safetensors) may have any width: only the file is checked
-                           ({"pretrained": str(tmp_path / "age.safetensors")}, "not found"),
-                           ({"manifest": str(tmp_path / "none.csv")}, "manifest not found"),
-                           ({"source": "dhcp", "dhcp": str(tmp_path / "none")}, "dHCP folder not found"),
-                           ({"output_folder": ""}, "output folder"), ({"run_name": "a/b"}, "plain folder"),
-                           ({"source": "pacs"}, "unknown dataset source")):
+    for changes, match in (
+        ({"folds": 1}, "--folds"),
+        ({"batch_size": 1}, "--batch-size"),
+        ({"lr": 0.0}, "--lr"),
+        ({"mixup_alpha": -1.0}, "--mixup-alpha"),
+        ({"arch": "vgg"}, "architecture"),
+        ({"device": "tpu"}, "device"),
+        ({"pretrained": str(tmp_path / "w.pth")}, "full network width"),
+        ({"pretrained": str(tmp_path / "w.pth"), "widths": None}, "not found"),
+        # pretrain-age weights (safetensors) may have any width: only the file is checked
+        ({"pretrained": str(tmp_path / "age.safetensors")}, "not found"),
+        ({"manifest": str(tmp_path / "none.csv")}, "manifest not found"),
+        ({"source": "dhcp", "dhcp": str(tmp_path / "none")}, "dHCP folder not found"),
+        ({"output_folder": ""}, "output folder"),
+        ({"run_name": "a/b"}, "plain folder"),
+        ({"source": "pacs"}, "unknown dataset source"),
+    ):
         with pytest.raises(InputError, match=match):
             good.replace(**changes).validate()
     (tmp_path / "tiny").mkdir()

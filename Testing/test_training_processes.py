@@ -123,9 +123,7 @@ def test_stop_mid_epoch_and_resume_is_exact(baseline, tmp_path):
     ck = torch.load(out / "fold_0" / "last.pt", map_location="cpu", weights_only=True)
     assert (ck["epoch"], ck["step"]) == (1, 1)  # saved after the first of two steps of epoch 1
     resumed = train_cv(
-        tiny_config(
-            baseline["manifest"], out, baseline["cache"], epochs=EPOCHS, batch_size=4, resume=str(out)
-        )
+        tiny_config(baseline["manifest"], out, baseline["cache"], epochs=EPOCHS, batch_size=4, resume=str(out))
     )
     np.testing.assert_array_equal(oof_probabilities(resumed), baseline["oof"])
 

@@ -26,17 +26,24 @@ from GloResNetLib.training.config import TrainConfig  # noqa: E402
 SHAPE = (20, 20, 20)
 TINY_WIDTHS = [8, 16, 32, 64]
 #: GloResNetTraining parameters of a tiny, quick CPU run (:func:`tiny_params`).
-TINY_PARAMS = dict(size=16, widths=tuple(TINY_WIDTHS), folds=2, epochs=3, batch_size=4, seed=0, num_threads=1,
-                   tensorboard=False, device="cpu")
+TINY_PARAMS = dict(
+    size=16,
+    widths=tuple(TINY_WIDTHS),
+    folds=2,
+    epochs=3,
+    batch_size=4,
+    seed=0,
+    num_threads=1,
+    tensorboard=False,
+    device="cpu",
+)
 
 
 def make_volume(rng: np.random.Generator, label: int, shape=SHAPE) -> np.ndarray:
     """Noisy ellipsoid head; label 1 adds a bright blob (radius ~3 voxels) somewhere inside it."""
     grid = np.stack(np.meshgrid(*[np.arange(s, dtype=np.float64) for s in shape], indexing="ij"))
     centre = (np.array(shape) - 1) / 2
-    r = np.sqrt(
-        (((grid - centre[:, None, None, None]) / (np.array(shape)[:, None, None, None] * 0.42)) ** 2).sum(0)
-    )
+    r = np.sqrt((((grid - centre[:, None, None, None]) / (np.array(shape)[:, None, None, None] * 0.42)) ** 2).sum(0))
     vol = np.where(r < 1, 400.0, 30.0) * rng.uniform(0.8, 1.2)
     if label == 1:
         c = centre + rng.uniform(-3.5, 3.5, size=3)
@@ -88,9 +95,7 @@ def write_cohort(
     return root / "manifest.csv"
 
 
-def write_manifest(
-    path: Path, rows: list[dict], columns=("path", "label", "subject", "session", "age_weeks")
-) -> Path:
+def write_manifest(path: Path, rows: list[dict], columns=("path", "label", "subject", "session", "age_weeks")) -> Path:
     with open(path, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(columns), extrasaction="ignore")
         w.writeheader()
@@ -195,8 +200,14 @@ def tiny_cli_args(manifest: Path, out: Path, cache: Path, *extra: str) -> list[s
 
 def tiny_params(cohort: dict, out: Path, **changes) -> TrainingParameters:
     """Module parameters of a tiny run on ``cohort`` (``manifest`` and ``cache`` paths) into ``out/tiny``."""
-    base = dict(source="manifest", manifest=str(cohort["manifest"]), output_folder=str(out), run_name="tiny",
-                cache_dir=str(cohort["cache"]), **TINY_PARAMS)
+    base = dict(
+        source="manifest",
+        manifest=str(cohort["manifest"]),
+        output_folder=str(out),
+        run_name="tiny",
+        cache_dir=str(cohort["cache"]),
+        **TINY_PARAMS,
+    )
     return TrainingParameters(**{**base, **changes})
 
 

@@ -83,19 +83,32 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--model", help="model bundle; default: a random-init resnet10 bundle in a temp folder")
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     p.add_argument("--repeats", type=int, default=3, help="timed rounds with the bundle's TTA views (default 3)")
-    p.add_argument("--repeats8", type=int, default=2,
-                   help="timed rounds with all 8 views, in memory (default 2; 0 skips)")
+    p.add_argument(
+        "--repeats8", type=int, default=2, help="timed rounds with all 8 views, in memory (default 2; 0 skips)"
+    )
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--seed", type=int, default=0, help="synthetic volume seed")
     p.add_argument("--shape", type=int, nargs=3, default=(217, 290, 290), help="synthetic volume shape")
     p.add_argument("--size", type=int, default=128, help="network input size of the random bundle (default 128)")
-    p.add_argument("--widths", type=int, nargs=4, default=None,
-                   help="ResNet-10 widths of the random bundle (default the paper's 64 128 256 512)")
-    p.add_argument("--ceiling-size", type=int, default=None,
-                   help="matrix size / convolution grid of the ceiling measurements (default: 2048 / 48 on CPU, "
-                        "8192 / 96 on CUDA)")
-    p.add_argument("--half", action="store_true",
-                   help="with --device cuda: ours in float16 (GLORESNET_CUDA_HALF=1); still checked for equality")
+    p.add_argument(
+        "--widths",
+        type=int,
+        nargs=4,
+        default=None,
+        help="ResNet-10 widths of the random bundle (default the paper's 64 128 256 512)",
+    )
+    p.add_argument(
+        "--ceiling-size",
+        type=int,
+        default=None,
+        help="matrix size / convolution grid of the ceiling measurements (default: 2048 / 48 on CPU, "
+        "8192 / 96 on CUDA)",
+    )
+    p.add_argument(
+        "--half",
+        action="store_true",
+        help="with --device cuda: ours in float16 (GLORESNET_CUDA_HALF=1); still checked for equality",
+    )
     p.add_argument("--profile", action="store_true", help="print a torch.profiler table of one prediction")
     p.add_argument("--json", metavar="FILE", help="also write all medians as JSON")
     return p.parse_args(argv)
@@ -106,23 +119,28 @@ def make_volume(args: argparse.Namespace, tmp: Path) -> Path:
         return Path(args.input)
     from GloResNetLib.synth import synth_volume
 
-    array, affine, _, _ = synth_volume(args.seed, age_weeks=40, shape=tuple(args.shape), voxel_size=0.5,
-                                       orientation="RAS", max_dim=None)
+    array, affine, _, _ = synth_volume(
+        args.seed, age_weeks=40, shape=tuple(args.shape), voxel_size=0.5, orientation="RAS", max_dim=None
+    )
     return write_volume(tmp / "bench_T2w.nii.gz", np.asarray(array, dtype=np.float32), affine)
 
 
-def make_bundle(tmp: Path, array: np.ndarray, affine: np.ndarray, size: int = 128,
-                widths: list[int] | None = None) -> Path:
+def make_bundle(
+    tmp: Path, array: np.ndarray, affine: np.ndarray, size: int = 128, widths: list[int] | None = None
+) -> Path:
     """Random-init resnet10 with BatchNorm statistics of this volume and a non-trivial, unsaturated head."""
     from GloResNetLib.preprocessing import PreprocessConfig
 
     arch_params = {"widths": list(widths)} if widths else {}
     pre = PreprocessConfig(size=(size,) * 3)
     model = calibrated_model(torch.from_numpy(preprocess(array, affine, pre).array)[None, None], **arch_params)
-    meta = default_metadata("bench-random-resnet10", arch_params=arch_params, preprocess=pre,
-                            provenance="random initialisation for benchmarking",
-                            training_data={"description": "none (benchmark)", "synthetic": True,
-                                           "trained": False})
+    meta = default_metadata(
+        "bench-random-resnet10",
+        arch_params=arch_params,
+        preprocess=pre,
+        provenance="random initialisation for benchmarking",
+        training_data={"description": "none (benchmark)", "synthetic": True, "trained": False},
+    )
     return save_bundle(tmp / "bundle", [model.state_dict()], meta)
 
 
@@ -151,8 +169,14 @@ def calibrated_model(x: torch.Tensor, seed: int = 0, arch: str = "resnet10", **p
 class MonaiBaseline:
     """The straightforward MONAI pipeline, stage by stage (model shared with ours)."""
 
-    def __init__(self, model: torch.nn.Module, device: torch.device, views: list[tuple[int, ...]],
-                 mode: str = "trilinear", size=(128, 128, 128)) -> None:
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        device: torch.device,
+        views: list[tuple[int, ...]],
+        mode: str = "trilinear",
+        size=(128, 128, 128),
+    ) -> None:
         from monai.transforms import Compose, LoadImage, NormalizeIntensity, Orientation, Resize
         from monai.visualize import GradCAM
 
@@ -200,8 +224,13 @@ class MonaiBaseline:
             nib.save(nib.Nifti1Image(x[0].numpy(), x.affine.numpy()), str(out_dir / "base_resampled.nii.gz"))
             (out_dir / "base.json").write_text(json.dumps({"probability": float(probs.mean())}))
             t["write"] = time.perf_counter() - t0
-        outputs = {"probability": float(probs.mean()), "view_probabilities": probs, "input": x[0].numpy(),
-                   "cam_network": cam[0].cpu().numpy(), "cam": cam_input}
+        outputs = {
+            "probability": float(probs.mean()),
+            "view_probabilities": probs,
+            "input": x[0].numpy(),
+            "cam_network": cam[0].cpu().numpy(),
+            "cam": cam_input,
+        }
         return t, outputs
 
 
@@ -218,9 +247,10 @@ def ours_file(bundle, path: Path, out_dir: Path, axes) -> tuple[dict, object]:
     r = predict_file(bundle, path, tta=True, cam=True, tta_axes=axes)
     t0 = time.perf_counter()
     stem = volume_stem(path)
-    files = {"cam": str(write_volume(out_dir / f"{stem}_cam.nii.gz", r.cam, r.input_affine)),
-             "resampled": str(write_volume(out_dir / f"{stem}_resampled.nii.gz", r.resampled,
-                                           r.resampled_affine))}
+    files = {
+        "cam": str(write_volume(out_dir / f"{stem}_cam.nii.gz", r.cam, r.input_affine)),
+        "resampled": str(write_volume(out_dir / f"{stem}_resampled.nii.gz", r.resampled, r.resampled_affine)),
+    }
     r.timings["write"] = time.perf_counter() - t0
     write_text_atomic(out_dir / f"{stem}.json", json.dumps({**r.to_json_dict(), "outputs": files}) + "\n")
     r.timings["write"] = time.perf_counter() - t0
@@ -241,9 +271,11 @@ def check(base: dict, ours, label: str) -> bool:
     c_net, c_in = corr(base["cam_network"], ours.cam_network), corr(base["cam"], ours.cam)
     ok = d_p <= PROB_TOL and d_views <= PROB_TOL and c_net >= CAM_MIN_CORR and c_in >= CAM_MIN_CORR
     ok = ok and float(ours.cam.max()) > 0
-    print(f"  check {label}: network input max|diff| {d_in:.2e}; P(BI) {base['probability']:.6f} vs "
-          f"{ours.probability:.6f} (|diff| {d_p:.1e}, views {d_views:.1e}); CAM corr {c_net:.5f} (network grid), "
-          f"{c_in:.5f} (input grid) -> {'SAME' if ok else 'DIFFERENT'}")
+    print(
+        f"  check {label}: network input max|diff| {d_in:.2e}; P(BI) {base['probability']:.6f} vs "
+        f"{ours.probability:.6f} (|diff| {d_p:.1e}, views {d_views:.1e}); CAM corr {c_net:.5f} (network grid), "
+        f"{c_in:.5f} (input grid) -> {'SAME' if ok else 'DIFFERENT'}"
+    )
     return ok
 
 
@@ -268,10 +300,12 @@ def fmt(v: float | None) -> str:
     return f"{v:9.3f}" if v is not None else f"{'-':>9}"
 
 
-def time_rounds(n, baseline, bundle, src_path, mem_img, array, affine, axes, out_dir, device, with_file=True,
-                ceiling_size=None):
+def time_rounds(
+    n, baseline, bundle, src_path, mem_img, array, affine, axes, out_dir, device, with_file=True, ceiling_size=None
+):
     rows = {"base_mem": [], "ours_mem": [], "base_file": [], "ours_file": [], "ceiling": []}
     for i in range(n):
+
         def base_mem():
             t0 = time.perf_counter()
             t, _ = baseline.run(mem_img)
@@ -296,8 +330,10 @@ def time_rounds(n, baseline, bundle, src_path, mem_img, array, affine, axes, out
         for job in jobs if with_file else jobs[:2]:
             job()
         rows["ceiling"].append(ceiling_gflops(device, ceiling_size))
-        line = (f"  round {i + 1}/{n}: baseline {rows['base_mem'][-1]['total']:.2f} s, ours "
-                f"{rows['ours_mem'][-1]['total']:.2f} s in memory")
+        line = (
+            f"  round {i + 1}/{n}: baseline {rows['base_mem'][-1]['total']:.2f} s, ours "
+            f"{rows['ours_mem'][-1]['total']:.2f} s in memory"
+        )
         if with_file:
             line += f"; from file {rows['base_file'][-1]['total']:.2f} s vs {rows['ours_file'][-1]['total']:.2f} s"
         print(line, flush=True)
@@ -306,8 +342,10 @@ def time_rounds(n, baseline, bundle, src_path, mem_img, array, affine, axes, out
 
 def report(rows, flops_per_view: float, n_views: int, label: str) -> dict:
     print(f"\n== {label}: medians over {len(rows['ours_mem'])} rounds (seconds) ==")
-    print(f"{'stage':<12}{'baseline':>10}{'ours':>10}{'ratio':>8}   (load/write from the file path; "
-          "other stages in memory)")
+    print(
+        f"{'stage':<12}{'baseline':>10}{'ours':>10}{'ratio':>8}   (load/write from the file path; "
+        "other stages in memory)"
+    )
     summary = {}
     for s in STAGES:
         src_b, src_o = ("base_file", "ours_file") if s in ("load", "write") else ("base_mem", "ours_mem")
@@ -327,13 +365,22 @@ def report(rows, flops_per_view: float, n_views: int, label: str) -> dict:
     best_name = max((k for k in ceiling if k != "best"), key=lambda k: ceiling[k])
     gflop = flops_per_view * n_views / 1e9
     nb, no = med(rows["base_mem"], "network"), med(rows["ours_mem"], "network")
-    print("ceiling (GFLOP/s, median over rounds): "
-          + ", ".join(f"{k} {v:.1f}" for k, v in ceiling.items() if k != "best") + f" -> best: {best_name}")
-    print(f"network: {gflop:.1f} GFLOP ({n_views} views) -> baseline {gflop / nb:.1f} GFLOP/s "
-          f"({100 * gflop / nb / best:.0f}%), ours {gflop / no:.1f} GFLOP/s ({100 * gflop / no / best:.0f}% of the "
-          f"ceiling, {best_name} at {best:.1f} GFLOP/s)")
-    summary.update(end_to_end=out, network_gflops={"baseline": gflop / nb, "ours": gflop / no},
-                   ceiling_gflops=ceiling, ceiling_share={"baseline": gflop / nb / best, "ours": gflop / no / best})
+    print(
+        "ceiling (GFLOP/s, median over rounds): "
+        + ", ".join(f"{k} {v:.1f}" for k, v in ceiling.items() if k != "best")
+        + f" -> best: {best_name}"
+    )
+    print(
+        f"network: {gflop:.1f} GFLOP ({n_views} views) -> baseline {gflop / nb:.1f} GFLOP/s "
+        f"({100 * gflop / nb / best:.0f}%), ours {gflop / no:.1f} GFLOP/s ({100 * gflop / no / best:.0f}% of the "
+        f"ceiling, {best_name} at {best:.1f} GFLOP/s)"
+    )
+    summary.update(
+        end_to_end=out,
+        network_gflops={"baseline": gflop / nb, "ours": gflop / no},
+        ceiling_gflops=ceiling,
+        ceiling_share={"baseline": gflop / nb / best, "ours": gflop / no / best},
+    )
     return summary
 
 
@@ -355,13 +402,19 @@ def main(argv: list[str] | None = None) -> int:
     tmp = Path(tmp_ctx.name)
     out_dir = tmp / "out"
     out_dir.mkdir()
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {device}"
-          + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""), flush=True)
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {device}"
+        + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""),
+        flush=True,
+    )
     t0 = time.perf_counter()
     src = make_volume(args, tmp)
     array, affine = read_volume(src)
-    print(f"input {src.name}: {array.shape} float32, voxel {np.abs(affine[:3, :3]).sum(0).round(3).tolist()} mm, "
-          f"{src.stat().st_size / 1e6:.1f} MB on disk ({time.perf_counter() - t0:.1f} s to make)", flush=True)
+    print(
+        f"input {src.name}: {array.shape} float32, voxel {np.abs(affine[:3, :3]).sum(0).round(3).tolist()} mm, "
+        f"{src.stat().st_size / 1e6:.1f} MB on disk ({time.perf_counter() - t0:.1f} s to make)",
+        flush=True,
+    )
     bundle_path = Path(args.model) if args.model else make_bundle(tmp, array, affine, args.size, args.widths)
     bundle = load_bundle(bundle_path, device=device)
     model = bundle.models[0]
@@ -372,15 +425,18 @@ def main(argv: list[str] | None = None) -> int:
     baseline = MonaiBaseline(model, device, views2, size=size)
     mem_img = (array, affine)
     flops = network_flops(model, size, device)
-    print(f"model {bundle.name}; {flops / 1e9:.1f} GFLOP per view at {size}; views {len(views2)} (default) "
-          f"and 8", flush=True)
+    print(
+        f"model {bundle.name}; {flops / 1e9:.1f} GFLOP per view at {size}; views {len(views2)} (default) and 8",
+        flush=True,
+    )
 
     print("equivalence (untimed; also warms both sides up):", flush=True)
     ok = True
     base_out = baseline.run(mem_img)[1]
     ok &= check(base_out, ours_memory(bundle, array, affine, None)[1], f"{len(views2)} views, in memory")
-    ok &= check(baseline.run(src, out_dir)[1], ours_file(bundle, src, out_dir, None)[1],
-                f"{len(views2)} views, from file")
+    ok &= check(
+        baseline.run(src, out_dir)[1], ours_file(bundle, src, out_dir, None)[1], f"{len(views2)} views, from file"
+    )
     views8 = tta_views([0, 1, 2])
     baseline8 = MonaiBaseline(model, device, views8, size=size)
     if args.repeats8 > 0:
@@ -402,15 +458,38 @@ def main(argv: list[str] | None = None) -> int:
         print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=20))
 
     print(f"\ntiming {args.repeats} rounds, {len(views2)} views + CAM:", flush=True)
-    rows2 = time_rounds(args.repeats, baseline, bundle, src, mem_img, array, affine, None, out_dir, device,
-                        ceiling_size=args.ceiling_size)
+    rows2 = time_rounds(
+        args.repeats,
+        baseline,
+        bundle,
+        src,
+        mem_img,
+        array,
+        affine,
+        None,
+        out_dir,
+        device,
+        ceiling_size=args.ceiling_size,
+    )
     results = {"views2": report(rows2, flops, len(views2), f"{len(views2)}-view TTA + Grad-CAM")}
     print(f"(MONAI's default Resize mode 'area' preprocess, untimed baseline variant: {t_area:.3f} s)")
 
     if args.repeats8 > 0:
         print(f"\ntiming {args.repeats8} rounds, 8 views + CAM:", flush=True)
-        rows8 = time_rounds(args.repeats8, baseline8, bundle, src, mem_img, array, affine, [0, 1, 2], out_dir,
-                            device, with_file=False, ceiling_size=args.ceiling_size)
+        rows8 = time_rounds(
+            args.repeats8,
+            baseline8,
+            bundle,
+            src,
+            mem_img,
+            array,
+            affine,
+            [0, 1, 2],
+            out_dir,
+            device,
+            with_file=False,
+            ceiling_size=args.ceiling_size,
+        )
         results["views8"] = report(rows8, flops, 8, "8-view TTA + Grad-CAM")
 
     # no TTA, load included (the goal: < 1 s per volume on CPU)
@@ -429,15 +508,28 @@ def main(argv: list[str] | None = None) -> int:
     from GloResNetLib.cli import main as cli_main
 
     with contextlib.redirect_stdout(io.StringIO()):
-        rc = cli_main(["predict", str(src), "--model", str(bundle_path), "--out", str(out_dir / "cli"),
-                       "--device", str(device), "--json"])
+        rc = cli_main(
+            [
+                "predict",
+                str(src),
+                "--model",
+                str(bundle_path),
+                "--out",
+                str(out_dir / "cli"),
+                "--device",
+                str(device),
+                "--json",
+            ]
+        )
     print(f"`gloresnet predict` once (bundle load included): {time.perf_counter() - t0:.3f} s, exit code {rc}")
 
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2, default=float) + "\n")
     r = results["views2"]["end_to_end"]
-    print(f"speed-up baseline/ours, {len(views2)}-view TTA + CAM: {r['in memory']:.2f}x in memory, "
-          f"{r['from file']:.2f}x from file (load and write-back included)")
+    print(
+        f"speed-up baseline/ours, {len(views2)}-view TTA + CAM: {r['in memory']:.2f}x in memory, "
+        f"{r['from file']:.2f}x from file (load and write-back included)"
+    )
     print(f"ratio: {r['in memory']:.2f}")
     tmp_ctx.cleanup()
     return 0

@@ -50,8 +50,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--sizes", type=int, nargs="+", default=[64, 128], help="network input sizes (default 64 128)")
     p.add_argument("--volumes", type=int, default=24, help="synthetic volumes in the cohort (default 24)")
-    p.add_argument("--epochs", type=int, default=4,
-                   help="epochs per side; the first is a warm-up, medians over the rest (default 4)")
+    p.add_argument(
+        "--epochs",
+        type=int,
+        default=4,
+        help="epochs per side; the first is a warm-up, medians over the rest (default 4)",
+    )
     p.add_argument("--batch-size", type=int, default=4, help="volumes per optimizer step (default 4)")
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
@@ -66,8 +70,9 @@ def make_cohort(root: Path, n: int, seed: int) -> Path:
     rows = []
     for i in range(n):
         label = i % 2
-        array, affine, _, _ = synth_volume(seed * 1000 + i, age_weeks=float(34 + i % 8),
-                                           injuries=("pwml",) if label else (), max_dim=96)
+        array, affine, _, _ = synth_volume(
+            seed * 1000 + i, age_weeks=float(34 + i % 8), injuries=("pwml",) if label else (), max_dim=96
+        )
         path = write_volume(root / f"sub-{i:03d}_T2w.nii.gz", np.asarray(array, np.float32), affine)
         rows.append({"path": path.name, "label": label, "subject": f"sub-{i:03d}"})
     manifest = root / "manifest.csv"
@@ -85,9 +90,20 @@ def run_ours(manifest: Path, work: Path, size: int, args) -> dict:
     from GloResNetLib.training import TrainConfig, train_cv
 
     out = work / f"run_{size}"
-    cfg = TrainConfig(manifest=str(manifest), out=str(out), size=size, epochs=args.epochs, folds=2, fold=0,
-                      batch_size=args.batch_size, device=args.device, tensorboard=False,
-                      cache_dir=str(work / "cache"), seed=args.seed, num_threads=args.threads)
+    cfg = TrainConfig(
+        manifest=str(manifest),
+        out=str(out),
+        size=size,
+        epochs=args.epochs,
+        folds=2,
+        fold=0,
+        batch_size=args.batch_size,
+        device=args.device,
+        tensorboard=False,
+        cache_dir=str(work / "cache"),
+        seed=args.seed,
+        num_threads=args.threads,
+    )
     t0 = time.perf_counter()
     train_cv(cfg, progress=lambda event: None)
     wall = time.perf_counter() - t0
@@ -101,8 +117,13 @@ def timed_summary(n_train: int, epochs: list[tuple[float, float]]) -> dict:
     timed = epochs[1:]
     step_s = float(np.median([s for s, _ in timed]))
     data_s = float(np.median([d for _, d in timed]))
-    return {"train_s": step_s, "data_s": data_s, "volumes_per_s": n_train / step_s,
-            "data_share": float(np.median([d / s for s, d in timed])), "epochs": epochs}
+    return {
+        "train_s": step_s,
+        "data_s": data_s,
+        "volumes_per_s": n_train / step_s,
+        "data_share": float(np.median([d / s for s, d in timed])),
+        "epochs": epochs,
+    }
 
 
 # ------------------------------------------------------------------------------------------------ baseline
@@ -124,10 +145,16 @@ def run_monai(manifest: Path, size: int, n_train: int, args) -> dict:
     with open(manifest, newline="") as f:
         rows = list(csv.DictReader(f))[:n_train]
     data = [{"image": str(manifest.parent / r["path"]), "label": int(r["label"])} for r in rows]
-    transform = Compose([
-        LoadImaged("image", image_only=True), EnsureChannelFirstd("image"), Orientationd("image", axcodes="RAS"),
-        Resized("image", (size,) * 3, mode="trilinear"), NormalizeIntensityd("image"),
-        RandFlipd("image", prob=0.5, spatial_axis=0)])
+    transform = Compose(
+        [
+            LoadImaged("image", image_only=True),
+            EnsureChannelFirstd("image"),
+            Orientationd("image", axcodes="RAS"),
+            Resized("image", (size,) * 3, mode="trilinear"),
+            NormalizeIntensityd("image"),
+            RandFlipd("image", prob=0.5, spatial_axis=0),
+        ]
+    )
     t0 = time.perf_counter()
     ds = CacheDataset(data, transform, cache_rate=1.0, num_workers=0, progress=False)
     cache_s = time.perf_counter() - t0
@@ -137,8 +164,9 @@ def run_monai(manifest: Path, size: int, n_train: int, args) -> dict:
     model = build_model("resnet10").to(device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.01)
     labels = np.array([d["label"] for d in data])
-    weights = torch.tensor([len(labels) / (2 * max(1, int((labels == c).sum()))) for c in (0, 1)],
-                           dtype=torch.float32, device=device)
+    weights = torch.tensor(
+        [len(labels) / (2 * max(1, int((labels == c).sum()))) for c in (0, 1)], dtype=torch.float32, device=device
+    )
     rng = np.random.default_rng(args.seed)
     epochs = []
     for _ in range(args.epochs):
@@ -181,9 +209,12 @@ def main(argv: list[str] | None = None) -> int:
         work = Path(tmp)
         t0 = time.perf_counter()
         manifest = make_cohort(work / "cohort", args.volumes, args.seed)
-        print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}; "
-              f"{args.volumes} synthetic volumes ({time.perf_counter() - t0:.1f} s to make); batch "
-              f"{args.batch_size}, {args.epochs} epochs per side (first = warm-up)", flush=True)
+        print(
+            f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}; "
+            f"{args.volumes} synthetic volumes ({time.perf_counter() - t0:.1f} s to make); batch "
+            f"{args.batch_size}, {args.epochs} epochs per side (first = warm-up)",
+            flush=True,
+        )
         results = {}
         for size in args.sizes:
             ours = run_ours(manifest, work, size, args)
@@ -194,10 +225,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{'':<26}{'volumes/s':>10}{'epoch s':>9}{'data wait':>11}")
             for name, r in (("MONAI CacheDataset loop", base), ("GloResNet trainer", ours)):
                 print(f"{name:<26}{r['volumes_per_s']:>10.3f}{r['train_s']:>9.2f}{100 * r['data_share']:>10.1f}%")
-            print(f"ratio ours/baseline at {size}^3: {ours['volumes_per_s'] / base['volumes_per_s']:.2f}x "
-                  f"(medians of {args.epochs - 1} epochs after warm-up; warm-up epochs: baseline "
-                  f"{base['epochs'][0][0]:.1f} s, ours {ours['epochs'][0][0]:.1f} s; MONAI cache fill "
-                  f"{base['cache_s']:.1f} s)", flush=True)
+            print(
+                f"ratio ours/baseline at {size}^3: {ours['volumes_per_s'] / base['volumes_per_s']:.2f}x "
+                f"(medians of {args.epochs - 1} epochs after warm-up; warm-up epochs: baseline "
+                f"{base['epochs'][0][0]:.1f} s, ours {ours['epochs'][0][0]:.1f} s; MONAI cache fill "
+                f"{base['cache_s']:.1f} s)",
+                flush=True,
+            )
     size = max(results)
     base, ours = results[size]
     print(f"ratio: {ours['volumes_per_s'] / base['volumes_per_s']:.2f}")

@@ -51,8 +51,9 @@ def numpy_sgemm_gflops(n: int) -> float | None:
     if torch.get_num_threads() and "OPENBLAS_NUM_THREADS" not in env:
         env["OPENBLAS_NUM_THREADS"] = str(torch.get_num_threads())  # the same threads as the network
     try:
-        out = subprocess.run([sys.executable, "-c", _SGEMM, str(n)], env=env, capture_output=True, text=True,
-                             timeout=120, check=True)
+        out = subprocess.run(
+            [sys.executable, "-c", _SGEMM, str(n)], env=env, capture_output=True, text=True, timeout=120, check=True
+        )
         return float(out.stdout.strip().splitlines()[-1])
     except (subprocess.SubprocessError, ValueError, IndexError):
         return None

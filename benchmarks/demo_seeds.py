@@ -112,14 +112,25 @@ def main(argv: list[str] | None = None) -> int:
         stated = {m: s["pointing_game"] for m, s in summary.get("saliency", {}).items()}
         for method, figure in pointing.items():
             if method in stated and abs(stated[method] - figure["pointing_game"]) > 1e-9:
-                raise SystemExit(f"seed {seed}: {method} pointing game {figure['pointing_game']:.3f} recomputed "
-                                 f"from the files differs from demo_summary.json ({stated[method]:.3f})")
+                raise SystemExit(
+                    f"seed {seed}: {method} pointing game {figure['pointing_game']:.3f} recomputed "
+                    f"from the files differs from demo_summary.json ({stated[method]:.3f})"
+                )
         auc = summary["cv"]["auc"]["mean"]
-        per_seed.append({"seed": seed, "seconds": seconds or summary["seconds"]["total"], "cv_auc": auc,
-                         "heldout_accuracy": summary["heldout_accuracy"], "pointing": pointing})
+        per_seed.append(
+            {
+                "seed": seed,
+                "seconds": seconds or summary["seconds"]["total"],
+                "cv_auc": auc,
+                "heldout_accuracy": summary["heldout_accuracy"],
+                "pointing": pointing,
+            }
+        )
         figures = "  ".join(f"{m} {s['pointing_game']:.2f} ({s['hits']}/{s['n']})" for m, s in pointing.items())
-        print(f"seed {seed}: {per_seed[-1]['seconds']:.0f} s  CV AUC {auc:.3f}  held-out accuracy "
-              f"{summary['heldout_accuracy']:.3f}  pointing game: {figures}")
+        print(
+            f"seed {seed}: {per_seed[-1]['seconds']:.0f} s  CV AUC {auc:.3f}  held-out accuracy "
+            f"{summary['heldout_accuracy']:.3f}  pointing game: {figures}"
+        )
     print(f"over seeds {args.seeds}:")
     print(f"  CV AUC             {describe([r['cv_auc'] for r in per_seed])}")
     print(f"  held-out accuracy  {describe([r['heldout_accuracy'] for r in per_seed])}")

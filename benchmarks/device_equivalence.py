@@ -79,10 +79,12 @@ def main(argv: list[str] | None = None) -> int:
         dist = float(np.linalg.norm(peak_mm(a, cpu.input_affine) - peak_mm(b, other.input_affine)))
         finite = bool(np.isfinite(b).all())
         ok = ok and c >= args.min_corr and finite
-        print(f"{name}: correlation {c:.5f} (minimum {args.min_corr:g}), peaks {dist:.1f} mm apart, "
-              f"finite {finite}")
-    print(f"equivalence: {'SAME' if ok else 'DIFFERENT'} (cpu vs {device}"
-          + (f", {torch.cuda.get_device_name(device)}" if device.type == "cuda" else "") + ")")
+        print(f"{name}: correlation {c:.5f} (minimum {args.min_corr:g}), peaks {dist:.1f} mm apart, finite {finite}")
+    print(
+        f"equivalence: {'SAME' if ok else 'DIFFERENT'} (cpu vs {device}"
+        + (f", {torch.cuda.get_device_name(device)}" if device.type == "cuda" else "")
+        + ")"
+    )
     return 0 if ok else 1
 
 

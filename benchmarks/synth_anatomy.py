@@ -37,14 +37,17 @@ def main() -> int:
     for age in AGES:
         brain, vent, vi = [], [], []
         for s in range(args.subjects):
-            _, _, _, info = synth_volume(1000 + s, age, (), noise=False, bias=False, artefact_strength=0.0,
-                                         brain_extracted=False, **kw)
+            _, _, _, info = synth_volume(
+                1000 + s, age, (), noise=False, bias=False, artefact_strength=0.0, brain_extracted=False, **kw
+            )
             lab = info["labels_full"]
-            brain.append(np.isin(lab, A.BRAIN_LABELS).sum() * args.voxel ** 3 / 1000)
-            vent.append((lab == A.VENTRICLE).sum() * args.voxel ** 3 / 1000)
+            brain.append(np.isin(lab, A.BRAIN_LABELS).sum() * args.voxel**3 / 1000)
+            vent.append((lab == A.VENTRICLE).sum() * args.voxel**3 / 1000)
             vi.append(max(info["ventricular_index_mm"]))
-        print(f"{age:4.0f} {A.brain_volume_ml(age):8.0f} {np.mean(brain):10.0f} ({min(brain):.0f}-{max(brain):.0f})"
-              f"{'':8} {np.mean(vent):8.1f} ({min(vent):.1f}-{max(vent):.1f}) {np.mean(vi):8.1f}")
+        print(
+            f"{age:4.0f} {A.brain_volume_ml(age):8.0f} {np.mean(brain):10.0f} ({min(brain):.0f}-{max(brain):.0f})"
+            f"{'':8} {np.mean(vent):8.1f} ({min(vent):.1f}-{max(vent):.1f}) {np.mean(vi):8.1f}"
+        )
         head = synth_volume(7, age, (), brain_extracted=False, **kw)[0]
         bet = synth_volume(7, age, (), brain_extracted=True, **kw)[0]
         rows.append((age, orthogonal_planes(head), orthogonal_planes(bet)))

@@ -39,8 +39,10 @@ from .predict_common import (
 
 __all__ = ["AgePrediction", "SALIENCY", "age_pass", "age_table", "cv_mae", "predict_age"]
 
-SALIENCY = ("Grad-CAM of the predicted age: where the features raise the age estimate (regions that lower it "
-            "are not shown); not a lesion map")
+SALIENCY = (
+    "Grad-CAM of the predicted age: where the features raise the age estimate (regions that lower it "
+    "are not shown); not a lesion map"
+)
 
 
 @dataclass
@@ -81,8 +83,7 @@ class AgePrediction:
         return {
             "task": AGE_REGRESSION,
             "age_weeks": round(self.age_weeks, 4),
-            "target": {"name": AGE_TARGET_NAME, "unit": AGE_UNIT,
-                       "meaning": "estimated post-menstrual age at scan"},
+            "target": {"name": AGE_TARGET_NAME, "unit": AGE_UNIT, "meaning": "estimated post-menstrual age at scan"},
             "view_age_weeks": {k: round(v, 4) for k, v in self.view_age_weeks.items()},
             "model_age_weeks": [round(v, 4) for v in self.model_age_weeks],
             "spread_weeks": round(self.spread_weeks, 4),
@@ -106,8 +107,15 @@ def cv_mae(bundle: Bundle) -> float | None:
     return float(value) if isinstance(value, (int, float)) else None
 
 
-def predict_age(bundle: Bundle, array: np.ndarray, affine: np.ndarray, tta: bool = True, cam: bool = True,
-                device: str | torch.device | None = None, tta_axes: list[int] | None = None) -> AgePrediction:
+def predict_age(
+    bundle: Bundle,
+    array: np.ndarray,
+    affine: np.ndarray,
+    tta: bool = True,
+    cam: bool = True,
+    device: str | torch.device | None = None,
+    tta_axes: list[int] | None = None,
+) -> AgePrediction:
     """Estimate post-menstrual age at scan (weeks) for one volume (array indexed as stored, 4x4 affine).
 
     Args:
@@ -145,9 +153,17 @@ def predict_age(bundle: Bundle, array: np.ndarray, affine: np.ndarray, tta: bool
         view_age_weeks={view_name(v): float(a) for v, a in zip(views, estimates.mean(0))},
         model_age_weeks=[float(a) for a in estimates.mean(1)],
         spread_weeks=float(estimates.max() - estimates.min()),
-        resampled=pre.array, resampled_affine=pre.affine, input_affine=np.asarray(affine, dtype=np.float64),
-        cam=cam_input, cam_network=cam_network, model_name=bundle.name, device=str(dev),
-        training_data=bundle.training_data, cv_mae_weeks=cv_mae(bundle), timings=timings)
+        resampled=pre.array,
+        resampled_affine=pre.affine,
+        input_affine=np.asarray(affine, dtype=np.float64),
+        cam=cam_input,
+        cam_network=cam_network,
+        model_name=bundle.name,
+        device=str(dev),
+        training_data=bundle.training_data,
+        cv_mae_weeks=cv_mae(bundle),
+        timings=timings,
+    )
 
 
 def age_table(rows: list[dict[str, Any]], bundle: Bundle) -> list[str]:
@@ -158,11 +174,14 @@ def age_table(rows: list[dict[str, Any]], bundle: Bundle) -> list[str]:
     lines = [f"{'input':<{width}}  {'age (weeks)':>11}  {'spread':>6}  {'time s':>6}"]
     for r in rows:
         total = sum(r["timings_s"].values())
-        lines.append(f"{Path(r['input']).name:<{width}}  {r['age_weeks']:>11.2f}  {r['spread_weeks']:>6.2f}  "
-                     f"{total:>6.2f}")
+        lines.append(
+            f"{Path(r['input']).name:<{width}}  {r['age_weeks']:>11.2f}  {r['spread_weeks']:>6.2f}  {total:>6.2f}"
+        )
     mae = cv_mae(bundle)
-    lines.append("age: estimated post-menstrual age at scan, mean over fold models and TTA views; spread: max - "
-                 "min of those estimates" + (f"; cross-validated MAE {mae:.2f} weeks" if mae is not None else ""))
+    lines.append(
+        "age: estimated post-menstrual age at scan, mean over fold models and TTA views; spread: max - "
+        "min of those estimates" + (f"; cross-validated MAE {mae:.2f} weeks" if mae is not None else "")
+    )
     lines.append(f"model {bundle.name}; trained on: {bundle.training_data.get('description', 'unknown')}")
     if bundle.is_synthetic:
         lines.append("NOTE: this model was trained on SYNTHETIC data - demonstration only.")

@@ -27,8 +27,7 @@ TASKS = (CLASSIFICATION, AGE_REGRESSION)
 AGE_TARGET_NAME = "age_weeks"
 AGE_UNIT = "weeks post-menstrual age"
 #: Keys every bundle's metadata has, whatever its task (``weights`` is filled in by ``save_bundle``).
-COMMON_KEYS = ("format_version", "name", "arch", "num_classes", "preprocess", "training_data", "provenance",
-               "weights")
+COMMON_KEYS = ("format_version", "name", "arch", "num_classes", "preprocess", "training_data", "provenance", "weights")
 #: Keys only a classifier bundle has.
 CLASSIFIER_KEYS = ("class_names", "threshold")
 
@@ -48,8 +47,14 @@ def required_keys(meta: dict[str, Any]) -> tuple[str, ...]:
 
 def age_target(offsets: list[float], scales: list[float], **extra: Any) -> dict[str, Any]:
     """The ``target`` object of an age bundle: per-model ``offset``/``scale`` (weeks = offset + scale * output)."""
-    return {"name": AGE_TARGET_NAME, "unit": AGE_UNIT, "transform": "age_weeks = offset + scale * output",
-            "offset": [float(v) for v in offsets], "scale": [float(v) for v in scales], **extra}
+    return {
+        "name": AGE_TARGET_NAME,
+        "unit": AGE_UNIT,
+        "transform": "age_weeks = offset + scale * output",
+        "offset": [float(v) for v in offsets],
+        "scale": [float(v) for v in scales],
+        **extra,
+    }
 
 
 def _per_model(target: dict[str, Any], key: str, n_models: int, where: str) -> list[float]:
@@ -71,8 +76,9 @@ def check_age_metadata(meta: dict[str, Any], where: str, n_models: int) -> None:
     if task_of(meta, where) != AGE_REGRESSION:
         return
     if meta.get("num_classes") != 1:
-        raise BundleError(f"{where}: an age_regression bundle has num_classes 1 (one output), "
-                          f"not {meta.get('num_classes')!r}")
+        raise BundleError(
+            f"{where}: an age_regression bundle has num_classes 1 (one output), not {meta.get('num_classes')!r}"
+        )
     target = meta.get("target")
     if not isinstance(target, dict):
         raise BundleError(f"{where}: an age_regression bundle needs a 'target' object (name, unit, offset, scale)")
@@ -89,5 +95,15 @@ def target_scaling(meta: dict[str, Any]) -> tuple[list[float], list[float]]:
     return (_per_model(meta["target"], "offset", n, "bundle"), _per_model(meta["target"], "scale", n, "bundle"))
 
 
-__all__ = ["AGE_REGRESSION", "AGE_TARGET_NAME", "AGE_UNIT", "CLASSIFICATION", "TASKS", "age_target",
-           "check_age_metadata", "required_keys", "target_scaling", "task_of"]
+__all__ = [
+    "AGE_REGRESSION",
+    "AGE_TARGET_NAME",
+    "AGE_UNIT",
+    "CLASSIFICATION",
+    "TASKS",
+    "age_target",
+    "check_age_metadata",
+    "required_keys",
+    "target_scaling",
+    "task_of",
+]

@@ -32,8 +32,11 @@ from .outputs import staged_folder
 from .preprocessing import PreprocessConfig
 
 DEFAULT_CLASS_NAMES = ["no BI", "BI"]
-UNTRAINED = {"description": "none: the classifier head is untrained; predictions are meaningless",
-             "synthetic": False, "trained": False}
+UNTRAINED = {
+    "description": "none: the classifier head is untrained; predictions are meaningless",
+    "synthetic": False,
+    "trained": False,
+}
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
@@ -45,10 +48,18 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def default_metadata(name: str, arch: str = "resnet10", arch_params: dict | None = None,
-                     preprocess: PreprocessConfig | None = None, training_data: dict | None = None,
-                     provenance: str = "", threshold: float = 0.5, cv_metrics: dict | None = None,
-                     tta_axes: tuple[int, ...] = (0,), extra: dict | None = None) -> dict[str, Any]:
+def default_metadata(
+    name: str,
+    arch: str = "resnet10",
+    arch_params: dict | None = None,
+    preprocess: PreprocessConfig | None = None,
+    training_data: dict | None = None,
+    provenance: str = "",
+    threshold: float = 0.5,
+    cv_metrics: dict | None = None,
+    tta_axes: tuple[int, ...] = (0,),
+    extra: dict | None = None,
+) -> dict[str, Any]:
     """Metadata dict for :func:`save_bundle`, with the library version and creation time filled in."""
     meta = {
         "format_version": FORMAT_VERSION,
@@ -70,8 +81,12 @@ def default_metadata(name: str, arch: str = "resnet10", arch_params: dict | None
     return meta
 
 
-def save_bundle(out_dir: str | os.PathLike, state_dicts: list[dict[str, torch.Tensor]],
-                metadata: dict[str, Any], overwrite: bool = False) -> Path:
+def save_bundle(
+    out_dir: str | os.PathLike,
+    state_dicts: list[dict[str, torch.Tensor]],
+    metadata: dict[str, Any],
+    overwrite: bool = False,
+) -> Path:
     """Write a bundle folder (weights as safetensors + metadata with their SHA-256); returns its path.
 
     The folder is assembled next to ``out_dir`` and renamed into place, so a failure leaves nothing behind.
@@ -84,8 +99,9 @@ def save_bundle(out_dir: str | os.PathLike, state_dicts: list[dict[str, torch.Te
     if not state_dicts:
         raise BundleError("a bundle needs at least one model")
     check_age_metadata(metadata, "bundle metadata", len(state_dicts))
-    files = [f"model_fold{k}.safetensors" if len(state_dicts) > 1 else "model.safetensors"
-             for k in range(len(state_dicts))]
+    files = [
+        f"model_fold{k}.safetensors" if len(state_dicts) > 1 else "model.safetensors" for k in range(len(state_dicts))
+    ]
     # the schema check runs before anything is written (checksums are filled in below), on the JSON form
     # that will be read back (tuples become lists): a bundle that could not load is never written
     draft = dict(metadata, weights=[{"file": f, "sha256": "0" * 64} for f in files])
@@ -132,8 +148,10 @@ class Bundle(BundleMetadata):
         """One line: name, architecture, number of models, what data trained it (and its flag)."""
         flag = f" [{self.flag}]" if self.flag else ""
         task = "" if self.task == CLASSIFICATION else "; brain age in weeks"
-        return (f"{self.name} ({self.arch}, {len(self.models)} model(s){task}); trained on: "
-                f"{self.training_data.get('description', 'unknown')}{flag}")
+        return (
+            f"{self.name} ({self.arch}, {len(self.models)} model(s){task}); trained on: "
+            f"{self.training_data.get('description', 'unknown')}{flag}"
+        )
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
@@ -217,8 +235,10 @@ def check_state(model: nn.Module, state: dict[str, torch.Tensor], source: str | 
             continue  # unexpected names are reported by load_state_dict(strict=True)
         if ref.is_floating_point():
             if not tensor.is_floating_point():
-                raise BundleError(f"{source}: tensor '{name}' is {str(tensor.dtype).replace('torch.', '')}, "
-                                  "expected floating point; refusing to load")
+                raise BundleError(
+                    f"{source}: tensor '{name}' is {str(tensor.dtype).replace('torch.', '')}, "
+                    "expected floating point; refusing to load"
+                )
             if not bool(torch.isfinite(tensor).all()):
                 bad = int((~torch.isfinite(tensor)).sum())
                 raise BundleError(f"{source}: tensor '{name}' holds {bad} NaN or infinite values; refusing to load")
@@ -238,6 +258,17 @@ def copy_bundle(src: str | os.PathLike, dst_dir: str | os.PathLike) -> Path:
     return dst
 
 
-__all__ = ["FORMAT_VERSION", "METADATA_FILE", "Bundle", "atomic_path", "check_state", "copy_bundle",
-           "default_metadata", "load_bundle", "read_metadata",
-           "resolve_device", "save_bundle", "sha256_file"]
+__all__ = [
+    "FORMAT_VERSION",
+    "METADATA_FILE",
+    "Bundle",
+    "atomic_path",
+    "check_state",
+    "copy_bundle",
+    "default_metadata",
+    "load_bundle",
+    "read_metadata",
+    "resolve_device",
+    "save_bundle",
+    "sha256_file",
+]

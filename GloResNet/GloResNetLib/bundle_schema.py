@@ -133,8 +133,10 @@ def _check_preprocess(pre: Any) -> None:
         if key in pre and not isinstance(pre[key], bool):
             raise _fail(f"preprocess.{key}", f"must be true or false (got {_show(pre[key])})")
     if pre.get("normalization", "zscore") not in NORMALIZATIONS:
-        raise _fail("preprocess.normalization", f"must be one of {', '.join(NORMALIZATIONS)} "
-                                                f"(got {_show(pre.get('normalization'))})")
+        raise _fail(
+            "preprocess.normalization",
+            f"must be one of {', '.join(NORMALIZATIONS)} (got {_show(pre.get('normalization'))})",
+        )
 
 
 def check_arch_params(params: Any) -> None:
@@ -153,10 +155,12 @@ def check_arch_params(params: Any) -> None:
         kind, bounds = ARCH_PARAMS[key]
         if kind == "ints":
             lo, hi, n_lo, n_hi = bounds
-            if (not isinstance(value, list) or not n_lo <= len(value) <= n_hi
-                    or not all(_is_int(v) and lo <= v <= hi for v in value)):
-                raise _fail(where, f"must be a list of {n_lo}-{n_hi} integers from {lo} to {hi} "
-                                   f"(got {_show(value)})")
+            if (
+                not isinstance(value, list)
+                or not n_lo <= len(value) <= n_hi
+                or not all(_is_int(v) and lo <= v <= hi for v in value)
+            ):
+                raise _fail(where, f"must be a list of {n_lo}-{n_hi} integers from {lo} to {hi} (got {_show(value)})")
         elif kind in ("int", "int?"):
             if not (kind == "int?" and value is None):
                 _int(params, key, *bounds, where=where)
@@ -199,8 +203,11 @@ def _check_target(target: Any) -> None:
         elif isinstance(value, list) and 0 < len(value) <= 64 and all(_is_number(v) for v in value):
             continue
         elif not (value is None or isinstance(value, bool) or _is_number(value)):
-            raise _fail(f"target.{key}", "must be a text, a finite number, a list of at most 64 finite numbers, "
-                                         f"true/false or null (got {_show(value)})")
+            raise _fail(
+                f"target.{key}",
+                "must be a text, a finite number, a list of at most 64 finite numbers, "
+                f"true/false or null (got {_show(value)})",
+            )
 
 
 def validate_metadata(meta: Any) -> dict[str, Any]:
@@ -219,8 +226,7 @@ def validate_metadata(meta: Any) -> dict[str, Any]:
     task = meta.get("task", "classification")
     if task not in TASKS:
         raise _fail("task", f"must be one of {', '.join(TASKS)} (got {_show(task)})")
-    required = ["format_version", "name", "arch", "num_classes", "preprocess", "training_data", "provenance",
-                "weights"]
+    required = ["format_version", "name", "arch", "num_classes", "preprocess", "training_data", "provenance", "weights"]
     required += ["class_names", "threshold"] if task == "classification" else []
     missing = [k for k in required if k not in meta]
     if missing:
@@ -229,8 +235,9 @@ def validate_metadata(meta: Any) -> dict[str, Any]:
     if not _is_int(version) or version < 1:
         raise _fail("format_version", f"must be a positive integer (got {_show(version)})")
     if version > FORMAT_VERSION:
-        raise BundleError(f"bundle format {version} is newer than this library supports ({FORMAT_VERSION}); "
-                          "update gloresnet")
+        raise BundleError(
+            f"bundle format {version} is newer than this library supports ({FORMAT_VERSION}); update gloresnet"
+        )
     _str(meta, "name")
     if not meta["name"].strip():
         raise _fail("name", "must not be empty")
@@ -239,17 +246,24 @@ def validate_metadata(meta: Any) -> dict[str, Any]:
     n_classes = _int(meta, "num_classes", 2 if task == "classification" else 1, MAX_CLASSES)
     if "class_names" in meta:
         names = meta["class_names"]
-        if (not isinstance(names, list) or len(names) != n_classes
-                or not all(isinstance(n, str) and 0 < len(n.strip()) <= 64 for n in names)
-                or len(set(names)) != len(names)):
+        if (
+            not isinstance(names, list)
+            or len(names) != n_classes
+            or not all(isinstance(n, str) and 0 < len(n.strip()) <= 64 for n in names)
+            or len(set(names)) != len(names)
+        ):
             raise _fail("class_names", f"must be {n_classes} different non-empty texts (num_classes)")
     if "threshold" in meta:
         t = meta["threshold"]
         if not _is_number(t) or not 0.0 < t < 1.0:
             raise _fail("threshold", f"must be a number strictly between 0 and 1 (got {_show(t)})")
     axes = meta.get("tta_axes", [0])
-    if not isinstance(axes, list) or len(axes) > 3 or not all(_is_int(a) and 0 <= a <= 2 for a in axes) \
-            or len(set(axes)) != len(axes):
+    if (
+        not isinstance(axes, list)
+        or len(axes) > 3
+        or not all(_is_int(a) and 0 <= a <= 2 for a in axes)
+        or len(set(axes)) != len(axes)
+    ):
         raise _fail("tta_axes", f"must be a list of different axes among 0, 1, 2 (got {_show(axes)})")
     _check_preprocess(meta["preprocess"])
     check_arch_params(meta.get("arch_params") if meta.get("arch_params") is not None else {})
@@ -315,6 +329,17 @@ def inside(folder: str | Path, path: str | Path) -> Path:
     return real
 
 
-__all__ = ["ARCH_NAMES", "ARCH_PARAMS", "FORMAT_VERSION", "MAX_DEPTH", "METADATA_FILE", "TASKS", "check_arch_params",
-           "check_depth",
-           "inside", "parse_metadata_text", "read_metadata_file", "validate_metadata"]
+__all__ = [
+    "ARCH_NAMES",
+    "ARCH_PARAMS",
+    "FORMAT_VERSION",
+    "MAX_DEPTH",
+    "METADATA_FILE",
+    "TASKS",
+    "check_arch_params",
+    "check_depth",
+    "inside",
+    "parse_metadata_text",
+    "read_metadata_file",
+    "validate_metadata",
+]

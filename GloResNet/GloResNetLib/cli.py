@@ -73,19 +73,37 @@ def run_predict(args: argparse.Namespace) -> int:
     if not args.json:
         print(f"Model: {bundle.describe()}", file=sys.stderr)
         if not bundle.is_trained:
-            print("WARNING: this bundle's classifier was never trained; its probabilities mean nothing.",
-                  file=sys.stderr)
+            print(
+                "WARNING: this bundle's classifier was never trained; its probabilities mean nothing.", file=sys.stderr
+            )
     rows, failures = [], 0
     for n, (path, stem) in enumerate(zip(inputs, stems)):
-        _progress(args.progress_json, event="stage", stage=f"predicting {path.name}", index=n,
-                  total=len(inputs), fraction=n / len(inputs))
-        names = {"cam": f"{stem}_cam.nii.gz", "gradient": f"{stem}_gradient.nii.gz",
-                 "occlusion": f"{stem}_occlusion.nii.gz",
-                 "resampled": f"{stem}_resampled.nii.gz", "json": f"{stem}.json"}
+        _progress(
+            args.progress_json,
+            event="stage",
+            stage=f"predicting {path.name}",
+            index=n,
+            total=len(inputs),
+            fraction=n / len(inputs),
+        )
+        names = {
+            "cam": f"{stem}_cam.nii.gz",
+            "gradient": f"{stem}_gradient.nii.gz",
+            "occlusion": f"{stem}_occlusion.nii.gz",
+            "resampled": f"{stem}_resampled.nii.gz",
+            "json": f"{stem}.json",
+        }
         try:
-            result = predict_file(bundle, path, tta=not args.no_tta, cam=not args.no_cam,
-                                  tta_axes=args.tta_axes, saliency=args.saliency, occlusion=occlusion,
-                                  progress=_occlusion_progress(args.progress_json, path, n, len(inputs)))
+            result = predict_file(
+                bundle,
+                path,
+                tta=not args.no_tta,
+                cam=not args.no_cam,
+                tta_axes=args.tta_axes,
+                saliency=args.saliency,
+                occlusion=occlusion,
+                progress=_occlusion_progress(args.progress_json, path, n, len(inputs)),
+            )
             t0 = time.perf_counter()
             # one set or nothing: written into a staging folder, renamed into place together (JSON last)
             with OutputSet(out, list(names.values())) as stage:
@@ -102,9 +120,15 @@ def run_predict(args: argparse.Namespace) -> int:
                 write_volume(stage / names["resampled"], result.resampled, result.resampled_affine)
                 files["resampled"] = str(out / names["resampled"])
                 result.timings["write"] = time.perf_counter() - t0
-                record = {"input": str(path), **result.to_json_dict(), "outputs": files,
-                          "model_path": str(bundle.path), "model_provenance": bundle.provenance,
-                          "model_load_s": round(load_model_s, 4), "library_version": __version__}
+                record = {
+                    "input": str(path),
+                    **result.to_json_dict(),
+                    "outputs": files,
+                    "model_path": str(bundle.path),
+                    "model_provenance": bundle.provenance,
+                    "model_load_s": round(load_model_s, 4),
+                    "library_version": __version__,
+                }
                 files["json"] = str(out / names["json"])
                 write_text_atomic(stage / names["json"], json.dumps(record, indent=2, allow_nan=False) + "\n")
         except GloResNetError as exc:
@@ -132,13 +156,23 @@ def _occlusion_progress(enabled: bool, path: Path, index: int, count: int):
         part = done / max(total, 1)
         if part - last[0] >= 0.05 or done == total:
             last[0] = part
-            _progress(True, event="stage", stage=f"occlusion {path.name}", index=index, total=count,
-                      done=done, copies=total, fraction=round((index + part) / count, 4))
+            _progress(
+                True,
+                event="stage",
+                stage=f"occlusion {path.name}",
+                index=index,
+                total=count,
+                done=done,
+                copies=total,
+                fraction=round((index + part) / count, 4),
+            )
+
     return progress
 
 
 def _bounded(convert, ok, rule: str):
     """argparse ``type``: ``convert(text)`` (int or float) that must satisfy ``ok``, else a one-line error."""
+
     def parse(text: str):
         try:
             value = convert(text)
@@ -147,6 +181,7 @@ def _bounded(convert, ok, rule: str):
         if not ok(value):
             raise argparse.ArgumentTypeError(f"must be {rule} (got {text})")
         return value
+
     return parse
 
 
@@ -160,10 +195,14 @@ def _print_table(rows: list[dict], bundle) -> None:
     print(f"{'input':<{width}}  {'P(BI)':>6}  {'label':<6}  {'spread':>6}  {'time s':>6}")
     for r in rows:
         total = sum(r["timings_s"].values())
-        print(f"{Path(r['input']).name:<{width}}  {r['probability']:>6.3f}  {r['label_name']:<6}  "
-              f"{r['spread']:>6.3f}  {total:>6.2f}")
-    print(f"threshold {bundle.threshold:g}; model {bundle.name}; trained on: "
-          f"{bundle.training_data.get('description', 'unknown')}")
+        print(
+            f"{Path(r['input']).name:<{width}}  {r['probability']:>6.3f}  {r['label_name']:<6}  "
+            f"{r['spread']:>6.3f}  {total:>6.2f}"
+        )
+    print(
+        f"threshold {bundle.threshold:g}; model {bundle.name}; trained on: "
+        f"{bundle.training_data.get('description', 'unknown')}"
+    )
     if bundle.is_synthetic:
         print("NOTE: this model was trained on SYNTHETIC data - demonstration only.")
     print(EPILOG)
@@ -185,22 +224,29 @@ def run_bundle_create(args: argparse.Namespace) -> int:
         check_state(model, state, args.weights)  # floating, finite, BatchNorm variances >= 0
         report = load_pretrained(model, state, source=args.weights, drop_heads=False)
         if report.missing:
-            raise InputError(f"{args.weights}: lacks {len(report.missing)} tensors of '{args.arch}' "
-                             f"(first: {report.missing[0]})")
+            raise InputError(
+                f"{args.weights}: lacks {len(report.missing)} tensors of '{args.arch}' (first: {report.missing[0]})"
+            )
         provenance = f"weights from {Path(args.weights).name}, trained elsewhere"
-        training = {"description": args.training_data or "unknown (not recorded)",
-                    "synthetic": args.synthetic, "trained": True}
+        training = {
+            "description": args.training_data or "unknown (not recorded)",
+            "synthetic": args.synthetic,
+            "trained": True,
+        }
     elif args.pretrained:
         report = load_medicalnet_weights(model, args.pretrained)
-        provenance = (f"MedicalNet backbone from {Path(args.pretrained).name} ({report.summary()}); "
-                      "classifier head randomly initialised, not trained for brain injury")
+        provenance = (
+            f"MedicalNet backbone from {Path(args.pretrained).name} ({report.summary()}); "
+            "classifier head randomly initialised, not trained for brain injury"
+        )
         training = dict(UNTRAINED)
     else:
         provenance = "random initialisation; not trained"
         training = dict(UNTRAINED)
     name = args.name or Path(args.out).name
-    meta = default_metadata(name, arch=args.arch, preprocess=cfg, training_data=training,
-                            provenance=provenance, threshold=args.threshold)
+    meta = default_metadata(
+        name, arch=args.arch, preprocess=cfg, training_data=training, provenance=provenance, threshold=args.threshold
+    )
     path = save_bundle(args.out, [model.state_dict()], meta)
     print(f"bundle written: {path} ({provenance})")
     return 0
@@ -217,8 +263,18 @@ def run_bundle_info(args: argparse.Namespace) -> int:
     meta = bundle.metadata
     print(bundle.describe())
     print(f"  task: {bundle.task}")
-    for key in ("arch", "arch_params", "preprocess", "threshold", "tta_axes", "class_names", "target",
-                "provenance", "library_version", "created"):
+    for key in (
+        "arch",
+        "arch_params",
+        "preprocess",
+        "threshold",
+        "tta_axes",
+        "class_names",
+        "target",
+        "provenance",
+        "library_version",
+        "created",
+    ):
         if key in meta:
             print(f"  {key}: {meta.get(key)}")
     if meta.get("cv_metrics"):
@@ -231,44 +287,72 @@ def run_bundle_info(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser (also used to document every command in ``--help``)."""
     parser = argparse.ArgumentParser(
-        prog="gloresnet", epilog=EPILOG,
+        prog="gloresnet",
+        epilog=EPILOG,
         description="GloResNet: preterm brain-injury prediction from T2-weighted MRI (3D ResNet-10, "
-                    "whole-volume 128^3 'global manifold mapping', TTA, Grad-CAM).")
+        "whole-volume 128^3 'global manifold mapping', TTA, Grad-CAM).",
+    )
     parser.add_argument("--version", action="version", version=f"gloresnet {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    p = sub.add_parser("predict", help="predict brain injury (or brain age) for one or more volumes", epilog=EPILOG,
-                       description="Writes NAME_cam.nii.gz (Grad-CAM on the input grid), "
-                                   "NAME_gradient.nii.gz (gradient saliency) and/or NAME_occlusion.nii.gz "
-                                   "(occlusion sensitivity: drop of P(BI) when each region "
-                                   "is hidden, on the input grid), NAME_resampled.nii.gz (128^3 network input) and "
-                                   "NAME.json (with each map's peak, RAS mm) per input, as one set or not at all "
-                                   "(a failure keeps the previous set). NaN or infinite results are refused "
-                                   "(exit 2). A brain-age bundle (pretrain-age's OUT/bundle) reports age_weeks, "
-                                   "the estimated post-menstrual age at scan, instead of P(BI) and a label; its "
-                                   "saliency is the Grad-CAM of the predicted age.")
+    p = sub.add_parser(
+        "predict",
+        help="predict brain injury (or brain age) for one or more volumes",
+        epilog=EPILOG,
+        description="Writes NAME_cam.nii.gz (Grad-CAM on the input grid), "
+        "NAME_gradient.nii.gz (gradient saliency) and/or NAME_occlusion.nii.gz "
+        "(occlusion sensitivity: drop of P(BI) when each region "
+        "is hidden, on the input grid), NAME_resampled.nii.gz (128^3 network input) and "
+        "NAME.json (with each map's peak, RAS mm) per input, as one set or not at all "
+        "(a failure keeps the previous set). NaN or infinite results are refused "
+        "(exit 2). A brain-age bundle (pretrain-age's OUT/bundle) reports age_weeks, "
+        "the estimated post-menstrual age at scan, instead of P(BI) and a label; its "
+        "saliency is the Grad-CAM of the predicted age.",
+    )
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="T2w volume(s): .nii, .nii.gz, .nrrd, .nhdr")
     p.add_argument("--model", required=True, metavar="BUNDLE", help="model bundle folder")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (created if needed)")
     p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu or cuda (default auto)")
     p.add_argument("--no-tta", action="store_true", help="no test-time augmentation (identity view only)")
-    p.add_argument("--tta-axes", type=_parse_axes, default=None, metavar="AXES",
-                   help="flip axes for TTA, e.g. 0 (left-right, the bundle default) or 0,1,2 (all 8 views)")
+    p.add_argument(
+        "--tta-axes",
+        type=_parse_axes,
+        default=None,
+        metavar="AXES",
+        help="flip axes for TTA, e.g. 0 (left-right, the bundle default) or 0,1,2 (all 8 views)",
+    )
     p.add_argument("--no-cam", action="store_true", help="skip the saliency map(s)")
-    p.add_argument("--saliency", type=_saliency_arg, default="gradcam", metavar="METHOD",
-                   help="saliency method(s): gradcam (default, from the prediction pass), gradient (smoothed "
-                        "input-gradient magnitude, one backward pass per model: NAME_gradient.nii.gz), occlusion "
-                        "(hides each region and records the drop of P(BI); thousands of network passes, a minute "
-                        "or more per model on a 2-core CPU), both (gradcam and occlusion), all, or a comma list")
-    p.add_argument("--occlusion-mask", type=_bounded(int, lambda v: v >= 1, ">= 1"), default=None, metavar="VOXELS",
-                   help="occlusion box edge in network voxels (default 1/8 of the grid: 8 at 64^3, 16 at 128^3, "
-                        "about 16 mm on a neonatal head)")
-    p.add_argument("--occlusion-overlap", type=_bounded(float, lambda v: 0.0 <= v < 1.0, "in [0, 1)"), default=0.5,
-                   metavar="F",
-                   help="overlap of neighbouring occlusion boxes, 0 <= F < 1 (default 0.5: step = half a box)")
+    p.add_argument(
+        "--saliency",
+        type=_saliency_arg,
+        default="gradcam",
+        metavar="METHOD",
+        help="saliency method(s): gradcam (default, from the prediction pass), gradient (smoothed "
+        "input-gradient magnitude, one backward pass per model: NAME_gradient.nii.gz), occlusion "
+        "(hides each region and records the drop of P(BI); thousands of network passes, a minute "
+        "or more per model on a 2-core CPU), both (gradcam and occlusion), all, or a comma list",
+    )
+    p.add_argument(
+        "--occlusion-mask",
+        type=_bounded(int, lambda v: v >= 1, ">= 1"),
+        default=None,
+        metavar="VOXELS",
+        help="occlusion box edge in network voxels (default 1/8 of the grid: 8 at 64^3, 16 at 128^3, "
+        "about 16 mm on a neonatal head)",
+    )
+    p.add_argument(
+        "--occlusion-overlap",
+        type=_bounded(float, lambda v: 0.0 <= v < 1.0, "in [0, 1)"),
+        default=0.5,
+        metavar="F",
+        help="overlap of neighbouring occlusion boxes, 0 <= F < 1 (default 0.5: step = half a box)",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object per input instead of a table")
-    p.add_argument("--progress-json", action="store_true",
-                   help="JSON progress events on stdout, one per line (with the --json records)")
+    p.add_argument(
+        "--progress-json",
+        action="store_true",
+        help="JSON progress events on stdout, one per line (with the --json records)",
+    )
     p.set_defaults(func=run_predict)
 
     b = sub.add_parser("bundle", help="create or inspect model bundles")
@@ -281,8 +365,12 @@ def build_parser() -> argparse.ArgumentParser:
     bc.add_argument("--name", help="bundle name (default: folder name)")
     bc.add_argument("--size", type=int, default=128, help="network input size per axis (default 128)")
     bc.add_argument("--antialias", action="store_true", help="Gaussian anti-aliasing before shrinking")
-    bc.add_argument("--normalization", default="zscore", choices=["zscore", "zscore_foreground"],
-                    help="z-score over the whole volume (paper) or over the Otsu foreground")
+    bc.add_argument(
+        "--normalization",
+        default="zscore",
+        choices=["zscore", "zscore_foreground"],
+        help="z-score over the whole volume (paper) or over the Otsu foreground",
+    )
     bc.add_argument("--threshold", type=float, default=0.5, help="decision threshold on P(BI) (default 0.5)")
     bc.add_argument("--training-data", help="with --weights: description of the data that trained them")
     bc.add_argument("--synthetic", action="store_true", help="with --weights: they were trained on synthetic data")

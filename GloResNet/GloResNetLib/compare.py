@@ -30,15 +30,15 @@ from .disclaimer import DISCLAIMER
 from .errors import GloResNetError, InputError
 
 #: (metrics.json name, column title) of the metrics the table shows.
-METRICS = (("accuracy", "accuracy"), ("sensitivity", "sensitivity"), ("specificity", "specificity"),
-           ("auc", "AUC"))
+METRICS = (("accuracy", "accuracy"), ("sensitivity", "sensitivity"), ("specificity", "specificity"), ("auc", "AUC"))
 OUT_SUFFIXES = (".csv", ".md", ".json")
-FLOP_CONVENTION = ("FLOPs counted by torch.utils.flop_counter.FlopCounterMode for one forward pass of one "
-                   "fold model on a (1, 1, S, S, S) input: convolutions and matrix products only, a "
-                   "multiply-add counts as 2 FLOPs; GFLOPs = 1e9 FLOPs")
+FLOP_CONVENTION = (
+    "FLOPs counted by torch.utils.flop_counter.FlopCounterMode for one forward pass of one "
+    "fold model on a (1, 1, S, S, S) input: convolutions and matrix products only, a "
+    "multiply-add counts as 2 FLOPs; GFLOPs = 1e9 FLOPs"
+)
 SYNTHETIC_NOTE = "synthetic: trained on SYNTHETIC data (demonstration only, not clinical evidence)"
-OPTIMISTIC_NOTE = ("paper*: paper protocol, each fold's epoch chosen on its own test data (optimistic "
-                   "figures)")
+OPTIMISTIC_NOTE = "paper*: paper protocol, each fold's epoch chosen on its own test data (optimistic figures)"
 
 
 @dataclass
@@ -75,8 +75,10 @@ class RunInfo:
         """``arch`` plus its non-default parameters, e.g. ``resnet10 (widths=8,16,32,64)``."""
         if not self.arch_params:
             return self.arch
-        parts = [f"{k}={','.join(str(x) for x in v) if isinstance(v, list) else v}"
-                 for k, v in sorted(self.arch_params.items())]
+        parts = [
+            f"{k}={','.join(str(x) for x in v) if isinstance(v, list) else v}"
+            for k, v in sorted(self.arch_params.items())
+        ]
         return f"{self.arch} ({'; '.join(parts)})"
 
     def cv_label(self) -> str:
@@ -84,13 +86,27 @@ class RunInfo:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "run": self.name, "path": str(self.path), "arch": self.arch, "arch_params": self.arch_params,
-            "pretrained": self.pretrained, "parameters": self.parameters, "flops": self.flops,
-            "gflops": self.gflops, "input_size": self.input_size, "folds": self.folds,
-            "protocol": self.protocol, "optimistic": self.optimistic, "n": self.n,
-            "synthetic": self.synthetic, "training_data": self.training_data, "metrics": self.metrics,
-            "predict_s": self.predict_s, "predict_repeats_s": self.predict_repeats_s,
-            "n_models": self.n_models, "tta_views": self.tta_views, "pretraining": self.pretraining,
+            "run": self.name,
+            "path": str(self.path),
+            "arch": self.arch,
+            "arch_params": self.arch_params,
+            "pretrained": self.pretrained,
+            "parameters": self.parameters,
+            "flops": self.flops,
+            "gflops": self.gflops,
+            "input_size": self.input_size,
+            "folds": self.folds,
+            "protocol": self.protocol,
+            "optimistic": self.optimistic,
+            "n": self.n,
+            "synthetic": self.synthetic,
+            "training_data": self.training_data,
+            "metrics": self.metrics,
+            "predict_s": self.predict_s,
+            "predict_repeats_s": self.predict_repeats_s,
+            "n_models": self.n_models,
+            "tta_views": self.tta_views,
+            "pretraining": self.pretraining,
         }
 
 
@@ -116,8 +132,9 @@ def read_run(run_dir: str | Path) -> RunInfo:
     if not d.is_dir() or not (d / "config.json").is_file():
         raise InputError(f"{d}: not a training run folder (no config.json)")
     if not (d / "metrics.json").is_file() or not (d / "bundle" / "metadata.json").is_file():
-        raise InputError(f"{d}: unfinished training run (no metrics.json or bundle/; finish it with "
-                         f"`gloresnet train --resume {d}`)")
+        raise InputError(
+            f"{d}: unfinished training run (no metrics.json or bundle/; finish it with `gloresnet train --resume {d}`)"
+        )
     cfg = _read_json(d / "config.json", d)
     metrics = _read_json(d / "metrics.json", d)
     try:
@@ -136,15 +153,25 @@ def read_run(run_dir: str | Path) -> RunInfo:
     size = meta.get("preprocess", {}).get("size", cfg.get("size"))
     size = [int(v) for v in size] if isinstance(size, list) else [int(size)] * 3
     return RunInfo(
-        path=d, name=bundle.name, arch=str(meta["arch"]), arch_params=dict(meta.get("arch_params") or {}),
-        pretrained=_pretraining_source(cfg, meta), input_size=size,
+        path=d,
+        name=bundle.name,
+        arch=str(meta["arch"]),
+        arch_params=dict(meta.get("arch_params") or {}),
+        pretrained=_pretraining_source(cfg, meta),
+        input_size=size,
         folds=int(metrics.get("k", cfg.get("folds", len(bundle.models)))),
         protocol=str(metrics.get("protocol", cfg.get("protocol", "?"))),
-        optimistic=bool(metrics.get("optimistic", False)), n=metrics.get("n"),
-        synthetic=bundle.is_synthetic, training_data=str(td.get("description", "")), metrics=values,
-        parameters=count_parameters(bundle.models[0]), n_models=len(bundle.models),
-        tta_views=2 ** len(bundle.tta_axes), bundle=bundle,
-        pretraining=meta.get("pretrained") if isinstance(meta.get("pretrained"), dict) else None)
+        optimistic=bool(metrics.get("optimistic", False)),
+        n=metrics.get("n"),
+        synthetic=bundle.is_synthetic,
+        training_data=str(td.get("description", "")),
+        metrics=values,
+        parameters=count_parameters(bundle.models[0]),
+        n_models=len(bundle.models),
+        tta_views=2 ** len(bundle.tta_axes),
+        bundle=bundle,
+        pretraining=meta.get("pretrained") if isinstance(meta.get("pretrained"), dict) else None,
+    )
 
 
 def _pretraining_source(cfg: dict[str, Any], meta: dict[str, Any]) -> str | None:
@@ -228,8 +255,18 @@ def _gflops(gf: float | None) -> str:
     return f"{gf:.6f}".rstrip("0").rstrip(".") or "0"
 
 
-COLUMNS = ("run", "architecture", "pretrained", "params", "GFLOPs", "input", "CV",
-           *(title for _, title in METRICS), "predict s", "data")
+COLUMNS = (
+    "run",
+    "architecture",
+    "pretrained",
+    "params",
+    "GFLOPs",
+    "input",
+    "CV",
+    *(title for _, title in METRICS),
+    "predict s",
+    "data",
+)
 
 
 def table_rows(runs: list[RunInfo]) -> list[list[str]]:
@@ -237,27 +274,37 @@ def table_rows(runs: list[RunInfo]) -> list[list[str]]:
     rows = []
     for r in runs:
         gf = r.gflops
-        rows.append([
-            r.name, r.arch_label(), r.pretrained or "-", f"{r.parameters:,}",
-            _gflops(gf),
-            "x".join(str(s) for s in r.input_size), r.cv_label(),
-            *(_mean_sd(r.metrics[key]) for key, _ in METRICS),
-            "-" if r.predict_s is None else f"{r.predict_s:.2f}",
-            "synthetic" if r.synthetic else "-",
-        ])
+        rows.append(
+            [
+                r.name,
+                r.arch_label(),
+                r.pretrained or "-",
+                f"{r.parameters:,}",
+                _gflops(gf),
+                "x".join(str(s) for s in r.input_size),
+                r.cv_label(),
+                *(_mean_sd(r.metrics[key]) for key, _ in METRICS),
+                "-" if r.predict_s is None else f"{r.predict_s:.2f}",
+                "synthetic" if r.synthetic else "-",
+            ]
+        )
     return rows
 
 
 def footnotes(runs: list[RunInfo], timing: dict[str, Any] | None) -> list[str]:
     """Lines explaining the table's conventions (and synthetic / optimistic marks when present)."""
-    notes = [f"params: trainable parameters of one fold model; {FLOP_CONVENTION}.",
-             "accuracy, sensitivity, specificity, AUC: mean ± sd (ddof=1) over the cross-validation test "
-             "folds (metrics.json)."]
+    notes = [
+        f"params: trainable parameters of one fold model; {FLOP_CONVENTION}.",
+        "accuracy, sensitivity, specificity, AUC: mean ± sd (ddof=1) over the cross-validation test "
+        "folds (metrics.json).",
+    ]
     if timing:
         shape = "x".join(str(s) for s in timing["volume_shape"])
-        notes.append(f"predict s: CPU wall time of inference.predict with TTA and Grad-CAM (all fold models "
-                     f"x TTA views, the bundle's preprocessing), median of {timing['repeats']} after a warm-up, "
-                     f"{timing['threads']} thread(s), on a {shape} volume: {timing['source']}.")
+        notes.append(
+            f"predict s: CPU wall time of inference.predict with TTA and Grad-CAM (all fold models "
+            f"x TTA views, the bundle's preprocessing), median of {timing['repeats']} after a warm-up, "
+            f"{timing['threads']} thread(s), on a {shape} volume: {timing['source']}."
+        )
     else:
         notes.append("predict s: not measured (--no-timing).")
     if any(r.synthetic for r in runs):
@@ -282,6 +329,7 @@ def format_text(runs: list[RunInfo], timing: dict[str, Any] | None) -> str:
 
 def format_markdown(runs: list[RunInfo], timing: dict[str, Any] | None) -> str:
     """GitHub Markdown table with footnotes."""
+
     def cell(text: str) -> str:
         return text.replace("|", "\\|")
 
@@ -291,10 +339,27 @@ def format_markdown(runs: list[RunInfo], timing: dict[str, Any] | None) -> str:
     return "\n".join([*lines, "", *(f"- {n}" for n in footnotes(runs, timing))]) + "\n"
 
 
-CSV_FIELDS = ("run", "path", "arch", "arch_params", "pretrained", "parameters", "gflops", "flops", "input_size",
-              "folds", "protocol", "optimistic", "n",
-              *(f"{key}_{s}" for key, _ in METRICS for s in ("mean", "sd")),
-              "predict_s", "n_models", "tta_views", "synthetic", "training_data")
+CSV_FIELDS = (
+    "run",
+    "path",
+    "arch",
+    "arch_params",
+    "pretrained",
+    "parameters",
+    "gflops",
+    "flops",
+    "input_size",
+    "folds",
+    "protocol",
+    "optimistic",
+    "n",
+    *(f"{key}_{s}" for key, _ in METRICS for s in ("mean", "sd")),
+    "predict_s",
+    "n_models",
+    "tta_views",
+    "synthetic",
+    "training_data",
+)
 
 
 def format_csv(runs: list[RunInfo]) -> str:
@@ -304,13 +369,24 @@ def format_csv(runs: list[RunInfo]) -> str:
     w.writeheader()
     for r in runs:
         row: dict[str, Any] = {
-            "run": r.name, "path": str(r.path), "arch": r.arch, "arch_params": json.dumps(r.arch_params),
-            "pretrained": r.pretrained or "", "parameters": r.parameters,
-            "gflops": "" if r.gflops is None else repr(r.gflops), "flops": "" if r.flops is None else int(r.flops),
-            "input_size": "x".join(str(s) for s in r.input_size), "folds": r.folds, "protocol": r.protocol,
-            "optimistic": r.optimistic, "n": "" if r.n is None else r.n,
-            "predict_s": "" if r.predict_s is None else repr(r.predict_s), "n_models": r.n_models,
-            "tta_views": r.tta_views, "synthetic": r.synthetic, "training_data": r.training_data,
+            "run": r.name,
+            "path": str(r.path),
+            "arch": r.arch,
+            "arch_params": json.dumps(r.arch_params),
+            "pretrained": r.pretrained or "",
+            "parameters": r.parameters,
+            "gflops": "" if r.gflops is None else repr(r.gflops),
+            "flops": "" if r.flops is None else int(r.flops),
+            "input_size": "x".join(str(s) for s in r.input_size),
+            "folds": r.folds,
+            "protocol": r.protocol,
+            "optimistic": r.optimistic,
+            "n": "" if r.n is None else r.n,
+            "predict_s": "" if r.predict_s is None else repr(r.predict_s),
+            "n_models": r.n_models,
+            "tta_views": r.tta_views,
+            "synthetic": r.synthetic,
+            "training_data": r.training_data,
         }
         for key, _ in METRICS:
             for s in ("mean", "sd"):
@@ -321,17 +397,26 @@ def format_csv(runs: list[RunInfo]) -> str:
 
 
 def format_json(runs: list[RunInfo], timing: dict[str, Any] | None) -> str:
-    doc = {"flop_convention": FLOP_CONVENTION, "timing": timing, "runs": [r.to_json() for r in runs],
-           "notes": footnotes(runs, timing)}
+    doc = {
+        "flop_convention": FLOP_CONVENTION,
+        "timing": timing,
+        "runs": [r.to_json() for r in runs],
+        "notes": footnotes(runs, timing),
+    }
     return json.dumps(doc, indent=1) + "\n"
 
 
 # ------------------------------------------------------------------------------------------- command
 
 
-def compare_runs(run_dirs: list[str], skip_bad: bool = False, timing: bool = True, repeats: int = 3,
-                 predict_input: str | None = None,
-                 warn: Any = None) -> tuple[list[RunInfo], dict[str, Any] | None]:
+def compare_runs(
+    run_dirs: list[str],
+    skip_bad: bool = False,
+    timing: bool = True,
+    repeats: int = 3,
+    predict_input: str | None = None,
+    warn: Any = None,
+) -> tuple[list[RunInfo], dict[str, Any] | None]:
     """Read, count and time every run; returns ``(runs, timing info or None)``.
 
     A folder that is not a finished run raises :class:`InputError`, or with ``skip_bad`` is left out after
@@ -361,8 +446,15 @@ def compare_runs(run_dirs: list[str], skip_bad: bool = False, timing: bool = Tru
         for r in runs:
             r.predict_repeats_s = time_predict(r.bundle, array, affine, repeats)
             r.predict_s = statistics.median(r.predict_repeats_s)
-        info = {"source": source, "volume_shape": [int(s) for s in array.shape], "repeats": repeats,
-                "threads": torch.get_num_threads(), "device": "cpu", "tta": True, "cam": True}
+        info = {
+            "source": source,
+            "volume_shape": [int(s) for s in array.shape],
+            "repeats": repeats,
+            "threads": torch.get_num_threads(),
+            "device": "cpu",
+            "tta": True,
+            "cam": True,
+        }
     return runs, info
 
 
@@ -375,13 +467,23 @@ def run_compare(args: argparse.Namespace) -> int:
         raise InputError(f"{out}: --out must end in {', '.join(OUT_SUFFIXES)}")
     if args.predict_input and not Path(args.predict_input).is_file():
         raise InputError(f"{args.predict_input}: file not found")
-    runs, timing = compare_runs(args.run_dirs, skip_bad=args.skip_bad, timing=not args.no_timing,
-                                repeats=args.repeats, predict_input=args.predict_input)
+    runs, timing = compare_runs(
+        args.run_dirs,
+        skip_bad=args.skip_bad,
+        timing=not args.no_timing,
+        repeats=args.repeats,
+        predict_input=args.predict_input,
+    )
     print(format_text(runs, timing), end="")
     if out is not None:
         suffix = out.suffix.lower()
-        text = (format_csv(runs) if suffix == ".csv" else format_markdown(runs, timing) if suffix == ".md"
-                else format_json(runs, timing))
+        text = (
+            format_csv(runs)
+            if suffix == ".csv"
+            else format_markdown(runs, timing)
+            if suffix == ".md"
+            else format_json(runs, timing)
+        )
         write_text_atomic(out, text)
         print(f"written: {out}", file=sys.stderr)
     return 0
@@ -390,22 +492,40 @@ def run_compare(args: argparse.Namespace) -> int:
 def add_parser(subparsers) -> argparse.ArgumentParser:
     """Register ``gloresnet compare``."""
     p = subparsers.add_parser(
-        "compare", help="compare finished training runs in one table",
+        "compare",
+        help="compare finished training runs in one table",
         epilog=DISCLAIMER,
         description="One table of finished cross-validated runs: architecture, parameters, forward GFLOPs at "
-                    "the run's input size, CV accuracy / sensitivity / specificity / AUC (mean ± sd over "
-                    "folds) and the CPU predict time of the run's bundle (TTA and Grad-CAM on).")
+        "the run's input size, CV accuracy / sensitivity / specificity / AUC (mean ± sd over "
+        "folds) and the CPU predict time of the run's bundle (TTA and Grad-CAM on).",
+    )
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="training run folders (gloresnet train --out)")
     p.add_argument("--out", metavar="FILE", help="also write the table: FILE.csv, FILE.md or FILE.json")
-    p.add_argument("--predict-input", metavar="VOLUME",
-                   help="time prediction on this volume (default: a synthetic volume, synth_volume seed 0)")
+    p.add_argument(
+        "--predict-input",
+        metavar="VOLUME",
+        help="time prediction on this volume (default: a synthetic volume, synth_volume seed 0)",
+    )
     p.add_argument("--no-timing", action="store_true", help="do not measure the predict time")
     p.add_argument("--repeats", type=int, default=3, help="timed predictions per run (median; default 3)")
-    p.add_argument("--skip-bad", action="store_true",
-                   help="skip folders that are not finished runs (with a warning) instead of failing")
+    p.add_argument(
+        "--skip-bad",
+        action="store_true",
+        help="skip folders that are not finished runs (with a warning) instead of failing",
+    )
     p.set_defaults(func=run_compare)
     return p
 
 
-__all__ = ["RunInfo", "compare_runs", "count_flops", "format_csv", "format_json", "format_markdown",
-           "format_text", "read_run", "run_compare", "time_predict"]
+__all__ = [
+    "RunInfo",
+    "compare_runs",
+    "count_flops",
+    "format_csv",
+    "format_json",
+    "format_markdown",
+    "format_text",
+    "read_run",
+    "run_compare",
+    "time_predict",
+]

@@ -59,14 +59,39 @@ _QUARTER_WIDTH = {"widths": [16, 32, 64, 128], "cam_layer": "layer1"}
 #: 2e-3, alpha 1.0), anti-aliased resampling, the generator's most conspicuous lesions (difficulty 0), and 120
 #: held-out scans (about 50 injured). Why these: see the README ("The demo") and CHANGELOG.md.
 SETTINGS = {
-    "cpu": DemoSettings(n=240, n_heldout=120, difficulty=0.0, max_dim=80,
-                        train={"size": 64, "epochs": 12, "batch_size": 4, "arch_params": _QUARTER_WIDTH, "lr": 1e-3,
-                               "antialias": True, "mixup_alpha": 0.2}),
-    "quick": DemoSettings(n=40, n_heldout=6, difficulty=0.0, max_dim=64,
-                          train={"size": 48, "epochs": 6, "batch_size": 4, "arch_params": _QUARTER_WIDTH,
-                                 "lr": 3e-3, "antialias": True, "mixup_alpha": 0.2}),
-    "gpu": DemoSettings(n=120, n_heldout=24, difficulty=0.3, max_dim=160,
-                        train={"arch": "resnet10_dilated", "antialias": True}),
+    "cpu": DemoSettings(
+        n=240,
+        n_heldout=120,
+        difficulty=0.0,
+        max_dim=80,
+        train={
+            "size": 64,
+            "epochs": 12,
+            "batch_size": 4,
+            "arch_params": _QUARTER_WIDTH,
+            "lr": 1e-3,
+            "antialias": True,
+            "mixup_alpha": 0.2,
+        },
+    ),
+    "quick": DemoSettings(
+        n=40,
+        n_heldout=6,
+        difficulty=0.0,
+        max_dim=64,
+        train={
+            "size": 48,
+            "epochs": 6,
+            "batch_size": 4,
+            "arch_params": _QUARTER_WIDTH,
+            "lr": 3e-3,
+            "antialias": True,
+            "mixup_alpha": 0.2,
+        },
+    ),
+    "gpu": DemoSettings(
+        n=120, n_heldout=24, difficulty=0.3, max_dim=160, train={"arch": "resnet10_dilated", "antialias": True}
+    ),
 }
 
 
@@ -96,8 +121,13 @@ def _cohort(folder: Path, n: int, seed: int, s: DemoSettings) -> Path:
     manifest, info = folder / "manifest.csv", folder / "cohort.json"
     if manifest.exists() and info.exists():
         meta = json.loads(info.read_text())
-        if (meta.get("n"), meta.get("seed"), meta.get("difficulty"), meta.get("max_dim"),
-                meta.get("generator_version")) == (n, seed, s.difficulty, s.max_dim, GENERATOR_VERSION):
+        if (
+            meta.get("n"),
+            meta.get("seed"),
+            meta.get("difficulty"),
+            meta.get("max_dim"),
+            meta.get("generator_version"),
+        ) == (n, seed, s.difficulty, s.max_dim, GENERATOR_VERSION):
             _log(f"reusing synthetic cohort {folder}")
             return manifest
     if folder.exists():  # other settings, or volumes removed at the end of a run without --keep-data
@@ -133,9 +163,15 @@ def _predict_heldout(bundle_path: Path, manifest: Path, out: Path, device: str) 
         # saliency method -> map on the input grid (scored) and on the network grid (drawn); the report shows
         # every method listed here side by side
         maps = {"Grad-CAM": (result.cam, result.cam_network), "gradient": (result.gradient, result.gradient_network)}
-        record: dict[str, Any] = {"case": stem, "true_label": int(row["label"]), "result": result,
-                                  "injuries": row.get("injury_types", ""), "lesion_network": None,
-                                  "maps": {m: net for m, (_, net) in maps.items()}, "scores": {}}
+        record: dict[str, Any] = {
+            "case": stem,
+            "true_label": int(row["label"]),
+            "result": result,
+            "injuries": row.get("injury_types", ""),
+            "lesion_network": None,
+            "maps": {m: net for m, (_, net) in maps.items()},
+            "scores": {},
+        }
         if row.get("mask_path"):
             mask, _ = read_volume(manifest.parent / row["mask_path"])
             if mask.any():
@@ -149,8 +185,9 @@ def _column_means(rows: list[list[float]]) -> list[float]:
     return [round(float(v), 4) for v in np.mean(np.asarray(rows, dtype=np.float64), axis=0)]
 
 
-def _faithfulness(bundle_path: Path, heldout: list[dict[str, Any]], device: str, max_cases: int
-                  ) -> dict[str, dict[str, Any]]:
+def _faithfulness(
+    bundle_path: Path, heldout: list[dict[str, Any]], device: str, max_cases: int
+) -> dict[str, dict[str, Any]]:
     """Deletion test of each saliency method on injured held-out scans the ensemble calls BI (at most
     ``max_cases``): mean drop of P(BI) when the top 1/2/5% most salient brain voxels are hidden, beside the mean
     drop for random blobs of the same size (:mod:`.faithfulness`)."""
@@ -163,12 +200,17 @@ def _faithfulness(bundle_path: Path, heldout: list[dict[str, Any]], device: str,
     prob = ensemble_probability(load_bundle(bundle_path, device=device).models)
     out: dict[str, dict[str, Any]] = {}
     for method in cases[0]["maps"]:
-        results = [deletion_test(prob, h["result"].resampled, h["maps"][method], n_random=3, seed=k, device=device)
-                   for k, h in enumerate(cases)]
-        out[method] = {"fractions": list(DEFAULT_FRACTIONS), "n_cases": len(results),
-                       "saliency_drop": _column_means([r.saliency_drops for r in results]),
-                       "random_drop": _column_means([r.random_mean for r in results]),
-                       "score": round(float(np.mean([r.score for r in results])), 4)}
+        results = [
+            deletion_test(prob, h["result"].resampled, h["maps"][method], n_random=3, seed=k, device=device)
+            for k, h in enumerate(cases)
+        ]
+        out[method] = {
+            "fractions": list(DEFAULT_FRACTIONS),
+            "n_cases": len(results),
+            "saliency_drop": _column_means([r.saliency_drops for r in results]),
+            "random_drop": _column_means([r.random_mean for r in results]),
+            "score": round(float(np.mean([r.score for r in results])), 4),
+        }
     return out
 
 
@@ -187,8 +229,9 @@ def _remove_data(out: Path) -> None:
     manifest = heldout / "manifest.csv"
     if not manifest.exists():
         return
-    keep = {manifest.resolve()} | {(heldout / r["mask_path"]).resolve() for r in _read_rows(manifest)
-                                   if r.get("mask_path")}
+    keep = {manifest.resolve()} | {
+        (heldout / r["mask_path"]).resolve() for r in _read_rows(manifest) if r.get("mask_path")
+    }
     for path in sorted(heldout.rglob("*"), key=lambda q: len(q.parts), reverse=True):
         if path.is_dir():
             if not any(path.iterdir()):
@@ -197,8 +240,14 @@ def _remove_data(out: Path) -> None:
             path.unlink()
 
 
-def run_demo(out: str | Path = "gloresnet-demo", quick: bool = False, device: str = "auto", seed: int = 0,
-             epochs: int | None = None, keep_data: bool = False) -> dict[str, Any]:
+def run_demo(
+    out: str | Path = "gloresnet-demo",
+    quick: bool = False,
+    device: str = "auto",
+    seed: int = 0,
+    epochs: int | None = None,
+    keep_data: bool = False,
+) -> dict[str, Any]:
     """Run the demo end to end; returns the summary written to ``demo_summary.json``.
 
     Without ``keep_data`` the synthetic volumes (cohort and held-out scans) are deleted at the end; the report,
@@ -231,10 +280,17 @@ def run_demo(out: str | Path = "gloresnet-demo", quick: bool = False, device: st
         if event.get("event") == "done":
             done.update(event)
 
-    cfg = s.training.replace(manifest=str(manifest), out=str(run_dir), synthetic=True,
-                             arch_params=dict(s.training.arch_params), seed=seed, device=str(dev),
-                             progress_bar=True, name=f"gloresnet-demo-{flavour}-SYNTHETIC",
-                             **({"epochs": epochs} if epochs else {}))
+    cfg = s.training.replace(
+        manifest=str(manifest),
+        out=str(run_dir),
+        synthetic=True,
+        arch_params=dict(s.training.arch_params),
+        seed=seed,
+        device=str(dev),
+        progress_bar=True,
+        name=f"gloresnet-demo-{flavour}-SYNTHETIC",
+        **({"epochs": epochs} if epochs else {}),
+    )
     train_cv(cfg, progress=progress)
     timings["cross-validated training"] = time.perf_counter() - t0
     bundle_path = Path(done.get("bundle") or run_dir / "bundle")
@@ -252,19 +308,40 @@ def run_demo(out: str | Path = "gloresnet-demo", quick: bool = False, device: st
     examples = _examples(seed, quick)
     timings["example montage"] = time.perf_counter() - t0
     timings["total"] = time.perf_counter() - t_start
-    path = write_demo_report(out, s, flavour, seed, run_dir, metrics, heldout, timings, bundle_name, BANNER,
-                             examples=examples, faithfulness=faithfulness)
+    path = write_demo_report(
+        out,
+        s,
+        flavour,
+        seed,
+        run_dir,
+        metrics,
+        heldout,
+        timings,
+        bundle_name,
+        BANNER,
+        examples=examples,
+        faithfulness=faithfulness,
+    )
 
     scores = [h["scores"][PRIMARY_SALIENCY] for h in heldout if PRIMARY_SALIENCY in h["scores"]]
     held_acc = float(np.mean([h["result"].label == h["true_label"] for h in heldout]))
     summary = {
-        "report": str(path), "bundle": str(bundle_path), "settings": flavour, "seed": seed,
+        "report": str(path),
+        "bundle": str(bundle_path),
+        "settings": flavour,
+        "seed": seed,
         "cv": {k: v for k, v in metrics.get("summary", {}).items()},
-        "heldout_accuracy": held_acc, "pointing_game_method": PRIMARY_SALIENCY, "pointing_game": pointing_game(scores),
-        "pointing_game_95ci": pointing_game_interval(scores), "n_injured_heldout": len(scores),
-        "saliency": saliency_summary(heldout), "faithfulness": faithfulness,
-        "seconds": {k: round(v, 1) for k, v in timings.items()}, "disclaimer": BANNER,
-        "kept_data": keep_data, **({"warning": QUICK_WARNING} if quick else {}),
+        "heldout_accuracy": held_acc,
+        "pointing_game_method": PRIMARY_SALIENCY,
+        "pointing_game": pointing_game(scores),
+        "pointing_game_95ci": pointing_game_interval(scores),
+        "n_injured_heldout": len(scores),
+        "saliency": saliency_summary(heldout),
+        "faithfulness": faithfulness,
+        "seconds": {k: round(v, 1) for k, v in timings.items()},
+        "disclaimer": BANNER,
+        "kept_data": keep_data,
+        **({"warning": QUICK_WARNING} if quick else {}),
     }
     (out / "demo_summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
     if not keep_data:
@@ -290,14 +367,18 @@ def _print_summary(summary: dict[str, Any]) -> None:
     print("cross-validation (test folds, mean +/- sd):")
     for name in ("accuracy", "sensitivity", "specificity", "auc"):
         print(line(name))
-    print(f"held-out synthetic cases: accuracy {summary['heldout_accuracy']:.3f} ({summary['n_injured_heldout']} "
-          "injured); pointing game (saliency peak within 5 mm of the lesion):")
+    print(
+        f"held-out synthetic cases: accuracy {summary['heldout_accuracy']:.3f} ({summary['n_injured_heldout']} "
+        "injured); pointing game (saliency peak within 5 mm of the lesion):"
+    )
     for method, figures in summary.get("saliency", {}).items():
         lo, hi = figures["pointing_game_95ci"]
         print(f"  {method:<18} {figures['pointing_game']:.2f} (95% interval {lo:.2f}-{hi:.2f})")
     for method, d in summary.get("faithfulness", {}).items():
-        pairs = ", ".join(f"{100 * f:g}%: {a:.3f} vs {b:.3f}" for f, a, b in
-                          zip(d["fractions"], d["saliency_drop"], d["random_drop"], strict=True))
+        pairs = ", ".join(
+            f"{100 * f:g}%: {a:.3f} vs {b:.3f}"
+            for f, a, b in zip(d["fractions"], d["saliency_drop"], d["random_drop"], strict=True)
+        )
         print(f"  deletion test {method}: drop of P(BI), salient vs random ({d['n_cases']} scans called BI): {pairs}")
     print(f"ensemble bundle: {summary['bundle']}")
     print(f"report: {summary['report']}")
@@ -309,23 +390,31 @@ def _print_summary(summary: dict[str, Any]) -> None:
 def add_parser(subparsers) -> argparse.ArgumentParser:
     """Register ``gloresnet demo``."""
     p = subparsers.add_parser(
-        "demo", help="run the whole pipeline on built-in synthetic data and write report.html",
+        "demo",
+        help="run the whole pipeline on built-in synthetic data and write report.html",
         description="Synthetic cohort -> 5-fold CV training -> ensemble bundle -> held-out predictions with "
-                    "TTA and Grad-CAM -> report.html. Time: the default (CPU) settings took about 500 s on a "
-                    "2-core CPU (AMD EPYC); --quick about 45 s. With CUDA the paper's input size and epochs "
-                    "are used. Disk: DIR (see --out) holds the report, demo_summary.json, the run with its bundle "
-                    "and the saliency maps; the synthetic volumes are deleted at the end unless --keep-data "
-                    "(with them the default demo used 637 MB; --quick 71 MB with them, 40 MB without); the "
-                    "preprocessing cache in ~/.cache/gloresnet (197 MB for the default demo, 18 MB for --quick) "
-                    "speeds up a rerun. "
-                    "Remove everything with: rm -r DIR ~/.cache/gloresnet",
-        epilog=BANNER)
+        "TTA and Grad-CAM -> report.html. Time: the default (CPU) settings took about 500 s on a "
+        "2-core CPU (AMD EPYC); --quick about 45 s. With CUDA the paper's input size and epochs "
+        "are used. Disk: DIR (see --out) holds the report, demo_summary.json, the run with its bundle "
+        "and the saliency maps; the synthetic volumes are deleted at the end unless --keep-data "
+        "(with them the default demo used 637 MB; --quick 71 MB with them, 40 MB without); the "
+        "preprocessing cache in ~/.cache/gloresnet (197 MB for the default demo, 18 MB for --quick) "
+        "speeds up a rerun. "
+        "Remove everything with: rm -r DIR ~/.cache/gloresnet",
+        epilog=BANNER,
+    )
     p.add_argument("--out", default="gloresnet-demo", metavar="DIR", help="output folder (default gloresnet-demo)")
-    p.add_argument("--quick", action="store_true",
-                   help="tiny settings, a smoke test (about 45 s on CPU; used by CI): its figures mean nothing")
-    p.add_argument("--keep-data", action="store_true",
-                   help="keep the synthetic cohort and held-out volumes (DIR/cohort, DIR/heldout); by default "
-                        "they are deleted at the end (the held-out manifest and lesion masks stay)")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="tiny settings, a smoke test (about 45 s on CPU; used by CI): its figures mean nothing",
+    )
+    p.add_argument(
+        "--keep-data",
+        action="store_true",
+        help="keep the synthetic cohort and held-out volumes (DIR/cohort, DIR/heldout); by default "
+        "they are deleted at the end (the held-out manifest and lesion masks stay)",
+    )
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
     p.add_argument("--seed", type=int, default=0, help="seed of the synthetic cohort and the folds")
     p.add_argument("--epochs", type=int, default=None, help="override the number of epochs")
@@ -335,7 +424,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """Handler of ``gloresnet demo``."""
-    summary = run_demo(args.out, quick=args.quick, device=args.device, seed=args.seed, epochs=args.epochs,
-                       keep_data=args.keep_data)
+    summary = run_demo(
+        args.out, quick=args.quick, device=args.device, seed=args.seed, epochs=args.epochs, keep_data=args.keep_data
+    )
     _print_summary(summary)
     return 0

@@ -22,8 +22,10 @@ from . import __version__, report
 from .saliency import SaliencyScore, pointing_game, pointing_game_interval
 
 #: Said on the console and at the top of the report whenever ``--quick`` settings were used.
-QUICK_WARNING = ("QUICK SETTINGS: a smoke test of the pipeline (few scans, few epochs, a handful of held-out "
-                 "cases). Its figures mean nothing: they say the code runs, not how well the method works.")
+QUICK_WARNING = (
+    "QUICK SETTINGS: a smoke test of the pipeline (few scans, few epochs, a handful of held-out "
+    "cases). Its figures mean nothing: they say the code runs, not how well the method works."
+)
 
 
 def methods_of(heldout: Sequence[dict[str, Any]]) -> list[str]:
@@ -63,9 +65,13 @@ def saliency_summary(heldout: Sequence[dict[str, Any]]) -> dict[str, dict[str, A
     for m in methods_of(heldout):
         injured = _scores(heldout, m)
         scores = [sc for _, sc in injured]
-        out[m] = {"pointing_game": pointing_game(scores), "pointing_game_95ci": pointing_game_interval(scores),
-                  "hits": sum(sc.hit for sc in scores), "n_injured": len(scores),
-                  "by_lesion_type": {t: {"hits": h, "n": n} for t, (h, n) in pointing_by_type(injured).items()}}
+        out[m] = {
+            "pointing_game": pointing_game(scores),
+            "pointing_game_95ci": pointing_game_interval(scores),
+            "hits": sum(sc.hit for sc in scores),
+            "n_injured": len(scores),
+            "by_lesion_type": {t: {"hits": h, "n": n} for t, (h, n) in pointing_by_type(injured).items()},
+        }
     return out
 
 
@@ -101,19 +107,30 @@ def saliency_section(heldout: Sequence[dict[str, Any]], methods: Sequence[str]) 
         low, high = pointing_game_interval(scores)
         per_type = pointing_by_type(injured)
         ratio = float(np.median([sc.energy_ratio for sc in scores]))
-        rows.append([m, f"{pointing_game(scores):.2f}", f"{low:.2f}-{high:.2f}",
-                     f"{sum(sc.hit for sc in scores)}/{len(scores)}",
-                     *[("{}/{}".format(*per_type[t]) if t in per_type else "-") for t in types], f"{ratio:.2f}"])
+        rows.append(
+            [
+                m,
+                f"{pointing_game(scores):.2f}",
+                f"{low:.2f}-{high:.2f}",
+                f"{sum(sc.hit for sc in scores)}/{len(scores)}",
+                *[("{}/{}".format(*per_type[t]) if t in per_type else "-") for t in types],
+                f"{ratio:.2f}",
+            ]
+        )
         lines.append(f"<p>{html.escape(pointing_by_call(injured, m), quote=False)}</p>")
     if not rows:
         return "<p>No injured held-out case: nothing to score.</p>"
-    return ("<p>Pointing game: is the saliency maximum within 5 mm of the lesion mask? Scored on the injured "
-            "held-out cases; a case with two lesion types counts under both. Inside/outside ratio: the mean saliency "
-            "inside the lesion over the mean outside it (median over cases; above 1: saliency gathers on the "
-            "lesion).</p>"
-            + report.table_html(["method", "pointing game", "95% interval (Wilson)", "hits", *types,
-                                 "median inside/outside ratio"], rows)
-            + "".join(lines) + report.explain_html("peak_distance"))
+    return (
+        "<p>Pointing game: is the saliency maximum within 5 mm of the lesion mask? Scored on the injured "
+        "held-out cases; a case with two lesion types counts under both. Inside/outside ratio: the mean saliency "
+        "inside the lesion over the mean outside it (median over cases; above 1: saliency gathers on the "
+        "lesion).</p>"
+        + report.table_html(
+            ["method", "pointing game", "95% interval (Wilson)", "hits", *types, "median inside/outside ratio"], rows
+        )
+        + "".join(lines)
+        + report.explain_html("peak_distance")
+    )
 
 
 def choose_overlays(heldout: Sequence[dict[str, Any]], method: str, healthy: int = 2) -> list[tuple[str, dict]]:
@@ -129,15 +146,19 @@ def choose_overlays(heldout: Sequence[dict[str, Any]], method: str, healthy: int
     for t in sorted({t for h, _ in injured for t in injury_types(h)}):
         for hit, word in ((True, "hit"), (False, "miss")):
             cands = [h for h, sc in injured if sc.hit == hit and t in injury_types(h) and h["case"] not in seen]
-            cands.sort(key=lambda h: (len(injury_types(h)), -h["result"].probability if hit
-                                      else h["result"].probability, h["case"]))
+            cands.sort(
+                key=lambda h: (
+                    len(injury_types(h)),
+                    -h["result"].probability if hit else h["result"].probability,
+                    h["case"],
+                )
+            )
             if cands:
                 chosen.append((f"{t}: {word}", cands[0]))
                 seen.add(cands[0]["case"])
     fit = [h for h in heldout if not injury_types(h) and h["case"] not in seen]
     fit.sort(key=lambda h: (-h["result"].label, h["case"]))  # false positives (called BI) first
-    chosen += [("healthy: " + ("false positive" if h["result"].label else "called no BI"), h)
-               for h in fit[:healthy]]
+    chosen += [("healthy: " + ("false positive" if h["result"].label else "called no BI"), h) for h in fit[:healthy]]
     return chosen
 
 
@@ -149,16 +170,25 @@ def overlays_section(heldout: Sequence[dict[str, Any]], methods: Sequence[str]) 
     for tag, h in choose_overlays(heldout, methods[0]):
         r, sc = h["result"], (h.get("scores") or {}).get(methods[0])
         dist = f", {methods[0]} peak {sc.peak_distance_mm:.1f} mm from the lesion" if sc else ""
-        title = (f"{tag.upper()} - {h['case']}: true {'BI (' + h['injuries'] + ')' if h['true_label'] else 'no BI'}"
-                 f", P(BI) {r.probability:.2f}{dist} - SYNTHETIC")
-        png = report.saliency_png(r.resampled, r.resampled_affine, h["maps"], h.get("lesion_network"), title,
-                                  lesion_row=sc is not None and not sc.hit)
+        title = (
+            f"{tag.upper()} - {h['case']}: true {'BI (' + h['injuries'] + ')' if h['true_label'] else 'no BI'}"
+            f", P(BI) {r.probability:.2f}{dist} - SYNTHETIC"
+        )
+        png = report.saliency_png(
+            r.resampled,
+            r.resampled_affine,
+            h["maps"],
+            h.get("lesion_network"),
+            title,
+            lesion_row=sc is not None and not sc.hit,
+        )
         figures.append(report.img_tag(png, f"{tag} {h['case']}", 1000))
-    return ("<p class='note'>Network input in three planes through each map's peak (green cross); cyan: lesion "
-            "outline; one row and colour bar per saliency method (for a miss, a last row through the lesion's "
-            "centre). Chosen to show a hit and a miss of each lesion "
-            "type (by " + html.escape(methods[0]) + ") and healthy scans, not the first files.</p>"
-            + "".join(figures))
+    return (
+        "<p class='note'>Network input in three planes through each map's peak (green cross); cyan: lesion "
+        "outline; one row and colour bar per saliency method (for a miss, a last row through the lesion's "
+        "centre). Chosen to show a hit and a miss of each lesion "
+        "type (by " + html.escape(methods[0]) + ") and healthy scans, not the first files.</p>" + "".join(figures)
+    )
 
 
 def heldout_table(heldout: Sequence[dict[str, Any]], methods: Sequence[str]) -> str:
@@ -166,8 +196,14 @@ def heldout_table(heldout: Sequence[dict[str, Any]], methods: Sequence[str]) -> 
     rows = []
     for h in heldout:
         r, scores = h["result"], h.get("scores") or {}
-        cells = [h["case"], h["true_label"], f"{r.probability:.3f}", r.label_name, f"{r.spread:.3f}",
-                 h["injuries"] or "-"]
+        cells = [
+            h["case"],
+            h["true_label"],
+            f"{r.probability:.3f}",
+            r.label_name,
+            f"{r.spread:.3f}",
+            h["injuries"] or "-",
+        ]
         for m in methods:
             sc = scores.get(m)
             cells += ["-", "-"] if sc is None else ["hit" if sc.hit else "miss", f"{sc.peak_distance_mm:.1f}"]
@@ -176,15 +212,27 @@ def heldout_table(heldout: Sequence[dict[str, Any]], methods: Sequence[str]) -> 
     for m in methods:
         header += [f"pointing game ({m})", f"peak to lesion mm ({m})"]
     correct = sum(h["result"].label == h["true_label"] for h in heldout)
-    summary = (f"{len(heldout)} held-out scans, {correct} called right "
-               f"(accuracy {correct / max(len(heldout), 1):.2f}): click to show the table")
+    summary = (
+        f"{len(heldout)} held-out scans, {correct} called right "
+        f"(accuracy {correct / max(len(heldout), 1):.2f}): click to show the table"
+    )
     return report.explain_html("tta_spread") + report.details_html(summary, report.table_html(header, rows))
 
 
-def write_demo_report(out: Path, settings: Any, flavour: str, seed: int, run_dir: Path, metrics: dict[str, Any],
-                      heldout: list[dict[str, Any]], timings: dict[str, float], bundle_name: str,
-                      banner: str, examples: Sequence[tuple] = (),
-                      faithfulness: dict[str, dict[str, Any]] | None = None) -> Path:
+def write_demo_report(
+    out: Path,
+    settings: Any,
+    flavour: str,
+    seed: int,
+    run_dir: Path,
+    metrics: dict[str, Any],
+    heldout: list[dict[str, Any]],
+    timings: dict[str, float],
+    bundle_name: str,
+    banner: str,
+    examples: Sequence[tuple] = (),
+    faithfulness: dict[str, dict[str, Any]] | None = None,
+) -> Path:
     """Write ``out/report.html``.
 
     Args:
@@ -208,26 +256,38 @@ def write_demo_report(out: Path, settings: Any, flavour: str, seed: int, run_dir
     """
     s = settings
     methods = methods_of(heldout)
-    header = [("date", datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")),
-              ("GloResNet library", __version__), ("seed", seed), ("settings", flavour),
-              ("bundle", f"{bundle_name} ({run_dir.name}/bundle)"), ("saliency", ", ".join(methods) or "none")]
+    header = [
+        ("date", datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")),
+        ("GloResNet library", __version__),
+        ("seed", seed),
+        ("settings", flavour),
+        ("bundle", f"{bundle_name} ({run_dir.name}/bundle)"),
+        ("saliency", ", ".join(methods) or "none"),
+    ]
     t = settings.training
-    about = (f"<p>Settings '{flavour}': {s.n} synthetic scans, subject-grouped {t.folds}-fold cross-validation, "
-             f"input {t.size}^3, {t.arch} {t.arch_params or ''}, {t.epochs} epochs, batch {t.batch_size}, "
-             f"learning rate {t.lr:g}, mixup alpha {t.mixup_alpha}, class weighting, left-right flips, lesion "
-             f"difficulty {s.difficulty}, "
-             f"anti-aliased resampling {t.antialias}; checkpoint chosen on a validation split inside each training "
-             "fold (honest protocol). The paper uses 128^3, ResNet-10 and 150 epochs on dHCP data; these are "
-             f"CPU-sized settings on synthetic data. {len(heldout)} freshly generated held-out scans.</p>")
+    about = (
+        f"<p>Settings '{flavour}': {s.n} synthetic scans, subject-grouped {t.folds}-fold cross-validation, "
+        f"input {t.size}^3, {t.arch} {t.arch_params or ''}, {t.epochs} epochs, batch {t.batch_size}, "
+        f"learning rate {t.lr:g}, mixup alpha {t.mixup_alpha}, class weighting, left-right flips, lesion "
+        f"difficulty {s.difficulty}, "
+        f"anti-aliased resampling {t.antialias}; checkpoint chosen on a validation split inside each training "
+        "fold (honest protocol). The paper uses 128^3, ResNet-10 and 150 epochs on dHCP data; these are "
+        f"CPU-sized settings on synthetic data. {len(heldout)} freshly generated held-out scans.</p>"
+    )
     correct = sum(h["result"].label == h["true_label"] for h in heldout)
     glance = [f"held-out accuracy {correct / max(len(heldout), 1):.2f} ({correct}/{len(heldout)})"]
     for m in methods:
         scores = [sc for _, sc in _scores(heldout, m)]
         if scores:
-            glance.append(f"pointing game ({m}) {pointing_game(scores):.2f} "
-                          f"({sum(sc.hit for sc in scores)}/{len(scores)} injured)")
-    summary = (report.table_html(["metric", "mean", "sd", "best fold", "pooled out-of-fold"], metric_rows(metrics))
-               + report.explain_html("pooled_oof") + f"<p>{html.escape('; '.join(glance))}.</p>")
+            glance.append(
+                f"pointing game ({m}) {pointing_game(scores):.2f} "
+                f"({sum(sc.hit for sc in scores)}/{len(scores)} injured)"
+            )
+    summary = (
+        report.table_html(["metric", "mean", "sd", "best fold", "pooled out-of-fold"], metric_rows(metrics))
+        + report.explain_html("pooled_oof")
+        + f"<p>{html.escape('; '.join(glance))}.</p>"
+    )
     sections = [("About this report", about)]
     if examples:
         sections.append(montage_section(examples))
@@ -237,12 +297,21 @@ def write_demo_report(out: Path, settings: Any, flavour: str, seed: int, run_dir
         if png.exists():
             sections.append((heading, report.img_tag(png.read_bytes(), name, width)))
     deletion = [("Saliency faithfulness: deletion test", faithfulness_section(faithfulness))] if faithfulness else []
-    sections += [("Saliency check", saliency_section(heldout, methods)), *deletion,
-                 ("Saliency overlays: hits and misses of each lesion type", overlays_section(heldout, methods)),
-                 ("Held-out synthetic cases (ensemble bundle, TTA)", heldout_table(heldout, methods)),
-                 ("Run time", report.table_html(["stage", "seconds"], [[k, f"{v:.0f}"] for k, v in timings.items()]))]
-    return report.write_html(out / "report.html", "GloResNet demo on synthetic neonatal T2w data", sections,
-                             banner=banner, header=header, warning=QUICK_WARNING if flavour == "quick" else "")
+    sections += [
+        ("Saliency check", saliency_section(heldout, methods)),
+        *deletion,
+        ("Saliency overlays: hits and misses of each lesion type", overlays_section(heldout, methods)),
+        ("Held-out synthetic cases (ensemble bundle, TTA)", heldout_table(heldout, methods)),
+        ("Run time", report.table_html(["stage", "seconds"], [[k, f"{v:.0f}"] for k, v in timings.items()])),
+    ]
+    return report.write_html(
+        out / "report.html",
+        "GloResNet demo on synthetic neonatal T2w data",
+        sections,
+        banner=banner,
+        header=header,
+        warning=QUICK_WARNING if flavour == "quick" else "",
+    )
 
 
 def faithfulness_section(faithfulness: dict[str, dict[str, Any]]) -> str:
@@ -253,15 +322,20 @@ def faithfulness_section(faithfulness: dict[str, dict[str, Any]]) -> str:
         for frac, sal, rnd in zip(f["fractions"], f["saliency_drop"], f["random_drop"], strict=True):
             rows.append([method, f"{100 * frac:g}%", f"{sal:.3f}", f"{rnd:.3f}", f"{sal - rnd:+.3f}"])
     n = max(f["n_cases"] for f in faithfulness.values())
-    text = (f"<p>On {n} injured held-out scans the ensemble calls BI: hiding (setting to the brain's mean) the most "
-            "salient brain voxels of each map should lower P(BI) more than hiding random blobs of the same size. "
-            "A method whose drop is not above the random one does not show what the model uses.</p>")
-    return text + report.table_html(["method", "brain voxels hidden", "drop of P(BI): salient",
-                                     "drop: random blobs", "difference"], rows)
+    text = (
+        f"<p>On {n} injured held-out scans the ensemble calls BI: hiding (setting to the brain's mean) the most "
+        "salient brain voxels of each map should lower P(BI) more than hiding random blobs of the same size. "
+        "A method whose drop is not above the random one does not show what the model uses.</p>"
+    )
+    return text + report.table_html(
+        ["method", "brain voxels hidden", "drop of P(BI): salient", "drop: random blobs", "difference"], rows
+    )
 
 
 def montage_section(examples: Sequence[tuple], title: str = "SYNTHETIC examples") -> tuple[str, str]:
     """A (heading, HTML) report section with :func:`report.montage_png` of ``(title, 3 planes[, 3 mask planes])``
     examples (e.g. synthetic scans across ages, with and without each lesion type; cyan: lesion outline)."""
-    return ("Synthetic examples", report.img_tag(report.montage_png(examples, columns=2, title=title),
-                                                 "synthetic examples montage", 1100))
+    return (
+        "Synthetic examples",
+        report.img_tag(report.montage_png(examples, columns=2, title=title), "synthetic examples montage", 1100),
+    )

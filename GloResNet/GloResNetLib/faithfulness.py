@@ -38,6 +38,7 @@ def ensemble_probability(models: Sequence[nn.Module], class_idx: int = 1) -> Pro
 
     def prob(batch: torch.Tensor) -> torch.Tensor:
         return torch.stack([network_pass(m, batch, cam_class=None)[0][:, class_idx] for m in models]).mean(0)
+
     return prob
 
 
@@ -71,11 +72,15 @@ class DeletionResult:
 
     def to_dict(self) -> dict:
         """JSON-ready summary."""
-        return {"fractions": self.fractions, "base_probability": round(self.base_probability, 6),
-                "saliency_drops": [round(d, 6) for d in self.saliency_drops],
-                "random_drops": [[round(d, 6) for d in r] for r in self.random_drops],
-                "random_mean": [round(d, 6) for d in self.random_mean], "voxels": self.voxels,
-                "score": round(self.score, 6)}
+        return {
+            "fractions": self.fractions,
+            "base_probability": round(self.base_probability, 6),
+            "saliency_drops": [round(d, 6) for d in self.saliency_drops],
+            "random_drops": [[round(d, 6) for d in r] for r in self.random_drops],
+            "random_mean": [round(d, 6) for d in self.random_mean],
+            "voxels": self.voxels,
+            "score": round(self.score, 6),
+        }
 
 
 def brain_mask(image: np.ndarray) -> np.ndarray:
@@ -101,9 +106,18 @@ def random_regions(mask: np.ndarray, k: int, n: int, seed: int = 0, sigma: float
     return [top_voxels(gaussian_filter(rng.standard_normal(mask.shape), sigma), mask, k) for _ in range(n)]
 
 
-def deletion_test(prob_fn: ProbabilityFn, image: np.ndarray, saliency: np.ndarray, brain: np.ndarray | None = None,
-                  fractions: Sequence[float] = DEFAULT_FRACTIONS, n_random: int = 5, seed: int = 0,
-                  sigma: float = 2.0, batch: int = 8, device: str | torch.device = "cpu") -> DeletionResult:
+def deletion_test(
+    prob_fn: ProbabilityFn,
+    image: np.ndarray,
+    saliency: np.ndarray,
+    brain: np.ndarray | None = None,
+    fractions: Sequence[float] = DEFAULT_FRACTIONS,
+    n_random: int = 5,
+    seed: int = 0,
+    sigma: float = 2.0,
+    batch: int = 8,
+    device: str | torch.device = "cpu",
+) -> DeletionResult:
     """Deletion test of a saliency map against random regions of the same size.
 
     Args:
@@ -145,14 +159,17 @@ def deletion_test(prob_fn: ProbabilityFn, image: np.ndarray, saliency: np.ndarra
         base = float(prob_fn(x[None, None])[0])
         probs = []
         for start in range(0, len(masks), batch):
-            chunk = masks[start:start + batch]
+            chunk = masks[start : start + batch]
             copies = x[None, None].repeat(len(chunk), 1, 1, 1, 1)
             for b, m in enumerate(chunk):
                 copies[b, 0][torch.from_numpy(m).to(device)] = fill
             probs += [float(p) for p in prob_fn(copies)]
     per = 1 + n_random
     drops = [base - p for p in probs]
-    return DeletionResult(fractions=[float(f) for f in fractions], base_probability=base,
-                          saliency_drops=[drops[j * per] for j in range(len(fractions))],
-                          random_drops=[drops[j * per + 1:(j + 1) * per] for j in range(len(fractions))],
-                          voxels=voxels)
+    return DeletionResult(
+        fractions=[float(f) for f in fractions],
+        base_probability=base,
+        saliency_drops=[drops[j * per] for j in range(len(fractions))],
+        random_drops=[drops[j * per + 1 : (j + 1) * per] for j in range(len(fractions))],
+        voxels=voxels,
+    )

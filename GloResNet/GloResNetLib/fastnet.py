@@ -50,9 +50,14 @@ _cache_all: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 def _mkldnn_ops() -> bool:
     """oneDNN's fused convolution ops (used by torch.compile's CPU backend) are present in this torch."""
     ops = getattr(torch.ops, "mkldnn", None)
-    return bool(torch.backends.mkldnn.is_available() and ops is not None
-                and all(hasattr(ops, n) for n in ("_convolution_pointwise", "_convolution_pointwise_",
-                                                  "_reorder_convolution_weight")))
+    return bool(
+        torch.backends.mkldnn.is_available()
+        and ops is not None
+        and all(
+            hasattr(ops, n)
+            for n in ("_convolution_pointwise", "_convolution_pointwise_", "_reorder_convolution_weight")
+        )
+    )
 
 
 @dataclass
@@ -68,19 +73,18 @@ class _Conv:
     packed: dict = field(default_factory=dict)
 
     @classmethod
-    def fold(cls, conv: nn.Conv3d, bn: nn.Module | None, device: torch.device, dtype: torch.dtype,
-             pack: bool) -> _Conv:
+    def fold(cls, conv: nn.Conv3d, bn: nn.Module | None, device: torch.device, dtype: torch.dtype, pack: bool) -> _Conv:
         if conv.groups != 1 or conv.padding_mode != "zeros" or isinstance(conv.padding, str):
             raise NotImplementedError("only plain convolutions are folded")
         with torch.no_grad():
             weight, bias = conv.weight.detach(), conv.bias
             if isinstance(bn, nn.BatchNorm3d):
-                weight, bias = fuse_conv_bn_weights(weight, bias, bn.running_mean, bn.running_var, bn.eps,
-                                                    bn.weight, bn.bias)
+                weight, bias = fuse_conv_bn_weights(
+                    weight, bias, bn.running_mean, bn.running_var, bn.eps, bn.weight, bn.bias
+                )
             bias = bias.detach() if bias is not None else torch.zeros(weight.shape[0])
             weight = weight.detach().to(device, dtype).contiguous(memory_format=CL)
-        return cls(weight, bias.to(device, dtype), list(conv.stride), list(conv.padding), list(conv.dilation),
-                   pack)
+        return cls(weight, bias.to(device, dtype), list(conv.stride), list(conv.padding), list(conv.dilation), pack)
 
     def _packed(self, x: torch.Tensor) -> torch.Tensor:
         key = tuple(x.shape)
@@ -89,23 +93,45 @@ class _Conv:
             if len(self.packed) >= 2:  # e.g. TTA micro-batches and single views; bounds memory
                 self.packed.clear()
             w = self.packed[key] = torch.ops.mkldnn._reorder_convolution_weight(
-                self.weight, self.padding, self.stride, self.dilation, 1, list(key))
+                self.weight, self.padding, self.stride, self.dilation, 1, list(key)
+            )
         return w
 
     def __call__(self, x: torch.Tensor, relu: bool = False) -> torch.Tensor:
         if self.pack:
-            return torch.ops.mkldnn._convolution_pointwise(x, self._packed(x), self.bias, self.padding,
-                                                           self.stride, self.dilation, 1,
-                                                           "relu" if relu else "none", [], "")
+            return torch.ops.mkldnn._convolution_pointwise(
+                x,
+                self._packed(x),
+                self.bias,
+                self.padding,
+                self.stride,
+                self.dilation,
+                1,
+                "relu" if relu else "none",
+                [],
+                "",
+            )
         y = F.conv3d(x, self.weight, self.bias, self.stride, self.padding, self.dilation)
         return y.relu_() if relu else y
 
     def add_relu_(self, x: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
         """relu(conv(x) + other), written into ``other``."""
         if self.pack:
-            return torch.ops.mkldnn._convolution_pointwise_(other, x, self._packed(x), self.bias, self.padding,
-                                                            self.stride, self.dilation, 1, "add", 1.0, "relu",
-                                                            [], "")
+            return torch.ops.mkldnn._convolution_pointwise_(
+                other,
+                x,
+                self._packed(x),
+                self.bias,
+                self.padding,
+                self.stride,
+                self.dilation,
+                1,
+                "add",
+                1.0,
+                "relu",
+                [],
+                "",
+            )
         return other.add_(F.conv3d(x, self.weight, self.bias, self.stride, self.padding, self.dilation)).relu_()
 
 
@@ -124,13 +150,21 @@ class _Block:
 class FastResNet:
     """Inference-only ``features`` of a :class:`~GloResNetLib.models.resnet.ResNet3D` (see module doc)."""
 
-    def __init__(self, model: nn.Module, device: torch.device, dtype: torch.dtype = torch.float32,
-                 pack: bool | None = None, blocked_stem: bool | None = None, all_stages: bool = False) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        device: torch.device,
+        dtype: torch.dtype = torch.float32,
+        pack: bool | None = None,
+        blocked_stem: bool | None = None,
+        all_stages: bool = False,
+    ) -> None:
         if model.training:
             raise NotImplementedError("BatchNorm folding needs a model in eval mode")
         pool = model.maxpool
-        if not isinstance(pool, nn.Identity) and (not isinstance(pool, nn.MaxPool3d) or pool.ceil_mode
-                                                   or _triple(pool.dilation) != (1, 1, 1)):
+        if not isinstance(pool, nn.Identity) and (
+            not isinstance(pool, nn.MaxPool3d) or pool.ceil_mode or _triple(pool.dilation) != (1, 1, 1)
+        ):
             raise NotImplementedError("unexpected stem pooling")
         cpu32 = device.type == "cpu" and dtype == torch.float32 and torch.backends.mkldnn.is_available()
         pack = (cpu32 and _mkldnn_ops()) if pack is None else pack
@@ -141,9 +175,13 @@ class FastResNet:
         if self.blocked_stem:
             s = self.stem
             self.stem_blocked_weight = torch._C._nn.mkldnn_reorder_conv3d_weight(
-                s.weight.contiguous().to_mkldnn(), s.padding, s.stride, s.dilation, 1)
-        self.pool = (None if isinstance(pool, nn.Identity) else
-                     (_triple(pool.kernel_size), _triple(pool.stride or pool.kernel_size), _triple(pool.padding)))
+                s.weight.contiguous().to_mkldnn(), s.padding, s.stride, s.dilation, 1
+            )
+        self.pool = (
+            None
+            if isinstance(pool, nn.Identity)
+            else (_triple(pool.kernel_size), _triple(pool.stride or pool.kernel_size), _triple(pool.padding))
+        )
         stages = model.stages()[0] + (model.stages()[1] if all_stages else ())  # all: up to the last stage
         self.blocks = [_Block(b, device, dtype, pack) for layer in stages for b in layer]
 
@@ -168,8 +206,9 @@ class FastResNet:
         pool = (lambda y: y) if self.pool is None else (lambda y: F.max_pool3d(y, *self.pool))
         if self.blocked_stem:
             c = self.stem
-            y = torch.mkldnn_convolution(x.contiguous().to_mkldnn(), self.stem_blocked_weight, c.bias, c.padding,
-                                         c.stride, c.dilation, 1)
+            y = torch.mkldnn_convolution(
+                x.contiguous().to_mkldnn(), self.stem_blocked_weight, c.bias, c.padding, c.stride, c.dilation, 1
+            )
             x = pool(y).to_dense()
         else:
             x = pool(self.stem(x.contiguous(memory_format=CL)))
@@ -187,8 +226,7 @@ def _versions(model: nn.Module) -> tuple[int, ...]:
     return tuple(t._version for t in model.state_dict(keep_vars=True).values())
 
 
-def _prepare(model: nn.Module, device: torch.device, dtype: torch.dtype, all_stages: bool = False
-             ) -> FastResNet | None:
+def _prepare(model: nn.Module, device: torch.device, dtype: torch.dtype, all_stages: bool = False) -> FastResNet | None:
     from .models.resnet import ResNet3D
 
     if not isinstance(model, ResNet3D) or model.training:
@@ -227,8 +265,9 @@ def _self_check(model: nn.Module, fast: FastResNet, device: torch.device, dtype:
         conv.packed.clear()  # weights packed for the check's shapes only
 
 
-def prepared(model: nn.Module, device: torch.device, dtype: torch.dtype = torch.float32,
-             all_stages: bool = False) -> FastResNet | None:
+def prepared(
+    model: nn.Module, device: torch.device, dtype: torch.dtype = torch.float32, all_stages: bool = False
+) -> FastResNet | None:
     """The warm inference copy of ``model`` on ``device`` (built on first use), or None to use the model.
 
     ``all_stages``: a copy running every residual stage (for the whole network, e.g. occlusion sensitivity)

@@ -22,8 +22,9 @@ __all__ = ["DEFAULT_SIGMA", "gradient_saliency"]
 DEFAULT_SIGMA = 2.0
 
 
-def gradient_saliency(models: Sequence[nn.Module], image: torch.Tensor, class_idx: int = 1,
-                      sigma: float = DEFAULT_SIGMA) -> np.ndarray:
+def gradient_saliency(
+    models: Sequence[nn.Module], image: torch.Tensor, class_idx: int = 1, sigma: float = DEFAULT_SIGMA
+) -> np.ndarray:
     """Smoothed input-gradient magnitude of the models' mean ``class_idx`` logit on the network grid.
 
     Args:

@@ -74,8 +74,9 @@ def saliency_set(saliency: str) -> tuple[str, ...]:
     for part in str(saliency).split(","):
         part = part.strip()
         if part not in SALIENCY_METHODS:
-            raise ValueError(f"saliency must be one of {', '.join(SALIENCY_METHODS)} or a comma list "
-                             f"(got {saliency!r})")
+            raise ValueError(
+                f"saliency must be one of {', '.join(SALIENCY_METHODS)} or a comma list (got {saliency!r})"
+            )
         names += _SALIENCY_SETS.get(part, (part,))
     return tuple(m for m in ("gradcam", "gradient", "occlusion") if m in names)
 
@@ -134,16 +135,26 @@ class PredictionResult:
             "cam_peak_ras": self.cam_peak_ras(),
             "gradient_peak_ras": self.gradient_peak_ras(),
             "occlusion_peak_ras": self.occlusion_peak_ras(),
-            "occlusion_max_drop": (round(float(self.occlusion_network.max()), 6)
-                                   if self.occlusion_network is not None else None),
+            "occlusion_max_drop": (
+                round(float(self.occlusion_network.max()), 6) if self.occlusion_network is not None else None
+            ),
             **provenance(self),
         }
 
 
-def predict(bundle: Bundle, array: np.ndarray, affine: np.ndarray, tta: bool = True, cam: bool = True,
-            device: str | torch.device | None = None, tta_axes: list[int] | None = None,
-            cam_class: int = 1, saliency: str = "gradcam", occlusion: Any = None,
-            progress: Callable[[int, int], None] | None = None) -> PredictionResult | AgePrediction:
+def predict(
+    bundle: Bundle,
+    array: np.ndarray,
+    affine: np.ndarray,
+    tta: bool = True,
+    cam: bool = True,
+    device: str | torch.device | None = None,
+    tta_axes: list[int] | None = None,
+    cam_class: int = 1,
+    saliency: str = "gradcam",
+    occlusion: Any = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> PredictionResult | AgePrediction:
     """Predict brain injury for one volume (array indexed as stored, 4x4 voxel-to-RAS affine).
 
     ``saliency`` (with ``cam=True``): ``"gradcam"`` (``result.cam``), ``"gradient"`` (``result.gradient``: the
@@ -184,8 +195,10 @@ def predict(bundle: Bundle, array: np.ndarray, affine: np.ndarray, tta: bool = T
     methods = saliency_set(saliency)
     if bundle.task != "classification":
         if cam and methods != ("gradcam",):
-            raise BundleError(f"model '{bundle.name}' is a brain-age bundle: its saliency is Grad-CAM only "
-                              "(occlusion sensitivity is for classifiers)")
+            raise BundleError(
+                f"model '{bundle.name}' is a brain-age bundle: its saliency is Grad-CAM only "
+                "(occlusion sensitivity is for classifiers)"
+            )
         from .age_inference import predict_age
 
         return predict_age(bundle, array, affine, tta=tta, cam=cam, device=device, tta_axes=tta_axes)
@@ -241,15 +254,27 @@ def predict(bundle: Bundle, array: np.ndarray, affine: np.ndarray, tta: bool = T
     label = int(probability >= bundle.threshold)
     names = bundle.metadata.get("class_names", ["no BI", "BI"])
     return PredictionResult(
-        probability=probability, label=label, label_name=str(names[label]), threshold=bundle.threshold,
+        probability=probability,
+        label=label,
+        label_name=str(names[label]),
+        threshold=bundle.threshold,
         view_probabilities={view_name(v): float(p) for v, p in zip(views, view_probs)},
         model_probabilities=[float(p) for p in model_probs],
         spread=float(view_probs.max() - view_probs.min()) if len(views) > 1 else 0.0,
-        resampled=pre.array, resampled_affine=pre.affine, input_affine=np.asarray(affine, dtype=np.float64),
-        cam=cam_input, cam_network=cam_network, occlusion=occ_input, occlusion_network=occ_network,
-        gradient=grad_input, gradient_network=grad_network,
-        model_name=bundle.name, device=str(dev),
-        training_data=bundle.training_data, timings=timings)
+        resampled=pre.array,
+        resampled_affine=pre.affine,
+        input_affine=np.asarray(affine, dtype=np.float64),
+        cam=cam_input,
+        cam_network=cam_network,
+        occlusion=occ_input,
+        occlusion_network=occ_network,
+        gradient=grad_input,
+        gradient_network=grad_network,
+        model_name=bundle.name,
+        device=str(dev),
+        training_data=bundle.training_data,
+        timings=timings,
+    )
 
 
 def predict_file(bundle: Bundle, path: str | os.PathLike, **kwargs: Any) -> PredictionResult:

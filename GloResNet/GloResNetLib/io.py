@@ -66,8 +66,9 @@ def _check_shape(path: Path, shape: tuple[int, ...], itemsize: int = 1) -> tuple
     if len(shape) > 3:
         extra = shape[3:]
         if int(np.prod(extra)) != 1:
-            raise InputError(f"{path}: {len(shape)}D image with {int(np.prod(extra))} volumes; "
-                             "expected one scalar 3D volume")
+            raise InputError(
+                f"{path}: {len(shape)}D image with {int(np.prod(extra))} volumes; expected one scalar 3D volume"
+            )
         shape = shape[:3]
     if len(shape) < 3 or min(shape) < 2:
         raise InputError(f"{path}: image of shape {shape} is not a 3D volume")
@@ -75,8 +76,10 @@ def _check_shape(path: Path, shape: tuple[int, ...], itemsize: int = 1) -> tuple
     if max(shape) > MAX_AXIS or voxels > MAX_VOXELS:
         raise InputError(f"{path}: image of shape {shape} is too large (limit {MAX_VOXELS:,} voxels)")
     if voxels * int(itemsize) > MAX_DATA_BYTES:
-        raise InputError(f"{path}: image of shape {shape} at {itemsize} bytes per voxel is too large "
-                         f"(limit {MAX_DATA_BYTES / 1e9:.1f} GB of voxel data)")
+        raise InputError(
+            f"{path}: image of shape {shape} at {itemsize} bytes per voxel is too large "
+            f"(limit {MAX_DATA_BYTES / 1e9:.1f} GB of voxel data)"
+        )
     return shape
 
 
@@ -139,13 +142,15 @@ def _check_voxel_size(head: bytes, path: Path) -> None:
     two = layout is not None and layout[0] == 540
     if layout is None or len(head) < layout[0]:
         return  # not a NIfTI header: nibabel refuses it
-    hdr = (nib.Nifti2Header if two else nib.Nifti1Header)(binaryblock=head[:540 if two else 348], check=False)
+    hdr = (nib.Nifti2Header if two else nib.Nifti1Header)(binaryblock=head[: 540 if two else 348], check=False)
     pixdim = [float(v) for v in hdr["pixdim"][1:4]]
     if all(np.isfinite(pixdim)) and min(abs(v) for v in pixdim) > 0:
         return
     if int(hdr["qform_code"]) > 0 or int(hdr["sform_code"]) <= 0:
-        raise InputError(f"{path}: voxel sizes (pixdim) {pixdim} include zero or non-finite values; the image "
-                         "geometry is undefined (it would silently become 1 mm voxels); fix the header")
+        raise InputError(
+            f"{path}: voxel sizes (pixdim) {pixdim} include zero or non-finite values; the image "
+            "geometry is undefined (it would silently become 1 mm voxels); fix the header"
+        )
 
 
 def _nifti_layout(head: bytes) -> tuple[int, int] | None:
@@ -166,8 +171,10 @@ def _drain(f, path: Path) -> None:
     while block := f.read(1 << 20):
         extra += len(block)
         if extra > MAX_TRAILING_BYTES:
-            raise InputError(f"{path}: holds more than {MAX_TRAILING_BYTES >> 20} MiB beyond the voxels its "
-                             "header declares; refusing it (corrupt file or decompression bomb)")
+            raise InputError(
+                f"{path}: holds more than {MAX_TRAILING_BYTES >> 20} MiB beyond the voxels its "
+                "header declares; refusing it (corrupt file or decompression bomb)"
+            )
 
 
 def _read_nifti_stream(path: Path) -> tuple[np.ndarray, np.ndarray] | None:
@@ -284,8 +291,10 @@ def _read_nrrd_bounded(path: Path) -> tuple[np.ndarray, dict]:
             limit += skip if skip >= 0 else MAX_TRAILING_BYTES
             raw = stream.read(limit + 1)
             if len(raw) > limit:
-                raise InputError(f"{path}: holds more data than its header declares; refusing it "
-                                 "(corrupt file or decompression bomb)")
+                raise InputError(
+                    f"{path}: holds more data than its header declares; refusing it "
+                    "(corrupt file or decompression bomb)"
+                )
     plain = {k: v for k, v in header.items() if k not in ("datafile", "data file", "lineskip", "line skip")}
     plain["encoding"] = "raw"  # already decompressed, within bounds
     return nrrd.reader.read_data(plain, io.BytesIO(raw), str(path)), header

@@ -116,8 +116,9 @@ def head_region(image: torch.Tensor, margin: int) -> tuple[tuple[int, int], ...]
     return tuple(box)
 
 
-def window_slices(region: Sequence[tuple[int, int]], mask_size: Sequence[int],
-                  overlap: float) -> list[tuple[slice, slice, slice]]:
+def window_slices(
+    region: Sequence[tuple[int, int]], mask_size: Sequence[int], overlap: float
+) -> list[tuple[slice, slice, slice]]:
     """MONAI's sliding-window boxes (``_get_scan_interval`` + ``dense_patch_slices``) over ``region``
     ((start, stop) per axis), as slices of the whole image. Boxes are clipped to the region's size."""
     from monai.data.utils import dense_patch_slices
@@ -126,8 +127,10 @@ def window_slices(region: Sequence[tuple[int, int]], mask_size: Sequence[int],
     shape = [b - a for a, b in region]
     mask = [min(int(m), s) for m, s in zip(mask_size, shape)]
     interval = _get_scan_interval(shape, mask, 3, [overlap] * 3)
-    return [tuple(slice(s.start + a, s.stop + a) for s, (a, _) in zip(sl, region))
-            for sl in dense_patch_slices(shape, mask, interval)]
+    return [
+        tuple(slice(s.start + a, s.stop + a) for s, (a, _) in zip(sl, region))
+        for sl in dense_patch_slices(shape, mask, interval)
+    ]
 
 
 class _Classifier:
@@ -217,8 +220,13 @@ def fill_value(image: torch.Tensor, fill: str | float) -> float:
     return float((fg if fg.numel() else flat).mean())
 
 
-def occlusion_sensitivity(models: Sequence[nn.Module], image: torch.Tensor, config: OcclusionConfig | None = None,
-                          class_idx: int = 1, progress: Progress | None = None) -> OcclusionMap:
+def occlusion_sensitivity(
+    models: Sequence[nn.Module],
+    image: torch.Tensor,
+    config: OcclusionConfig | None = None,
+    class_idx: int = 1,
+    progress: Progress | None = None,
+) -> OcclusionMap:
     """Occlusion sensitivity of an ensemble's P(class) for one network input.
 
     Args:
@@ -235,7 +243,7 @@ def occlusion_sensitivity(models: Sequence[nn.Module], image: torch.Tensor, conf
     image = image.float()
     shape = tuple(int(n) for n in image.shape)
     mask = int(config.mask_size or default_mask_size(shape))
-    region = (head_region(image, (mask - 1) // 2) if config.head_box else tuple((0, n) for n in shape))
+    region = head_region(image, (mask - 1) // 2) if config.head_box else tuple((0, n) for n in shape)
     boxes = window_slices(region, [mask] * 3, float(config.overlap))
     fill = fill_value(image, config.fill)
     total, done = len(boxes) * len(models), 0
@@ -246,8 +254,8 @@ def occlusion_sensitivity(models: Sequence[nn.Module], image: torch.Tensor, conf
         with torch.inference_mode():
             base += float(torch.softmax(model(image[None, None]).float(), dim=1)[0, class_idx])
         for start in range(0, len(boxes), int(config.batch)):
-            chunk = boxes[start:start + int(config.batch)]
-            probs[start:start + len(chunk)] += classify(chunk, fill).double().cpu()
+            chunk = boxes[start : start + int(config.batch)]
+            probs[start : start + len(chunk)] += classify(chunk, fill).double().cpu()
             done += len(chunk)
             if progress is not None:
                 progress(done, total)
@@ -263,5 +271,4 @@ def occlusion_sensitivity(models: Sequence[nn.Module], image: torch.Tensor, conf
     occluded = torch.full(shape, base, dtype=torch.float64)
     occluded[covered] = acc[covered] / count[covered]
     drop = (base - occluded).float().numpy()
-    return OcclusionMap(drop=drop, occluded=occluded.float().numpy(), base_probability=float(base),
-                        windows=len(boxes))
+    return OcclusionMap(drop=drop, occluded=occluded.float().numpy(), base_probability=float(base), windows=len(boxes))

@@ -112,8 +112,7 @@ class OutputSet:
             raise InputError(f"{self.folder}: cannot write there ({os_error_text(exc)})") from None
         return self.stage
 
-    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         assert self.stage is not None
         try:
             if kind is None:
@@ -121,8 +120,9 @@ class OutputSet:
         finally:
             shutil.rmtree(self.stage, ignore_errors=True)
         if isinstance(exc, OSError):  # disk full, quota, file too large...: nothing of the new set was kept
-            raise InputError(f"{self.folder}: could not write the output files ({os_error_text(exc)}); "
-                             "the previous files were kept") from None
+            raise InputError(
+                f"{self.folder}: could not write the output files ({os_error_text(exc)}); the previous files were kept"
+            ) from None
 
     def _commit(self) -> None:
         assert self.stage is not None
@@ -146,7 +146,7 @@ class OutputSet:
             for name in moved:
                 with contextlib.suppress(OSError):
                     os.replace(old / name, self.folder / name)
-            raise InputError(f"{self.folder}: could not put the output files in place "
-                             f"({os_error_text(exc)}); the previous files were kept") from None
-
-
+            raise InputError(
+                f"{self.folder}: could not put the output files in place "
+                f"({os_error_text(exc)}); the previous files were kept"
+            ) from None

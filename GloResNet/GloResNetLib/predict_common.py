@@ -163,8 +163,9 @@ def gradcam_map(model: Backbone, feats: torch.Tensor, class_idx: int) -> torch.T
         return F.relu(torch.einsum("bc,bcxyz->bxyz", alpha.to(feats.dtype), feats).float())
 
 
-def head_pass(model: Backbone, batch: torch.Tensor, cam_output: int | None = None,
-              cam_rows: int = 1) -> tuple[torch.Tensor, torch.Tensor | None]:
+def head_pass(
+    model: Backbone, batch: torch.Tensor, cam_output: int | None = None, cam_rows: int = 1
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """One forward pass over a batch: the head's raw outputs, with Grad-CAM from the same pass.
 
     The features come from :mod:`.fastnet`'s warm inference copy of the model (BatchNorm folded, oneDNN /
@@ -189,8 +190,9 @@ def head_pass(model: Backbone, batch: torch.Tensor, cam_output: int | None = Non
     return raw, gradcam_map(model, feats, cam_output).clone()
 
 
-def network_pass(model: Backbone, batch: torch.Tensor, cam_class: int | None = 1,
-                 cam_rows: int = 1) -> tuple[torch.Tensor, torch.Tensor | None]:
+def network_pass(
+    model: Backbone, batch: torch.Tensor, cam_class: int | None = 1, cam_rows: int = 1
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """One forward pass of a classifier over a batch, with Grad-CAM from the same pass (:func:`head_pass`).
 
     Args:
@@ -296,8 +298,9 @@ def sync_device(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def prepare_pass(bundle: Bundle, array: np.ndarray, affine: np.ndarray, device, tta: bool, tta_axes
-                 ) -> tuple[torch.device, list, Preprocessed, list[tuple[int, ...]], torch.Tensor, dict[str, float]]:
+def prepare_pass(
+    bundle: Bundle, array: np.ndarray, affine: np.ndarray, device, tta: bool, tta_axes
+) -> tuple[torch.device, list, Preprocessed, list[tuple[int, ...]], torch.Tensor, dict[str, float]]:
     """What every prediction does before its network pass (classifier and brain-age bundles alike).
 
     Args:

@@ -33,8 +33,9 @@ class PreprocessConfig:
     def __post_init__(self) -> None:
         size = tuple(int(s) for s in (self.size if np.ndim(self.size) else (self.size,) * 3))
         if len(size) != 3 or min(size) < SIZE_RANGE[0] or max(size) > SIZE_RANGE[1]:
-            raise InputError(f"preprocessing size {self.size} must be 3 integers between {SIZE_RANGE[0]} and "
-                             f"{SIZE_RANGE[1]}")
+            raise InputError(
+                f"preprocessing size {self.size} must be 3 integers between {SIZE_RANGE[0]} and {SIZE_RANGE[1]}"
+            )
         object.__setattr__(self, "size", size)
         if self.normalization not in NORMALIZATIONS:
             raise InputError(f"unknown normalization '{self.normalization}' (choose from {NORMALIZATIONS})")
@@ -248,8 +249,13 @@ def _float_tensor(view: np.ndarray, device: torch.device | str) -> torch.Tensor:
     return t.float().contiguous()
 
 
-def preprocess(array: np.ndarray, affine: np.ndarray, config: PreprocessConfig | None = None,
-               device: torch.device | str | None = None, keep_tensor: bool = False) -> Preprocessed:
+def preprocess(
+    array: np.ndarray,
+    affine: np.ndarray,
+    config: PreprocessConfig | None = None,
+    device: torch.device | str | None = None,
+    keep_tensor: bool = False,
+) -> Preprocessed:
     """Global manifold mapping of one volume (array indexed as stored, voxel-to-RAS affine).
 
     Returns the ``config.size`` float32 network input on the canonical RAS grid with its affine in the
@@ -275,9 +281,13 @@ def preprocess(array: np.ndarray, affine: np.ndarray, config: PreprocessConfig |
     out = torch.empty(t.shape, dtype=t.dtype, device=t.device)  # z-score and reordering in one pass
     t = torch.sub(t, mean, out=out).div_(std)
     out_affine = resize_affine(canon_affine, canon.shape, config.size)
-    return Preprocessed(array=t[0, 0].cpu().numpy(), affine=out_affine, orientation=ornt,
-                        canonical_shape=tuple(int(s) for s in canon.shape),
-                        tensor=t if keep_tensor else None)
+    return Preprocessed(
+        array=t[0, 0].cpu().numpy(),
+        affine=out_affine,
+        orientation=ornt,
+        canonical_shape=tuple(int(s) for s in canon.shape),
+        tensor=t if keep_tensor else None,
+    )
 
 
 def canonical_to_storage(t: torch.Tensor, ornt: np.ndarray) -> torch.Tensor:

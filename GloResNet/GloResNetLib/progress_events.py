@@ -55,5 +55,17 @@ def emit(event: dict[str, Any]) -> None:
     print(json.dumps(event), file=getattr(sys, STREAM), flush=True)
 
 
-__all__ = ["DATASET", "DONE", "EPOCH", "ERROR", "EVENTS", "FOLD_END", "START", "STAGE", "STEP", "STOPPED", "STREAM",
-           "emit"]
+__all__ = [
+    "DATASET",
+    "DONE",
+    "EPOCH",
+    "ERROR",
+    "EVENTS",
+    "FOLD_END",
+    "START",
+    "STAGE",
+    "STEP",
+    "STOPPED",
+    "STREAM",
+    "emit",
+]

@@ -62,9 +62,15 @@ def _peak(volume: np.ndarray | None, shape: Sequence[int]) -> tuple[int, ...]:
     return tuple(int(v) for v in np.unravel_index(int(np.nanargmax(volume)), volume.shape))
 
 
-def saliency_png(volume: np.ndarray, affine: np.ndarray, maps: Mapping[str, np.ndarray | None],
-                 lesion: np.ndarray | None = None, title: str = "", floor: float = 0.2,
-                 lesion_row: bool = False) -> bytes:
+def saliency_png(
+    volume: np.ndarray,
+    affine: np.ndarray,
+    maps: Mapping[str, np.ndarray | None],
+    lesion: np.ndarray | None = None,
+    title: str = "",
+    floor: float = 0.2,
+    lesion_row: bool = False,
+) -> bytes:
     """One row per saliency method: three orthogonal planes through that map's peak, with a colour bar.
 
     Methods sit one above the other, the same planes and scale for each, so that a second method (occlusion
@@ -91,30 +97,47 @@ def saliency_png(volume: np.ndarray, affine: np.ndarray, maps: Mapping[str, np.n
     rows = [(m, sal, None) for m, sal in maps.items()] or [("", None, None)]
     if lesion_row and lesion is not None and (np.asarray(lesion) >= 0.5).any():
         centre = np.round(np.argwhere(np.asarray(lesion) >= 0.5).mean(axis=0)).astype(int)
-        rows.append((f"{rows[0][0]} through the lesion centre" if rows[0][0] else "lesion centre", rows[0][1],
-                     tuple(centre)))
+        rows.append(
+            (f"{rows[0][0]} through the lesion centre" if rows[0][0] else "lesion centre", rows[0][1], tuple(centre))
+        )
     fig, axes = plt.subplots(len(rows), 3, figsize=(12, 3.9 * len(rows)), squeeze=False)
     lo, hi = np.percentile(vol, [1, 99.5])
     for row_axes, (method, sal, point) in zip(axes, rows):
         sal = None if sal is None else np.asarray(sal, dtype=np.float32)
         peak = point if point is not None else _peak(sal, vol.shape)
         vmax = float(np.nanmax(sal)) if sal is not None and np.isfinite(sal).any() else 0.0
-        cuts = zip(PLANES, orthogonal_planes(vol, peak),
-                   orthogonal_planes(sal, peak) if sal is not None else [None] * 3,
-                   orthogonal_planes(lesion, peak) if lesion is not None else [None] * 3)
+        cuts = zip(
+            PLANES,
+            orthogonal_planes(vol, peak),
+            orthogonal_planes(sal, peak) if sal is not None else [None] * 3,
+            orthogonal_planes(lesion, peak) if lesion is not None else [None] * 3,
+        )
         shown = None
         for ax, ((name, axis, note), img, sal_cut, les_cut) in zip(row_axes, cuts):
             rest = [i for i in range(3) if i != axis]
             extent = (0, vol.shape[rest[0]] * spacing[rest[0]], 0, vol.shape[rest[1]] * spacing[rest[1]])
             ax.imshow(img, cmap="gray", vmin=lo, vmax=hi, origin="lower", extent=extent)
             if sal_cut is not None and vmax > 0:
-                shown = ax.imshow(np.ma.masked_less(sal_cut, floor * vmax), cmap="inferno", vmin=0, vmax=vmax,
-                                  alpha=0.6, origin="lower", extent=extent)
+                shown = ax.imshow(
+                    np.ma.masked_less(sal_cut, floor * vmax),
+                    cmap="inferno",
+                    vmin=0,
+                    vmax=vmax,
+                    alpha=0.6,
+                    origin="lower",
+                    extent=extent,
+                )
             if les_cut is not None and float(les_cut.max()) >= 0.5:
                 ax.contour(les_cut, levels=[0.5], colors="cyan", linewidths=1.0, origin="lower", extent=extent)
             if point is None:
-                ax.plot([(peak[rest[0]] + 0.5) * spacing[rest[0]]], [(peak[rest[1]] + 0.5) * spacing[rest[1]]],
-                        "+", color="lime", markersize=12, markeredgewidth=1.5)
+                ax.plot(
+                    [(peak[rest[0]] + 0.5) * spacing[rest[0]]],
+                    [(peak[rest[1]] + 0.5) * spacing[rest[1]]],
+                    "+",
+                    color="lime",
+                    markersize=12,
+                    markeredgewidth=1.5,
+                )
             ax.set_title(f"{method + ' - ' if method and axis == 1 else ''}{name} ({note})", fontsize=8)
             ax.set_axis_off()
         if shown is not None:
@@ -127,8 +150,9 @@ def saliency_png(volume: np.ndarray, affine: np.ndarray, maps: Mapping[str, np.n
     return png_bytes(fig)
 
 
-def overlay_png(result: PredictionResult, lesion_network: np.ndarray | None = None, title: str = "",
-                cam_floor: float = 0.2) -> bytes:
+def overlay_png(
+    result: PredictionResult, lesion_network: np.ndarray | None = None, title: str = "", cam_floor: float = 0.2
+) -> bytes:
     """Grad-CAM of a prediction over its network input (see :func:`saliency_png`), lesion outline in cyan.
 
     Args:
@@ -140,8 +164,9 @@ def overlay_png(result: PredictionResult, lesion_network: np.ndarray | None = No
     Returns:
         PNG bytes.
     """
-    return saliency_png(result.resampled, result.resampled_affine, {"Grad-CAM": result.cam_network},
-                        lesion_network, title, cam_floor)
+    return saliency_png(
+        result.resampled, result.resampled_affine, {"Grad-CAM": result.cam_network}, lesion_network, title, cam_floor
+    )
 
 
 def montage_png(examples: Sequence[tuple], columns: int = 2, title: str = "") -> bytes:
@@ -177,8 +202,9 @@ def montage_png(examples: Sequence[tuple], columns: int = 2, title: str = "") ->
             ax = axes[row, 3 * col + j]
             ax.imshow(np.asarray(plane), cmap="gray", vmin=lo, vmax=hi, origin="lower")
             if mask is not None and float(np.max(mask)) >= 0.5:
-                ax.contour(np.asarray(mask, dtype=np.float32), levels=[0.5], colors="cyan", linewidths=0.8,
-                           origin="lower")
+                ax.contour(
+                    np.asarray(mask, dtype=np.float32), levels=[0.5], colors="cyan", linewidths=0.8, origin="lower"
+                )
             ax.set_title(f"{name if j == 1 else ''}\n{PLANES[j][0]}", fontsize=8)
     if title:
         fig.suptitle(title, fontsize=10)
@@ -212,12 +238,12 @@ def header_html(items: Sequence[tuple[str, object]]) -> str:
 #: One line each for the figures a reader may not know (shown under the tables that use them).
 EXPLAIN = {
     "tta_spread": "TTA spread: the largest minus the smallest P(BI) over the test-time-augmentation views (the "
-                  "scan and its left-right / other flips); a large spread means the call depends on the view.",
+    "scan and its left-right / other flips); a large spread means the call depends on the view.",
     "pooled_oof": "Pooled out-of-fold: every scan predicted once, by the fold model that never saw it in "
-                  "training; the metric is computed once over all these predictions together (the other columns "
-                  "average the per-fold figures).",
+    "training; the metric is computed once over all these predictions together (the other columns "
+    "average the per-fold figures).",
     "peak_distance": "Peak to lesion: distance in millimetres from the saliency maximum to the nearest lesion "
-                     "voxel (0 inside the lesion); within 5 mm counts as a hit in the pointing game.",
+    "voxel (0 inside the lesion); within 5 mm counts as a hit in the pointing game.",
 }
 
 
@@ -240,8 +266,14 @@ img { max-width: 100%; height: auto; }
 """
 
 
-def write_html(path: str | Path, title: str, sections: Sequence[tuple[str, str]], banner: str = DISCLAIMER,
-               header: Sequence[tuple[str, object]] = (), warning: str = "") -> Path:
+def write_html(
+    path: str | Path,
+    title: str,
+    sections: Sequence[tuple[str, str]],
+    banner: str = DISCLAIMER,
+    header: Sequence[tuple[str, object]] = (),
+    warning: str = "",
+) -> Path:
     """Write a self-contained HTML page atomically.
 
     Args:
@@ -257,9 +289,12 @@ def write_html(path: str | Path, title: str, sections: Sequence[tuple[str, str]]
     """
     from .io import write_text_atomic
 
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
-             f"<style>{STYLE}</style></head><body>", f"<div class='banner'>{html.escape(banner)}</div>",
-             f"<h1>{html.escape(title)}</h1>"]
+    parts = [
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
+        f"<style>{STYLE}</style></head><body>",
+        f"<div class='banner'>{html.escape(banner)}</div>",
+        f"<h1>{html.escape(title)}</h1>",
+    ]
     if header:
         parts.append(header_html(header))
     if warning:

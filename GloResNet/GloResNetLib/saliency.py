@@ -43,8 +43,7 @@ class SaliencyScore:
         return self.mean_inside / self.mean_outside if self.mean_outside > 0 else float("inf")
 
 
-def score_saliency(cam: np.ndarray, mask: np.ndarray, affine: np.ndarray,
-                   tolerance_mm: float = 5.0) -> SaliencyScore:
+def score_saliency(cam: np.ndarray, mask: np.ndarray, affine: np.ndarray, tolerance_mm: float = 5.0) -> SaliencyScore:
     """Pointing game (is the CAM maximum inside the mask dilated by ``tolerance_mm``?) and energy figures."""
     from scipy.ndimage import distance_transform_edt
 
@@ -63,7 +62,8 @@ def score_saliency(cam: np.ndarray, mask: np.ndarray, affine: np.ndarray,
         mean_inside=float(cam[lesion].mean()),
         mean_outside=float(cam[~lesion].mean()) if (~lesion).any() else 0.0,
         energy_fraction_inside=float(cam[lesion].sum() / total) if total > 0 else 0.0,
-        volume_fraction_inside=float(lesion.mean()))
+        volume_fraction_inside=float(lesion.mean()),
+    )
 
 
 def pointing_game(scores: list[SaliencyScore]) -> float:

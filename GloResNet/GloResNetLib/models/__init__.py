@@ -43,16 +43,24 @@ __all__ = [
 #: name -> (factory, description). Every model maps (B, 1, X, Y, Z) to logits (B, num_classes) and is a
 #: :class:`~.contracts.Backbone` (``features``, ``head``), so that Grad-CAM comes from the prediction pass.
 ARCHITECTURES: dict[str, tuple[Callable[..., nn.Module], str]] = {
-    "resnet10": (lambda **kw: ResNet3D((1, 1, 1, 1), **kw),
-                 "3D ResNet-10, MedicalNet layout, strided stages (GloResNet)"),
-    "resnet10_dilated": (lambda **kw: ResNet3D((1, 1, 1, 1), dilated=True, **kw),
-                         "3D ResNet-10, MedicalNet's dilated layer3/layer4 (finer saliency, 4x FLOPs)"),
+    "resnet10": (
+        lambda **kw: ResNet3D((1, 1, 1, 1), **kw),
+        "3D ResNet-10, MedicalNet layout, strided stages (GloResNet)",
+    ),
+    "resnet10_dilated": (
+        lambda **kw: ResNet3D((1, 1, 1, 1), dilated=True, **kw),
+        "3D ResNet-10, MedicalNet's dilated layer3/layer4 (finer saliency, 4x FLOPs)",
+    ),
     "resnet18": (lambda **kw: ResNet3D((2, 2, 2, 2), **kw), "3D ResNet-18, MedicalNet layout, strided"),
-    "mrf_dsnet": (mrf_dsnet, "lightweight depthwise-separable multi-receptive-field 3D net "
-                             "(~2.5% of ResNet-10's parameters)"),
+    "mrf_dsnet": (
+        mrf_dsnet,
+        "lightweight depthwise-separable multi-receptive-field 3D net (~2.5% of ResNet-10's parameters)",
+    ),
     "acs_resnet18": (acs_resnet18, "2D ResNet-18 run on 3D with ACS convolutions (loads 2D torchvision weights)"),
-    "slice_resnet18": (slice_resnet18, "2D ResNet-18 per slice + slice-position embedding + mean/max/attention "
-                                       "pooling (loads 2D torchvision weights)"),
+    "slice_resnet18": (
+        slice_resnet18,
+        "2D ResNet-18 per slice + slice-position embedding + mean/max/attention pooling (loads 2D torchvision weights)",
+    ),
 }
 
 
@@ -133,11 +141,15 @@ def describe_pretrained(path: str, arch: str | None = None) -> str:
     mae, base = cv.get("mae_weeks", {}), cv.get("baseline_mae_weeks", {})
     figures = ""
     if mae.get("mean") is not None and base.get("mean") is not None:
-        figures = (f", {cv.get('k')}-fold CV MAE {mae['mean']:.2f} +/- {mae['sd']:.2f} weeks vs "
-                   f"{base['mean']:.2f} for the mean-age baseline")
+        figures = (
+            f", {cv.get('k')}-fold CV MAE {mae['mean']:.2f} +/- {mae['sd']:.2f} weeks vs "
+            f"{base['mean']:.2f} for the mean-age baseline"
+        )
     data = doc.get("data", {})
-    return (f"brain-age pretrained backbone from {name} (gloresnet pretrain-age, {doc.get('arch')}, "
-            f"{data.get('n', '?')} {'SYNTHETIC ' if doc.get('synthetic') else ''}volumes{figures})")
+    return (
+        f"brain-age pretrained backbone from {name} (gloresnet pretrain-age, {doc.get('arch')}, "
+        f"{data.get('n', '?')} {'SYNTHETIC ' if doc.get('synthetic') else ''}volumes{figures})"
+    )
 
 
 def load_pretrained_weights(model: nn.Module, path: str, arch: str | None = None) -> LoadReport:
@@ -160,12 +172,16 @@ def load_pretrained_weights(model: nn.Module, path: str, arch: str | None = None
     doc = pretrained_metadata(path)
     if doc is not None:
         if arch is not None and doc.get("arch") != arch:
-            raise BundleError(f"{path}: pretrained for architecture '{doc.get('arch')}', cannot initialise "
-                              f"'{arch}' (pretrain with --arch {arch}, or train with --arch {doc.get('arch')})")
+            raise BundleError(
+                f"{path}: pretrained for architecture '{doc.get('arch')}', cannot initialise "
+                f"'{arch}' (pretrain with --arch {arch}, or train with --arch {doc.get('arch')})"
+            )
         report = load_medicalnet_weights(model, path)
         if report.unexpected:
-            raise BundleError(f"{path}: {len(report.unexpected)} tensors of this '{doc.get('arch')}' backbone "
-                              f"have no place in the model (e.g. '{report.unexpected[0]}'): wrong architecture")
+            raise BundleError(
+                f"{path}: {len(report.unexpected)} tensors of this '{doc.get('arch')}' backbone "
+                f"have no place in the model (e.g. '{report.unexpected[0]}'): wrong architecture"
+            )
         return report
     own = getattr(model, "load_pretrained_file", None)
     return own(path) if own is not None else load_medicalnet_weights(model, path)
@@ -180,4 +196,3 @@ def count_parameters(model: nn.Module) -> int:
         The count of elements of parameters with ``requires_grad``.
     """
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
-

@@ -38,8 +38,16 @@ def acs_split(out_channels: int) -> tuple[int, int, int]:
 class ACSConv3d(nn.Module):
     """3D convolution with a 2D kernel ``weight`` (out, in, k, k) split over the three orthogonal views."""
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1,
-                 padding: int = 0, dilation: int = 1, bias: bool = False) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        stride: int = 1,
+        padding: int = 0,
+        dilation: int = 1,
+        bias: bool = False,
+    ) -> None:
         super().__init__()
         if kernel_size % 2 != 1:
             raise ValueError(f"ACS convolutions need an odd kernel size (got {kernel_size})")
@@ -58,18 +66,20 @@ class ACSConv3d(nn.Module):
         for axis, n in enumerate(acs_split(self.out_channels)):
             if n == 0:
                 continue
-            w = self.weight[start:start + n].unsqueeze(2 + axis)  # flat (size 1) along this spatial axis
+            w = self.weight[start : start + n].unsqueeze(2 + axis)  # flat (size 1) along this spatial axis
             pad = [self.padding] * 3
             pad[axis] = max(shift, 0)
             xin = x if shift >= 0 else x.narrow(2 + axis, -shift, x.shape[2 + axis] + 2 * shift)
-            bias = None if self.bias is None else self.bias[start:start + n]
+            bias = None if self.bias is None else self.bias[start : start + n]
             outs.append(F.conv3d(xin, w, bias, self.stride, tuple(pad), self.dilation))
             start += n
         return torch.cat(outs, dim=1)
 
     def extra_repr(self) -> str:
-        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
-                f"padding={self.padding}, split={acs_split(self.out_channels)}")
+        return (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+            f"padding={self.padding}, split={acs_split(self.out_channels)}"
+        )
 
 
 def acs_conv(cin: int, cout: int, k: int, stride: int, padding: int) -> ACSConv3d:
@@ -84,8 +94,15 @@ class ACSResNet(ResNetLayout):
     the one-channel stem (see :meth:`load_pretrained_file`).
     """
 
-    def __init__(self, num_classes: int = 2, in_channels: int = 1, widths: Sequence[int] = DEFAULT_WIDTHS,
-                 layers: Sequence[int] = (2, 2, 2, 2), dropout: float = 0.0, stem_pool: bool = True) -> None:
+    def __init__(
+        self,
+        num_classes: int = 2,
+        in_channels: int = 1,
+        widths: Sequence[int] = DEFAULT_WIDTHS,
+        layers: Sequence[int] = (2, 2, 2, 2),
+        dropout: float = 0.0,
+        stem_pool: bool = True,
+    ) -> None:
         pool = nn.MaxPool3d(3, 2, 1) if stem_pool else nn.Identity()
         super().__init__(acs_conv, nn.BatchNorm3d, pool, layers, in_channels, widths)
         self.in_channels = in_channels
@@ -105,7 +122,12 @@ class ACSResNet(ResNetLayout):
         return load_2d_weights(self, path, in_channels=self.in_channels)
 
 
-def acs_resnet18(num_classes: int = 2, in_channels: int = 1, widths: Sequence[int] = DEFAULT_WIDTHS,
-                 dropout: float = 0.0, stem_pool: bool = True) -> ACSResNet:
+def acs_resnet18(
+    num_classes: int = 2,
+    in_channels: int = 1,
+    widths: Sequence[int] = DEFAULT_WIDTHS,
+    dropout: float = 0.0,
+    stem_pool: bool = True,
+) -> ACSResNet:
     """ACS ResNet-18 (2D ResNet-18 converted to 3D with ACS convolutions); registered as ``acs_resnet18``."""
     return ACSResNet(num_classes, in_channels, widths, dropout=float(dropout), stem_pool=bool(stem_pool))

@@ -51,8 +51,9 @@ class DepthwiseSeparable3d(nn.Module):
 
     def __init__(self, in_ch: int, out_ch: int, stride: int = 1, dilation: int = 1, act: str = "relu"):
         super().__init__()
-        self.depthwise = nn.Conv3d(in_ch, in_ch, 3, stride=stride, padding=dilation, dilation=dilation,
-                                   groups=in_ch, bias=False)
+        self.depthwise = nn.Conv3d(
+            in_ch, in_ch, 3, stride=stride, padding=dilation, dilation=dilation, groups=in_ch, bias=False
+        )
         self.bn1 = nn.BatchNorm3d(in_ch)
         self.act1 = _activation(act)
         self.pointwise = nn.Conv3d(in_ch, out_ch, 1, bias=False)
@@ -71,10 +72,12 @@ class MRFUnit(nn.Module):
     def __init__(self, channels: int, dilations: Sequence[int] = (1, 2, 3), act: str = "relu"):
         super().__init__()
         self.branches = nn.ModuleList(
-            nn.Sequential(nn.Conv3d(channels, channels, 3, padding=int(d), dilation=int(d), groups=channels,
-                                    bias=False),
-                          nn.BatchNorm3d(channels))
-            for d in dilations)
+            nn.Sequential(
+                nn.Conv3d(channels, channels, 3, padding=int(d), dilation=int(d), groups=channels, bias=False),
+                nn.BatchNorm3d(channels),
+            )
+            for d in dilations
+        )
         self.act = _activation(act)
         self.fuse = nn.Conv3d(channels * len(self.branches), channels, 1, bias=False)
         self.bn = nn.BatchNorm3d(channels)
@@ -92,9 +95,17 @@ class MRFDSNet(nn.Module):
     Any input size works (each strided convolution gives ceil(n / 2)); non-cubic inputs too.
     """
 
-    def __init__(self, num_classes: int = 2, in_channels: int = 1, widths: Sequence[int] = DEFAULT_WIDTHS,
-                 depths: Sequence[int] = (1, 1, 1, 1), dilations: Sequence[int] = (1, 2, 3),
-                 strides: Sequence[int] = (2, 2, 2, 1), act: str = "relu", dropout: float = 0.0) -> None:
+    def __init__(
+        self,
+        num_classes: int = 2,
+        in_channels: int = 1,
+        widths: Sequence[int] = DEFAULT_WIDTHS,
+        depths: Sequence[int] = (1, 1, 1, 1),
+        dilations: Sequence[int] = (1, 2, 3),
+        strides: Sequence[int] = (2, 2, 2, 1),
+        act: str = "relu",
+        dropout: float = 0.0,
+    ) -> None:
         super().__init__()
         widths, depths, strides = [int(w) for w in widths], [int(d) for d in depths], [int(s) for s in strides]
         dilations = [int(d) for d in dilations]
@@ -104,8 +115,11 @@ class MRFDSNet(nn.Module):
             raise TypeError(f"bad widths {widths}, depths {depths} or strides {strides} (strides: 1 or 2)")
         if not dilations or min(dilations) < 1:
             raise TypeError(f"dilations must be positive integers (got {dilations})")
-        self.stem = nn.Sequential(nn.Conv3d(in_channels, widths[0], 3, stride=2, padding=1, bias=False),
-                                  nn.BatchNorm3d(widths[0]), _activation(act))
+        self.stem = nn.Sequential(
+            nn.Conv3d(in_channels, widths[0], 3, stride=2, padding=1, bias=False),
+            nn.BatchNorm3d(widths[0]),
+            _activation(act),
+        )
         stages, prev = [], widths[0]
         for width, depth, stride in zip(widths, depths, strides):
             blocks = [DepthwiseSeparable3d(prev, width, stride=stride, act=act)]
@@ -130,8 +144,6 @@ class MRFDSNet(nn.Module):
         return self.head(torch.flatten(nn.functional.adaptive_avg_pool3d(self.features(x), 1), 1))
 
 
-def mrf_dsnet(num_classes: int = 2, in_channels: int = 1, widths: Sequence[int] = DEFAULT_WIDTHS,
-              **params) -> MRFDSNet:
+def mrf_dsnet(num_classes: int = 2, in_channels: int = 1, widths: Sequence[int] = DEFAULT_WIDTHS, **params) -> MRFDSNet:
     """Factory registered as ``mrf_dsnet`` (JSON-friendly: lists are accepted for every sequence)."""
     return MRFDSNet(num_classes=num_classes, in_channels=in_channels, widths=widths, **params)
-

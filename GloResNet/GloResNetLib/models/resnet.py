@@ -32,8 +32,9 @@ def init_weights(model: nn.Module) -> None:
 
 def conv3x3x3(in_planes: int, out_planes: int, stride: int = 1, dilation: int = 1) -> nn.Conv3d:
     """3x3x3 convolution with 'same' padding for the given dilation."""
-    return nn.Conv3d(in_planes, out_planes, kernel_size=3, stride=stride, padding=dilation,
-                     dilation=dilation, bias=False)
+    return nn.Conv3d(
+        in_planes, out_planes, kernel_size=3, stride=stride, padding=dilation, dilation=dilation, bias=False
+    )
 
 
 class BasicBlock(nn.Module):
@@ -41,8 +42,9 @@ class BasicBlock(nn.Module):
 
     expansion = 1
 
-    def __init__(self, inplanes: int, planes: int, stride: int = 1, dilation: int = 1,
-                 downsample: nn.Module | None = None) -> None:
+    def __init__(
+        self, inplanes: int, planes: int, stride: int = 1, dilation: int = 1, downsample: nn.Module | None = None
+    ) -> None:
         super().__init__()
         self.conv1 = conv3x3x3(inplanes, planes, stride, dilation)
         self.bn1 = nn.BatchNorm3d(planes)
@@ -76,9 +78,17 @@ class ResNet3D(nn.Module):
     logits; Grad-CAM is taken on ``features`` from the prediction pass.
     """
 
-    def __init__(self, layers: tuple[int, int, int, int] = (1, 1, 1, 1), num_classes: int = 2,
-                 in_channels: int = 1, dilated: bool = False, widths: tuple[int, ...] = (64, 128, 256, 512),
-                 dropout: float = 0.0, stem_pool: bool = True, cam_layer: str = "layer4") -> None:
+    def __init__(
+        self,
+        layers: tuple[int, int, int, int] = (1, 1, 1, 1),
+        num_classes: int = 2,
+        in_channels: int = 1,
+        dilated: bool = False,
+        widths: tuple[int, ...] = (64, 128, 256, 512),
+        dropout: float = 0.0,
+        stem_pool: bool = True,
+        cam_layer: str = "layer4",
+    ) -> None:
         super().__init__()
         if cam_layer not in CAM_LAYERS:
             raise ValueError(f"cam_layer must be one of {', '.join(CAM_LAYERS)} (got {cam_layer!r})")
@@ -106,8 +116,8 @@ class ResNet3D(nn.Module):
         downsample = None
         if stride != 1 or self.inplanes != planes:
             downsample = nn.Sequential(
-                nn.Conv3d(self.inplanes, planes, kernel_size=1, stride=stride, bias=False),
-                nn.BatchNorm3d(planes))
+                nn.Conv3d(self.inplanes, planes, kernel_size=1, stride=stride, bias=False), nn.BatchNorm3d(planes)
+            )
         layers = [BasicBlock(self.inplanes, planes, stride, dilation, downsample)]
         self.inplanes = planes
         layers += [BasicBlock(planes, planes, dilation=dilation) for _ in range(1, blocks)]

@@ -26,8 +26,9 @@ ConvFactory = Callable[[int, int, int, int, int], nn.Module]
 class BasicBlock(nn.Module):
     """torchvision's BasicBlock: conv-bn-relu-conv-bn + (downsampled) identity, relu."""
 
-    def __init__(self, conv: ConvFactory, norm: Callable[[int], nn.Module], inplanes: int, planes: int,
-                 stride: int = 1) -> None:
+    def __init__(
+        self, conv: ConvFactory, norm: Callable[[int], nn.Module], inplanes: int, planes: int, stride: int = 1
+    ) -> None:
         super().__init__()
         self.conv1 = conv(inplanes, planes, 3, stride, 1)
         self.bn1 = norm(planes)
@@ -47,9 +48,15 @@ class BasicBlock(nn.Module):
 class ResNetLayout(nn.Module):
     """torchvision ResNet trunk (stem + 4 stages) from factories; ``features`` is the last stage."""
 
-    def __init__(self, conv: ConvFactory, norm: Callable[[int], nn.Module], pool: nn.Module,
-                 layers: Sequence[int] = (2, 2, 2, 2), in_channels: int = 3,
-                 widths: Sequence[int] = DEFAULT_WIDTHS) -> None:
+    def __init__(
+        self,
+        conv: ConvFactory,
+        norm: Callable[[int], nn.Module],
+        pool: nn.Module,
+        layers: Sequence[int] = (2, 2, 2, 2),
+        in_channels: int = 3,
+        widths: Sequence[int] = DEFAULT_WIDTHS,
+    ) -> None:
         super().__init__()
         widths = [int(w) for w in widths]
         if len(widths) != 4 or min(widths) < 1:
@@ -87,8 +94,13 @@ def conv2d(cin: int, cout: int, k: int, stride: int, padding: int) -> nn.Conv2d:
 class ResNet2d(ResNetLayout):
     """2D ResNet-18 classifier with torchvision's parameter names (``fc`` head)."""
 
-    def __init__(self, num_classes: int = 1000, in_channels: int = 3, widths: Sequence[int] = DEFAULT_WIDTHS,
-                 layers: Sequence[int] = (2, 2, 2, 2)) -> None:
+    def __init__(
+        self,
+        num_classes: int = 1000,
+        in_channels: int = 3,
+        widths: Sequence[int] = DEFAULT_WIDTHS,
+        layers: Sequence[int] = (2, 2, 2, 2),
+    ) -> None:
         super().__init__(conv2d, nn.BatchNorm2d, nn.MaxPool2d(3, 2, 1), layers, in_channels, widths)
         self.fc = nn.Linear(self.out_channels, num_classes)
 
@@ -109,11 +121,14 @@ def read_torchvision_resnet(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     state = strip_prefix(load_state_dict_file(path))
     stem, block = state.get("conv1.weight"), state.get("layer1.0.conv1.weight")
     if stem is None or block is None:
-        raise BundleError(f"{path}: not a torchvision-style ResNet state dict (no conv1.weight / "
-                          "layer1.0.conv1.weight)")
+        raise BundleError(
+            f"{path}: not a torchvision-style ResNet state dict (no conv1.weight / layer1.0.conv1.weight)"
+        )
     if stem.dim() != 4 or block.dim() != 4:
-        raise BundleError(f"{path}: conv1.weight has {stem.dim()} dimensions; 2D ResNet weights have 4 "
-                          "(a 3D checkpoint such as MedicalNet's belongs to --arch resnet10/resnet18)")
+        raise BundleError(
+            f"{path}: conv1.weight has {stem.dim()} dimensions; 2D ResNet weights have 4 "
+            "(a 3D checkpoint such as MedicalNet's belongs to --arch resnet10/resnet18)"
+        )
     return state
 
 
@@ -132,8 +147,7 @@ def adapt_stem_weight(weight: torch.Tensor, in_channels: int) -> torch.Tensor:
     return weight.mean(dim=1, keepdim=True).repeat(1, in_channels, 1, 1) * (have / in_channels)
 
 
-def load_2d_weights(trunk: nn.Module, path: str | os.PathLike, prefix: str = "",
-                    in_channels: int = 1) -> LoadReport:
+def load_2d_weights(trunk: nn.Module, path: str | os.PathLike, prefix: str = "", in_channels: int = 1) -> LoadReport:
     """Load torchvision 2D ResNet weights into a :class:`ResNetLayout` (under ``prefix`` in the model).
 
     The stem kernel is adapted by :func:`adapt_stem_weight` (RGB summed for a one-channel MRI input); ``fc.*``
@@ -145,13 +159,16 @@ def load_2d_weights(trunk: nn.Module, path: str | os.PathLike, prefix: str = "",
     state["conv1.weight"] = adapt_stem_weight(state["conv1.weight"], in_channels)
     head = sorted(k for k in state if k.startswith(HEAD_PREFIXES))
     state = {k: v for k, v in state.items() if k not in head}
-    wanted = {k[len(prefix):] for k in trunk.state_dict() if k.startswith(prefix)}
+    wanted = {k[len(prefix) :] for k in trunk.state_dict() if k.startswith(prefix)}
     wanted -= {k for k in wanted if k.startswith(HEAD_PREFIXES)}
     extra = sorted(set(state) - wanted)
     missing = sorted(k for k in wanted - set(state) if not k.endswith("num_batches_tracked"))
     if extra or missing:
-        what = (f"has {len(extra)} tensors a ResNet-18 does not (e.g. '{extra[0]}')" if extra else
-                f"lacks {len(missing)} ResNet-18 tensors (e.g. '{missing[0]}')")
+        what = (
+            f"has {len(extra)} tensors a ResNet-18 does not (e.g. '{extra[0]}')"
+            if extra
+            else f"lacks {len(missing)} ResNet-18 tensors (e.g. '{missing[0]}')"
+        )
         raise BundleError(f"{path}: {what}: not a torchvision resnet18 state dict (wrong architecture?)")
     report = load_pretrained(trunk, {prefix + k: v for k, v in state.items()}, source=str(path))
     report.dropped_head = head

@@ -38,10 +38,20 @@ POOLINGS = ("mean", "max", "attention")
 class SliceEncoder(nn.Module):
     """(B, C, X, Y, Z) -> logits through a per-slice 2D ResNet-18, position embedding and slice pooling."""
 
-    def __init__(self, num_classes: int = 2, in_channels: int = 1, widths: Sequence[int] = DEFAULT_WIDTHS,
-                 slice_axis: int = 2, pooling: str = "attention", positions: int = 64, attention_dim: int = 128,
-                 dropout: float = 0.0, slice_batch: int = 256, slices_per_step: int | None = None,
-                 stem_pool: bool = True) -> None:
+    def __init__(
+        self,
+        num_classes: int = 2,
+        in_channels: int = 1,
+        widths: Sequence[int] = DEFAULT_WIDTHS,
+        slice_axis: int = 2,
+        pooling: str = "attention",
+        positions: int = 64,
+        attention_dim: int = 128,
+        dropout: float = 0.0,
+        slice_batch: int = 256,
+        slices_per_step: int | None = None,
+        stem_pool: bool = True,
+    ) -> None:
         super().__init__()
         if int(slice_axis) not in (0, 1, 2):
             raise ValueError(f"slice_axis must be 0, 1 or 2 (got {slice_axis})")
@@ -94,8 +104,11 @@ class SliceEncoder(nn.Module):
         positions (default: n evenly spaced slices from 0 to 1; one slice sits at 0.5)."""
         p = self.position.shape[0]
         if positions is None:
-            t = (torch.arange(n, dtype=torch.float64) * (p - 1) / (n - 1) if n > 1
-                 else torch.full((n,), (p - 1) / 2, dtype=torch.float64))
+            t = (
+                torch.arange(n, dtype=torch.float64) * (p - 1) / (n - 1)
+                if n > 1
+                else torch.full((n,), (p - 1) / 2, dtype=torch.float64)
+            )
         else:
             t = positions.detach().to("cpu", torch.float64) * (p - 1)
         t = t.clamp(0, p - 1).to(self.position.device)
@@ -150,11 +163,31 @@ class SliceEncoder(nn.Module):
         return load_2d_weights(self, path, prefix="encoder.", in_channels=self.in_channels)
 
 
-def slice_resnet18(num_classes: int = 2, in_channels: int = 1, widths: Sequence[int] = DEFAULT_WIDTHS,
-                   slice_axis: int = 2, pooling: str = "attention", positions: int = 64, attention_dim: int = 128,
-                   dropout: float = 0.0, slice_batch: int = 256, slices_per_step: int | None = None,
-                   stem_pool: bool = True) -> SliceEncoder:
+def slice_resnet18(
+    num_classes: int = 2,
+    in_channels: int = 1,
+    widths: Sequence[int] = DEFAULT_WIDTHS,
+    slice_axis: int = 2,
+    pooling: str = "attention",
+    positions: int = 64,
+    attention_dim: int = 128,
+    dropout: float = 0.0,
+    slice_batch: int = 256,
+    slices_per_step: int | None = None,
+    stem_pool: bool = True,
+) -> SliceEncoder:
     """2D ResNet-18 slice encoder with position embeddings and mean / max / attention slice pooling
     (registered as ``slice_resnet18``; every option is JSON-friendly for ``--arch-params``)."""
-    return SliceEncoder(num_classes, in_channels, widths, slice_axis, pooling, positions, attention_dim,
-                        float(dropout), slice_batch, slices_per_step, bool(stem_pool))
+    return SliceEncoder(
+        num_classes,
+        in_channels,
+        widths,
+        slice_axis,
+        pooling,
+        positions,
+        attention_dim,
+        float(dropout),
+        slice_batch,
+        slices_per_step,
+        bool(stem_pool),
+    )

@@ -33,8 +33,10 @@ class LoadReport:
 
     def summary(self) -> str:
         """One line for logs and provenance."""
-        return (f"{len(self.loaded)} tensors loaded, {len(self.missing)} missing, "
-                f"{len(self.unexpected)} unexpected, {len(self.dropped_head)} head tensors dropped")
+        return (
+            f"{len(self.loaded)} tensors loaded, {len(self.missing)} missing, "
+            f"{len(self.unexpected)} unexpected, {len(self.dropped_head)} head tensors dropped"
+        )
 
 
 def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -57,8 +59,10 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         if "Unsupported global" in str(exc) or "GLOBAL" in str(exc):
-            raise BundleError(f"{path}: refused, the file holds more than weights (Python objects that "
-                              "could run code); load only plain state dicts or safetensors") from None
+            raise BundleError(
+                f"{path}: refused, the file holds more than weights (Python objects that "
+                "could run code); load only plain state dicts or safetensors"
+            ) from None
         raise BundleError(f"{path}: not a PyTorch weights file (unreadable pickle data)") from None
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as exc:
         raise BundleError(f"{path}: not a PyTorch weights file ({exc.__class__.__name__})") from None
@@ -67,19 +71,23 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             if isinstance(obj.get(key), Mapping):
                 obj = obj[key]
                 break
-    if not isinstance(obj, Mapping) or not obj or not all(
-            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()):
+    if (
+        not isinstance(obj, Mapping)
+        or not obj
+        or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
+    ):
         raise BundleError(f"{path}: not a state dict (expected a mapping of parameter names to tensors)")
     return dict(obj)
 
 
 def strip_prefix(state: Mapping[str, torch.Tensor], prefix: str = "module.") -> dict[str, torch.Tensor]:
     """Remove a DataParallel-style prefix from every key that has it."""
-    return {k[len(prefix):] if k.startswith(prefix) else k: v for k, v in state.items()}
+    return {k[len(prefix) :] if k.startswith(prefix) else k: v for k, v in state.items()}
 
 
-def load_pretrained(model: nn.Module, state: Mapping[str, torch.Tensor], source: str = "weights",
-                    drop_heads: bool = True) -> LoadReport:
+def load_pretrained(
+    model: nn.Module, state: Mapping[str, torch.Tensor], source: str = "weights", drop_heads: bool = True
+) -> LoadReport:
     """Load matching tensors into ``model`` (non-strict by name, strict on shapes); return the report."""
     state = strip_prefix(state)
     report = LoadReport()
@@ -91,8 +99,10 @@ def load_pretrained(model: nn.Module, state: Mapping[str, torch.Tensor], source:
         elif key not in own:
             report.unexpected.append(key)
         elif tuple(own[key].shape) != tuple(value.shape):
-            raise BundleError(f"{source}: tensor '{key}' has shape {tuple(value.shape)}, the model expects "
-                              f"{tuple(own[key].shape)} (wrong architecture for these weights?)")
+            raise BundleError(
+                f"{source}: tensor '{key}' has shape {tuple(value.shape)}, the model expects "
+                f"{tuple(own[key].shape)} (wrong architecture for these weights?)"
+            )
         else:
             kept[key] = value
     if not kept:

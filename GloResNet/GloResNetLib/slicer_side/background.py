@@ -49,13 +49,12 @@ def _parent_map() -> dict[int, list[int]]:
             except OSError:
                 continue
             # "pid (comm) state ppid ..." where comm may contain spaces and parentheses
-            fields = stat[stat.rfind(")") + 2:].split()
+            fields = stat[stat.rfind(")") + 2 :].split()
             if len(fields) > 1:
                 children[int(fields[1])].append(int(entry.name))
         return children
     try:
-        out = subprocess.run(["ps", "-A", "-o", "pid=,ppid="], capture_output=True, text=True,
-                             timeout=10).stdout
+        out = subprocess.run(["ps", "-A", "-o", "pid=,ppid="], capture_output=True, text=True, timeout=10).stdout
     except (OSError, subprocess.SubprocessError):
         return children
     for line in out.splitlines():
@@ -159,8 +158,14 @@ class BackgroundProcess:
     lines, and finally one ``{"event": "process_exit", "returncode", "stopped", "cancelled", "elapsed_s"}``.
     """
 
-    def __init__(self, args: Sequence[str | os.PathLike], env: dict[str, str] | None = None,
-                 cwd: str | os.PathLike | None = None, log_lines: int = 500, name: str | None = None) -> None:
+    def __init__(
+        self,
+        args: Sequence[str | os.PathLike],
+        env: dict[str, str] | None = None,
+        cwd: str | os.PathLike | None = None,
+        log_lines: int = 500,
+        name: str | None = None,
+    ) -> None:
         self.args = [str(a) for a in args]
         self.env = env
         self.cwd = str(cwd) if cwd is not None else None
@@ -182,9 +187,17 @@ class BackgroundProcess:
         """Start the child (non-blocking) in its own process group; returns self. OSError if it cannot run."""
         if self._popen is not None:
             raise RuntimeError(f"{self.name}: already started")
-        kwargs: dict[str, Any] = dict(stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                      stderr=subprocess.PIPE, env=self.env, cwd=self.cwd, text=True,
-                                      encoding="utf-8", errors="replace", bufsize=1)
+        kwargs: dict[str, Any] = dict(
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=self.env,
+            cwd=self.cwd,
+            text=True,
+            encoding="utf-8",
+            errors="replace",
+            bufsize=1,
+        )
         if _IS_WINDOWS:
             kwargs["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP | subprocess.CREATE_NO_WINDOW
         else:
@@ -194,8 +207,9 @@ class BackgroundProcess:
         with _ACTIVE_LOCK:
             _ACTIVE.add(self)
         for name, stream in (("stdout", self._popen.stdout), ("stderr", self._popen.stderr)):
-            reader = threading.Thread(target=self._read, args=(name, stream), daemon=True,
-                                      name=f"gloresnet-{name}-{self._popen.pid}")
+            reader = threading.Thread(
+                target=self._read, args=(name, stream), daemon=True, name=f"gloresnet-{name}-{self._popen.pid}"
+            )
             reader.start()
             self._readers.append(reader)
         threading.Thread(target=self._watch, daemon=True, name=f"gloresnet-wait-{self._popen.pid}").start()
@@ -253,8 +267,13 @@ class BackgroundProcess:
             self.ended_at = time.monotonic()
             with _ACTIVE_LOCK:
                 _ACTIVE.discard(self)
-            return {"event": PROCESS_EXIT, "returncode": self.returncode, "stopped": self.stop_requested,
-                    "cancelled": self.cancelled, "elapsed_s": round(self.elapsed_s, 3)}
+            return {
+                "event": PROCESS_EXIT,
+                "returncode": self.returncode,
+                "stopped": self.stop_requested,
+                "cancelled": self.cancelled,
+                "elapsed_s": round(self.elapsed_s, 3),
+            }
         event = parse_line(payload)
         if event is None:
             self._log.append(payload)
@@ -355,12 +374,19 @@ class BackgroundProcess:
         return f"{diag.message}\n\nLast output:\n{tail}" if tail else diag.message
 
     def __repr__(self) -> str:
-        state = ("not started" if not self.started
-                 else "running" if self.running else f"rc={self.returncode}")
+        state = "not started" if not self.started else "running" if self.running else f"rc={self.returncode}"
         return f"<BackgroundProcess {self.name!r} pid={self.pid} {state}>"
 
 
 __all__ = [
-    "LOG", "PROCESS_EXIT", "RESULT", "BackgroundProcess", "active_processes", "cancel_all", "descendants",
-    "kill_tree", "parse_line", "pid_alive",
+    "LOG",
+    "PROCESS_EXIT",
+    "RESULT",
+    "BackgroundProcess",
+    "active_processes",
+    "cancel_all",
+    "descendants",
+    "kill_tree",
+    "parse_line",
+    "pid_alive",
 ]

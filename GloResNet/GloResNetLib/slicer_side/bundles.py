@@ -74,7 +74,7 @@ class BundleInfo:
 
     @property
     def task(self) -> str:
-        """"classification" or "age_regression" (brain age in weeks, from pretrain-age)."""
+        """ "classification" or "age_regression" (brain age in weeks, from pretrain-age)."""
         return self.meta.task if self.meta is not None else "classification"
 
     @property
@@ -163,8 +163,9 @@ def verify_bundle(path: str | os.PathLike, python: str | None = None, timeout: f
     returns its metadata or raises ValueError with the child's one-line message."""
     cmd = gloresnet_command(["bundle", "info", "--json", str(path)], python)
     try:
-        done = subprocess.run(cmd, env=child_env(), capture_output=True, text=True, timeout=timeout,
-                              stdin=subprocess.DEVNULL)
+        done = subprocess.run(
+            cmd, env=child_env(), capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL
+        )
     except subprocess.TimeoutExpired:
         raise ValueError(f"{path}: verification took longer than {timeout:g} s") from None
     if done.returncode != 0:
@@ -173,8 +174,14 @@ def verify_bundle(path: str | os.PathLike, python: str | None = None, timeout: f
     return json.loads(done.stdout)
 
 
-def register_bundle(src: str | os.PathLike, models_folder: str | os.PathLike, verify: bool = True,
-                    python: str | None = None, replace: bool = False, name: str | None = None) -> Path:
+def register_bundle(
+    src: str | os.PathLike,
+    models_folder: str | os.PathLike,
+    verify: bool = True,
+    python: str | None = None,
+    replace: bool = False,
+    name: str | None = None,
+) -> Path:
     """Copy a bundle folder into the models folder as ``NAME`` (default: the folder's name), verified first
     with ``verify``; returns the new path. The copy is built beside it and renamed into place
     (:func:`~..outputs.staged_folder`), so the models list never shows half a bundle."""
@@ -200,8 +207,13 @@ def _same_bundle(a: Path, b: Path) -> bool:
     return bool(ma) and ma.get("created") == mb.get("created") and ma.get("weights") == mb.get("weights")
 
 
-def register_run_bundle(bundle: str | os.PathLike, models_folder: str | os.PathLike, name: str | None = None,
-                        verify: bool = False, python: str | None = None) -> Path:
+def register_run_bundle(
+    bundle: str | os.PathLike,
+    models_folder: str | os.PathLike,
+    name: str | None = None,
+    verify: bool = False,
+    python: str | None = None,
+) -> Path:
     """Install a run's ``bundle/`` in the models folder as ``NAME`` (default: the bundle's name, i.e. the run
     folder's; ``NAME-2``... if another model has it); returns its path. Registering the same bundle again
     returns the existing copy. Copied by :func:`register_bundle` (checksums verified in a
@@ -224,6 +236,13 @@ def register_run_bundle(bundle: str | os.PathLike, models_folder: str | os.PathL
 
 
 __all__ = [
-    "MODELS_FOLDER_ENV", "MODELS_FOLDER_SETTING", "BundleInfo", "bundle_info", "default_models_folder",
-    "find_bundles", "register_bundle", "register_run_bundle", "verify_bundle",
+    "MODELS_FOLDER_ENV",
+    "MODELS_FOLDER_SETTING",
+    "BundleInfo",
+    "bundle_info",
+    "default_models_folder",
+    "find_bundles",
+    "register_bundle",
+    "register_run_bundle",
+    "verify_bundle",
 ]

@@ -45,8 +45,7 @@ def child_env(extra: dict[str, str] | None = None, base: dict[str, str] | None =
     """Environment for a child: ``base`` (default ``os.environ``) with ``GloResNetLib`` first on
     ``PYTHONPATH``, unbuffered UTF-8 output, and ``extra`` on top."""
     env = dict(os.environ if base is None else base)
-    paths = [str(LIB_PARENT)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep)
-                                 if p and Path(p) != LIB_PARENT]
+    paths = [str(LIB_PARENT)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and Path(p) != LIB_PARENT]
     env["PYTHONPATH"] = os.pathsep.join(paths)
     env["PYTHONUNBUFFERED"] = "1"
     env["PYTHONIOENCODING"] = "utf-8"
@@ -59,10 +58,17 @@ def gloresnet_command(args: Sequence[str | os.PathLike], python: str | None = No
     return [python or python_executable(), "-m", "GloResNetLib", *(str(a) for a in args)]
 
 
-def predict_args(inputs: Sequence[str | os.PathLike], model: str | os.PathLike, out: str | os.PathLike,
-                 device: str = "auto", tta: bool = True, cam: bool = True,
-                 tta_axes: Sequence[int] | None = None, saliency: str = "gradcam",
-                 occlusion_mask: int | None = None) -> list[str]:
+def predict_args(
+    inputs: Sequence[str | os.PathLike],
+    model: str | os.PathLike,
+    out: str | os.PathLike,
+    device: str = "auto",
+    tta: bool = True,
+    cam: bool = True,
+    tta_axes: Sequence[int] | None = None,
+    saliency: str = "gradcam",
+    occlusion_mask: int | None = None,
+) -> list[str]:
     """Arguments of ``gloresnet predict`` with its JSON results and progress events
     (:mod:`GloResNetLib.progress_events`) on stdout.
 
@@ -74,8 +80,18 @@ def predict_args(inputs: Sequence[str | os.PathLike], model: str | os.PathLike, 
     Returns:
         The arguments after ``gloresnet``.
     """
-    args = ["predict", *(str(p) for p in inputs), "--model", str(model), "--out", str(out),
-            "--device", device or "auto", "--json", "--progress-json"]
+    args = [
+        "predict",
+        *(str(p) for p in inputs),
+        "--model",
+        str(model),
+        "--out",
+        str(out),
+        "--device",
+        device or "auto",
+        "--json",
+        "--progress-json",
+    ]
     if not tta:
         args.append("--no-tta")
     elif tta_axes:
@@ -89,13 +105,23 @@ def predict_args(inputs: Sequence[str | os.PathLike], model: str | os.PathLike, 
     return args
 
 
-def start_gloresnet(args: Sequence[str | os.PathLike], python: str | None = None,
-                    env: dict[str, str] | None = None, cwd: str | os.PathLike | None = None,
-                    name: str | None = None, log_lines: int = 500) -> BackgroundProcess:
+def start_gloresnet(
+    args: Sequence[str | os.PathLike],
+    python: str | None = None,
+    env: dict[str, str] | None = None,
+    cwd: str | os.PathLike | None = None,
+    name: str | None = None,
+    log_lines: int = 500,
+) -> BackgroundProcess:
     """Start ``python -m GloResNetLib ARGS`` in the background with :func:`child_env`."""
     cmd = gloresnet_command(args, python)
-    return BackgroundProcess(cmd, env=child_env(env), cwd=cwd, log_lines=log_lines,
-                             name=name or f"gloresnet {args[0] if args else ''}".strip()).start()
+    return BackgroundProcess(
+        cmd,
+        env=child_env(env),
+        cwd=cwd,
+        log_lines=log_lines,
+        name=name or f"gloresnet {args[0] if args else ''}".strip(),
+    ).start()
 
 
 __all__ = ["LIB_PARENT", "child_env", "gloresnet_command", "predict_args", "python_executable", "start_gloresnet"]

@@ -23,8 +23,10 @@ def version_problem(major: int, minor: int, minimum: tuple[int, int] = MINIMUM_S
     """The refusal message for Slicer ``major.minor`` older than ``minimum``; None if it is recent enough."""
     if (int(major), int(minor)) >= tuple(minimum):
         return None
-    return (f"GloResNet needs 3D Slicer {minimum[0]}.{minimum[1]} or later (Python 3.10 or later); this is "
-            f"Slicer {major}.{minor}. Install a current Slicer from https://download.slicer.org.")
+    return (
+        f"GloResNet needs 3D Slicer {minimum[0]}.{minimum[1]} or later (Python 3.10 or later); this is "
+        f"Slicer {major}.{minor}. Install a current Slicer from https://download.slicer.org."
+    )
 
 
 def slicer_version_problem() -> str | None:
@@ -170,6 +172,14 @@ class ModuleWidgetHelpers:
 
 
 __all__ = [
-    "LIBRARY_PACKAGE", "MINIMUM_SLICER_VERSION", "PREDICT_MODULE", "DeviceProbe", "ModuleWidgetHelpers",
-    "forget_library", "models_folder", "predict_logic", "slicer_version_problem", "version_problem",
+    "LIBRARY_PACKAGE",
+    "MINIMUM_SLICER_VERSION",
+    "PREDICT_MODULE",
+    "DeviceProbe",
+    "ModuleWidgetHelpers",
+    "forget_library",
+    "models_folder",
+    "predict_logic",
+    "slicer_version_problem",
+    "version_problem",
 ]

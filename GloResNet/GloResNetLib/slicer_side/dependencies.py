@@ -34,8 +34,9 @@ class PipCall:
     kwargs: dict[str, Any] = field(default_factory=dict)
 
 
-def pip_call(requirements: Sequence[str], constraints: str | Path | None, requester: str, confirm: bool,
-             has_pip_ensure: bool) -> PipCall:
+def pip_call(
+    requirements: Sequence[str], constraints: str | Path | None, requester: str, confirm: bool, has_pip_ensure: bool
+) -> PipCall:
     """The installer call for this Slicer.
 
     Args:
@@ -49,18 +50,26 @@ def pip_call(requirements: Sequence[str], constraints: str | Path | None, reques
         The :class:`PipCall`.
     """
     if has_pip_ensure:
-        return PipCall("pip_ensure", [list(requirements)],
-                       {"constraints": str(constraints) if constraints else None, "requester": requester,
-                        "prompt_install": confirm})
+        return PipCall(
+            "pip_ensure",
+            [list(requirements)],
+            {
+                "constraints": str(constraints) if constraints else None,
+                "requester": requester,
+                "prompt_install": confirm,
+            },
+        )
     return PipCall("pip_install", [list(requirements) + (["-c", str(constraints)] if constraints else [])])
 
 
 def manual_install_help(requirements_file: str | Path) -> str:
     """What to do offline: download the wheels elsewhere, install them with Slicer's Python."""
     python = python_executable()
-    return ("Offline or behind a proxy? On a computer with internet access download the wheels, then install "
-            f"them with Slicer's Python:\n  \"{python}\" -m pip install <torch wheel>\n"
-            f"  \"{python}\" -m pip install -r \"{requirements_file}\"\nThen restart Slicer.")
+    return (
+        "Offline or behind a proxy? On a computer with internet access download the wheels, then install "
+        f'them with Slicer\'s Python:\n  "{python}" -m pip install <torch wheel>\n'
+        f'  "{python}" -m pip install -r "{requirements_file}"\nThen restart Slicer.'
+    )
 
 
 def _install_torch(requester: str, confirm: bool, help_text: str) -> bool:
@@ -71,7 +80,8 @@ def _install_torch(requester: str, confirm: bool, help_text: str) -> bool:
     except ImportError:
         slicer.util.errorDisplay(
             f"{requester} needs PyTorch. Install the 'PyTorch' extension from the Extensions Manager (it "
-            "installs the build that suits your GPU), restart Slicer and try again.\n\n" + help_text)
+            "installs the build that suits your GPU), restart Slicer and try again.\n\n" + help_text
+        )
         return False
     torch_logic = PyTorchUtils.PyTorchUtilsLogic()
     if torch_logic.torchInstalled():
@@ -94,13 +104,15 @@ def _install(requirements: list[str], requester: str, confirm: bool) -> None:
         packaging.pip_ensure(*call.args, **call.kwargs)
         return
     if confirm and not slicer.util.confirmOkCancelDisplay(
-            f"{requester} needs these Python packages:\n" + "\n".join(missing) + "\n\nInstall them now?"):
+        f"{requester} needs these Python packages:\n" + "\n".join(missing) + "\n\nInstall them now?"
+    ):
         raise RuntimeError("user declined package installation")
     slicer.util.pip_install(*call.args)
 
 
-def ensure_dependencies(requirements_file: str | Path, requester: str, confirm: bool = True,
-                        extra: Sequence[str] = ()) -> bool:
+def ensure_dependencies(
+    requirements_file: str | Path, requester: str, confirm: bool = True, extra: Sequence[str] = ()
+) -> bool:
     """Install what is missing (PyTorch, then the file's requirements and ``extra``), after the user agrees.
 
     Args:

@@ -50,8 +50,9 @@ class DeviceProbe:
     """
 
     def __init__(self, command: list[str] | None = None) -> None:
-        self.process = BackgroundProcess(command or device_probe_command(), env=child_env(),
-                                         name="device probe").start()
+        self.process = BackgroundProcess(
+            command or device_probe_command(), env=child_env(), name="device probe"
+        ).start()
         self.info: dict[str, Any] | None = None
         self.finished = False
 

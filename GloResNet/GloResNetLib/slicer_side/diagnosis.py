@@ -21,8 +21,13 @@ class Diagnosis:
         return self.kind in ("cuda_oom", "cuda_missing")
 
 
-def diagnose(returncode: int | None, log_text: str = "", errors: Iterable[str] = (), stopped: bool = False,
-             cancelled: bool = False) -> Diagnosis:
+def diagnose(
+    returncode: int | None,
+    log_text: str = "",
+    errors: Iterable[str] = (),
+    stopped: bool = False,
+    cancelled: bool = False,
+) -> Diagnosis:
     """Classify a finished child from its exit code and last output lines."""
     errors = [e for e in errors if e]
     low = log_text.lower()
@@ -42,9 +47,11 @@ def diagnose(returncode: int | None, log_text: str = "", errors: Iterable[str] =
             if "No module named" in line:
                 missing = line.split("No module named", 1)[1].strip(" '\"")
         which = f" ({missing})" if missing else ""
-        return Diagnosis("missing_dependency",
-                         f"A Python package is missing in Slicer's Python{which}; "
-                         "install the module's requirements (Predict offers to do it).")
+        return Diagnosis(
+            "missing_dependency",
+            f"A Python package is missing in Slicer's Python{which}; "
+            "install the module's requirements (Predict offers to do it).",
+        )
     if returncode == 2 or errors:
         first = errors[0] if errors else _last_error_line(log_text)
         return Diagnosis("user_error", first or "The command refused its input.")

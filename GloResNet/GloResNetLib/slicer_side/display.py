@@ -95,8 +95,7 @@ def _node_id(node_or_id) -> str | None:
     return node_or_id.GetID()
 
 
-def set_slice_layers(background=KEEP, foreground=KEEP, foreground_opacity: float | None = None,
-                     scene=None) -> int:
+def set_slice_layers(background=KEEP, foreground=KEEP, foreground_opacity: float | None = None, scene=None) -> int:
     """Set background / foreground volumes and foreground opacity of every slice view (``KEEP`` leaves a
     layer as it is); returns the number of slice views changed. Works on the composite nodes: no Qt."""
     scene = get_scene(scene)
@@ -113,19 +112,33 @@ def set_slice_layers(background=KEEP, foreground=KEEP, foreground_opacity: float
 
 def slice_layers(scene=None) -> list[dict[str, Any]]:
     """Background, foreground and foreground opacity of each slice view."""
-    return [{"view": c.GetLayoutName(), "background": c.GetBackgroundVolumeID(),
-             "foreground": c.GetForegroundVolumeID(), "foreground_opacity": c.GetForegroundOpacity()}
-            for c in scene_nodes(get_scene(scene), "vtkMRMLSliceCompositeNode")]
+    return [
+        {
+            "view": c.GetLayoutName(),
+            "background": c.GetBackgroundVolumeID(),
+            "foreground": c.GetForegroundVolumeID(),
+            "foreground_opacity": c.GetForegroundOpacity(),
+        }
+        for c in scene_nodes(get_scene(scene), "vtkMRMLSliceCompositeNode")
+    ]
 
 
 def jump_slices_to(ras: Sequence[float], scene=None) -> None:
     """Centre every slice view on a world RAS point (e.g. the saliency peak)."""
-    slicer.vtkMRMLSliceNode.JumpAllSlices(get_scene(scene), float(ras[0]), float(ras[1]), float(ras[2]),
-                                          slicer.vtkMRMLSliceNode.CenteredJumpSlice)
+    slicer.vtkMRMLSliceNode.JumpAllSlices(
+        get_scene(scene), float(ras[0]), float(ras[1]), float(ras[2]), slicer.vtkMRMLSliceNode.CenteredJumpSlice
+    )
 
-def show_result_layers(input_volume, saliency_volume=None, resampled_volume=None,
-                       threshold: float = DEFAULT_CAM_THRESHOLD, opacity: float = DEFAULT_CAM_OPACITY,
-                       show_resampled: bool = False, scene=None) -> bool:
+
+def show_result_layers(
+    input_volume,
+    saliency_volume=None,
+    resampled_volume=None,
+    threshold: float = DEFAULT_CAM_THRESHOLD,
+    opacity: float = DEFAULT_CAM_OPACITY,
+    show_resampled: bool = False,
+    scene=None,
+) -> bool:
     """Show a prediction in the slice views: the saliency map (hidden below ``threshold`` times its maximum)
     over the input volume, or over the resampled network input with ``show_resampled``.
 
@@ -140,9 +153,12 @@ def show_result_layers(input_volume, saliency_volume=None, resampled_volume=None
     if saliency_volume:
         set_cam_threshold(saliency_volume, threshold)
     background = resampled_volume if (show_resampled and resampled_volume) else input_volume
-    set_slice_layers(background=background if background else KEEP,
-                     foreground=saliency_volume if saliency_volume else KEEP, foreground_opacity=opacity,
-                     scene=scene)
+    set_slice_layers(
+        background=background if background else KEEP,
+        foreground=saliency_volume if saliency_volume else KEEP,
+        foreground_opacity=opacity,
+        scene=scene,
+    )
     return True
 
 
@@ -160,7 +176,16 @@ def jump_to_peak(volume, scene=None) -> bool:
 
 
 __all__ = [
-    "DEFAULT_CAM_OPACITY", "DEFAULT_CAM_THRESHOLD", "FALLBACK_COLOR_NODE_IDS", "HEAT_COLOR_NODE_ID", "KEEP",
-    "configure_cam_display", "heat_color_node", "jump_slices_to", "jump_to_peak", "set_cam_threshold",
-    "set_slice_layers", "slice_layers",
+    "DEFAULT_CAM_OPACITY",
+    "DEFAULT_CAM_THRESHOLD",
+    "FALLBACK_COLOR_NODE_IDS",
+    "HEAT_COLOR_NODE_ID",
+    "KEEP",
+    "configure_cam_display",
+    "heat_color_node",
+    "jump_slices_to",
+    "jump_to_peak",
+    "set_cam_threshold",
+    "set_slice_layers",
+    "slice_layers",
 ]

@@ -26,8 +26,9 @@ class Job:
 
     name = "gloresnet"
 
-    def __init__(self, args: Sequence[str] = (), python: str | None = None,
-                 env: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self, args: Sequence[str] = (), python: str | None = None, env: Mapping[str, str] | None = None
+    ) -> None:
         self.args = list(args)
         self.python = python
         self.env = dict(env or {})
@@ -63,8 +64,9 @@ class Job:
             self._handle(event)
         return events
 
-    def wait(self, timeout: float | None = None,
-             on_event: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
+    def wait(
+        self, timeout: float | None = None, on_event: Callable[[dict[str, Any]], None] | None = None
+    ) -> list[dict[str, Any]]:
         """Block until the process ends (scripts, tests), starting it first if needed.
 
         Args:
@@ -137,8 +139,13 @@ class Job:
         return self._diagnose()
 
     def _diagnose(self) -> Diagnosis:
-        return diagnose(self.process.returncode, self.process.log_text(200), self._error_messages(),
-                        self.process.stop_requested, self.process.cancelled)
+        return diagnose(
+            self.process.returncode,
+            self.process.log_text(200),
+            self._error_messages(),
+            self.process.stop_requested,
+            self.process.cancelled,
+        )
 
     def _failure_lines(self, diagnosis: Diagnosis) -> list[str]:
         """Lines the failure message adds below the diagnosis (the error events not already in it)."""

@@ -111,6 +111,13 @@ def check_training_paths(values: Mapping[str, str], source: str) -> None:
 
 
 __all__ = [
-    "FILE", "FOLDER", "OUTPUT_FOLDER", "TRAINING_PATH_FIELDS", "PathField", "check_training_paths", "path_problem",
-    "path_value", "sync_field",
+    "FILE",
+    "FOLDER",
+    "OUTPUT_FOLDER",
+    "TRAINING_PATH_FIELDS",
+    "PathField",
+    "check_training_paths",
+    "path_problem",
+    "path_value",
+    "sync_field",
 ]

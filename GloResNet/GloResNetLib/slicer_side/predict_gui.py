@@ -53,13 +53,21 @@ SALIENCY_HELP = (
     "<b>occlusion</b>: how much P(BI) drops when each region is hidden (thousands of network passes: a minute "
     "or more per model on a 2-core CPU). "
     "<b>both</b>: Grad-CAM and occlusion. <b>all</b>: the three. Every map computed is kept as a volume node; "
-    "the slice views show the gradient map if computed, else the occlusion map, else Grad-CAM.")
+    "the slice views show the gradient map if computed, else the occlusion map, else Grad-CAM."
+)
 
 
 #: Result texts (:func:`.results.result_texts`) -> label of GloResNet.ui showing them.
-RESULT_LABELS = {"caption": "probabilityLabel", "probability": "probabilityValueLabel", "label": "labelValueLabel",
-                 "spread": "spreadValueLabel", "model": "modelValueLabel", "training_data": "trainingDataValueLabel",
-                 "device": "deviceValueLabel", "time": "timeValueLabel"}
+RESULT_LABELS = {
+    "caption": "probabilityLabel",
+    "probability": "probabilityValueLabel",
+    "label": "labelValueLabel",
+    "spread": "spreadValueLabel",
+    "model": "modelValueLabel",
+    "training_data": "trainingDataValueLabel",
+    "device": "deviceValueLabel",
+    "time": "timeValueLabel",
+}
 
 
 def show_result_texts(ui, texts: Mapping[str, str]) -> None:
@@ -71,5 +79,11 @@ def show_result_texts(ui, texts: Mapping[str, str]) -> None:
     ui.resultsCollapsibleButton.collapsed = False
 
 
-__all__ = ["RESULT_LABELS", "SALIENCY_HELP", "WARNING_STYLE", "fill_model_combo", "show_model_info",
-           "show_result_texts"]
+__all__ = [
+    "RESULT_LABELS",
+    "SALIENCY_HELP",
+    "WARNING_STYLE",
+    "fill_model_combo",
+    "show_model_info",
+    "show_result_texts",
+]

@@ -61,8 +61,9 @@ class PredictionLogic:
         """A background prediction runs."""
         return self.job is not None and self.job.running
 
-    def startPrediction(self, volumeNodes: Iterable, bundlePath: str | Path, device: str = "auto",
-                        tta: bool = True, **showKwargs: Any) -> PredictionJob:
+    def startPrediction(
+        self, volumeNodes: Iterable, bundlePath: str | Path, device: str = "auto", tta: bool = True, **showKwargs: Any
+    ) -> PredictionJob:
         """Start a background prediction; returns the :class:`.prediction_job.PredictionJob` to poll.
 
         Raises:
@@ -73,8 +74,16 @@ class PredictionLogic:
         self.job = PredictionJob(volumeNodes, bundlePath, device=device, tta=tta, **showKwargs).start()
         return self.job
 
-    def predict(self, volumeNodes: Iterable, bundlePath: str | Path, device: str = "auto", tta: bool = True,
-                timeout: float | None = None, inProcess: bool = False, **showKwargs: Any) -> list[PredictionNodes]:
+    def predict(
+        self,
+        volumeNodes: Iterable,
+        bundlePath: str | Path,
+        device: str = "auto",
+        tta: bool = True,
+        timeout: float | None = None,
+        inProcess: bool = False,
+        **showKwargs: Any,
+    ) -> list[PredictionNodes]:
         """Predict a list of volumes and wait (console / batch use).
 
         Args:
@@ -108,8 +117,7 @@ class PredictionLogic:
         """Apply opacity, saliency threshold and background choice to the slice views (untouched when there is
         nothing of ours to show)."""
         p = parameterNode
-        show_result_layers(p.inputVolume, p.camVolume, p.resampledVolume, p.camThreshold, p.camOpacity,
-                           p.showResampled)
+        show_result_layers(p.inputVolume, p.camVolume, p.resampledVolume, p.camThreshold, p.camOpacity, p.showResampled)
 
     @staticmethod
     def jumpToSaliencyPeak(parameterNode) -> bool:

@@ -26,8 +26,9 @@ def check_saliency(saliency: str) -> str:
     """``saliency`` if it is one of :data:`SALIENCY_METHODS` or a comma list of them, else :class:`InputError`."""
     parts = [p.strip() for p in str(saliency).split(",")]
     if not all(p in SALIENCY_METHODS for p in parts):
-        raise InputError(f"unknown saliency method {saliency!r} (choose from {', '.join(SALIENCY_METHODS)} "
-                         "or a comma list)")
+        raise InputError(
+            f"unknown saliency method {saliency!r} (choose from {', '.join(SALIENCY_METHODS)} or a comma list)"
+        )
     return ",".join(parts)
 
 
@@ -39,10 +40,20 @@ class PredictionJob(Job):
     events into :class:`PredictionNodes`. Extra keyword arguments go to :func:`.results.show_prediction`.
     """
 
-    def __init__(self, volume_nodes: Iterable, bundle_path: str | Path, device: str = "auto",
-                 tta: bool = True, cam: bool = True, work_dir: str | Path | None = None,
-                 python: str | None = None, keep_files: bool = False, saliency: str = "gradcam",
-                 occlusion_mask: int | None = None, **show_kwargs: Any) -> None:
+    def __init__(
+        self,
+        volume_nodes: Iterable,
+        bundle_path: str | Path,
+        device: str = "auto",
+        tta: bool = True,
+        cam: bool = True,
+        work_dir: str | Path | None = None,
+        python: str | None = None,
+        keep_files: bool = False,
+        saliency: str = "gradcam",
+        occlusion_mask: int | None = None,
+        **show_kwargs: Any,
+    ) -> None:
         super().__init__(python=python)
         self.nodes = list(volume_nodes)
         if not self.nodes:
@@ -89,8 +100,16 @@ class PredictionJob(Job):
                 self._by_path[str(path)] = node
                 inputs.append(path)
             out = (self.work_dir / "outputs").resolve()
-            self.args = predict_args(inputs, self.bundle_path.resolve(), out, device=self.device, tta=self.tta,
-                                     cam=self.cam, saliency=self.saliency, occlusion_mask=self.occlusion_mask)
+            self.args = predict_args(
+                inputs,
+                self.bundle_path.resolve(),
+                out,
+                device=self.device,
+                tta=self.tta,
+                cam=self.cam,
+                saliency=self.saliency,
+                occlusion_mask=self.occlusion_mask,
+            )
             super().start()
         except BaseException:
             self._cleanup()
@@ -121,8 +140,9 @@ class PredictionJob(Job):
             self.fraction = max(self.fraction, (len(self.results) + len(self.errors)) / total)
         elif kind == ERROR:
             node = self._by_path.get(str(Path(str(event.get("input", "")))))
-            self.errors.append((node.GetName() if node is not None else str(event.get("input", "")),
-                                str(event.get("message", ""))))
+            self.errors.append(
+                (node.GetName() if node is not None else str(event.get("input", "")), str(event.get("message", "")))
+            )
         elif kind == PROCESS_EXIT:
             self.fraction = 1.0
             self.stage = "cancelled" if event.get("cancelled") else ("done" if self.succeeded else "failed")
@@ -147,8 +167,9 @@ class PredictionJob(Job):
     @property
     def succeeded(self) -> bool:
         """Exit code 0, no error, one result per input volume."""
-        return self.finished and self.process.returncode == 0 and not self.errors and \
-            len(self.results) == len(self.nodes)
+        return (
+            self.finished and self.process.returncode == 0 and not self.errors and len(self.results) == len(self.nodes)
+        )
 
     def _error_messages(self) -> list[str]:
         return [m for _, m in self.errors]

@@ -36,9 +36,18 @@ OVERLAY_ORDER = ("gradient", "occlusion", "gradcam")
 #: estimated age and its spread (weeks) and leaves P(BI), label, threshold and TTA spread empty; a classifier's
 #: row leaves the age columns empty.
 RESULT_COLUMNS: dict[str, str] = {
-    "Volume": "string", "Model": "string", "Training data": "string", "P(BI)": "double", "Label": "string",
-    "Threshold": "double", "TTA spread": "double", "Age (weeks)": "double", "Age spread (weeks)": "double",
-    "Device": "string", "Time (s)": "double", "Date": "string",
+    "Volume": "string",
+    "Model": "string",
+    "Training data": "string",
+    "P(BI)": "double",
+    "Label": "string",
+    "Threshold": "double",
+    "TTA spread": "double",
+    "Age (weeks)": "double",
+    "Age spread (weeks)": "double",
+    "Device": "string",
+    "Time (s)": "double",
+    "Date": "string",
 }
 
 
@@ -47,8 +56,9 @@ def results_table(scene=None, name: str = RESULTS_TABLE_NAME):
     scene = get_scene(scene)
     node = find_node(scene, "vtkMRMLTableNode", RESULTS_ROLE)
     if node is None:
-        node = table_from_columns(name, {c: [] for c in RESULT_COLUMNS}, scene=scene, types=RESULT_COLUMNS,
-                                  role=RESULTS_ROLE)
+        node = table_from_columns(
+            name, {c: [] for c in RESULT_COLUMNS}, scene=scene, types=RESULT_COLUMNS, role=RESULTS_ROLE
+        )
     return node
 
 
@@ -87,10 +97,11 @@ def result_texts(summary: Mapping[str, Any]) -> dict[str, str]:
         return {
             "caption": "Estimated age (PMA):",
             "probability": f"{float(summary['age_weeks']):.1f} weeks"
-                           + (f" (CV MAE {float(mae):.2f} weeks)" if mae is not None else ""),
+            + (f" (CV MAE {float(mae):.2f} weeks)" if mae is not None else ""),
             "label": "n/a (brain-age model: no injury label)",
-            "spread": f"{float(summary.get('spread_weeks', 0.0)):.2f} weeks over {n} estimates" if n > 1
-                      else "n/a (one estimate)",
+            "spread": f"{float(summary.get('spread_weeks', 0.0)):.2f} weeks over {n} estimates"
+            if n > 1
+            else "n/a (one estimate)",
             **texts,
         }
     views = summary.get("view_probabilities") or {}
@@ -99,7 +110,7 @@ def result_texts(summary: Mapping[str, Any]) -> dict[str, str]:
         "caption": "P(brain injury):",
         "probability": f"{float(summary['probability']):.3f}",
         "label": f"{summary.get('label_name', summary.get('label'))} "
-                 f"(threshold {float(summary.get('threshold', 0.5)):g})",
+        f"(threshold {float(summary.get('threshold', 0.5)):g})",
         "spread": f"{spread:.3f} over {len(views)} views" if len(views) > 1 else "n/a (no TTA)",
         **texts,
     }
@@ -118,13 +129,18 @@ def append_result_row(table, summary: Mapping[str, Any], volume_name: str) -> in
         "Date": _dt.datetime.now().isoformat(timespec="seconds"),
     }
     if "age_weeks" in summary:
-        row.update({"Age (weeks)": float(summary["age_weeks"]),
-                    "Age spread (weeks)": float(summary.get("spread_weeks", 0.0))})
+        row.update(
+            {"Age (weeks)": float(summary["age_weeks"]), "Age spread (weeks)": float(summary.get("spread_weeks", 0.0))}
+        )
     else:
-        row.update({"P(BI)": float(summary["probability"]),
-                    "Label": str(summary.get("label_name", summary.get("label"))),
-                    "Threshold": float(summary.get("threshold", 0.5)),
-                    "TTA spread": float(summary.get("spread", 0.0))})
+        row.update(
+            {
+                "P(BI)": float(summary["probability"]),
+                "Label": str(summary.get("label_name", summary.get("label"))),
+                "Threshold": float(summary.get("threshold", 0.5)),
+                "TTA spread": float(summary.get("spread", 0.0)),
+            }
+        )
     return append_table_row(table, row)
 
 
@@ -170,17 +186,33 @@ def _saliency_node(input_node, array: np.ndarray, label: str, role: str, scene, 
     dims = tuple(input_node.GetImageData().GetDimensions())
     if tuple(np.shape(array)) != dims:
         raise InputError(f"{name}: {label} map of shape {np.shape(array)} does not match the volume {dims}")
-    node = output_volume(np.asarray(array, dtype=np.float32), f"{name} GloResNet {label}", reference=input_node,
-                         source=input_node, role=role, scene=scene)
+    node = output_volume(
+        np.asarray(array, dtype=np.float32),
+        f"{name} GloResNet {label}",
+        reference=input_node,
+        source=input_node,
+        role=role,
+        scene=scene,
+    )
     configure_cam_display(node, color_node or heat_color_node(scene), threshold)
     return node
 
 
-def show_prediction(input_node, summary: Mapping[str, Any], cam: np.ndarray | None, resampled: np.ndarray,
-                    resampled_affine: np.ndarray, scene=None, table=None, color_node=None,
-                    threshold: float = DEFAULT_CAM_THRESHOLD, opacity: float = DEFAULT_CAM_OPACITY,
-                    show: bool = True, occlusion: np.ndarray | None = None,
-                    gradient: np.ndarray | None = None) -> PredictionNodes:
+def show_prediction(
+    input_node,
+    summary: Mapping[str, Any],
+    cam: np.ndarray | None,
+    resampled: np.ndarray,
+    resampled_affine: np.ndarray,
+    scene=None,
+    table=None,
+    color_node=None,
+    threshold: float = DEFAULT_CAM_THRESHOLD,
+    opacity: float = DEFAULT_CAM_OPACITY,
+    show: bool = True,
+    occlusion: np.ndarray | None = None,
+    gradient: np.ndarray | None = None,
+) -> PredictionNodes:
     """Put one prediction into the scene: the saliency volumes (those given of Grad-CAM ``cam``, the
     ``gradient`` map and the ``occlusion`` map) with exactly the input's geometry, the resampled network input
     with its own affine, one results-table row; optionally show one saliency map (chosen by
@@ -188,29 +220,55 @@ def show_prediction(input_node, summary: Mapping[str, Any], cam: np.ndarray | No
     are reused."""
     scene = get_scene(scene)
     name = input_node.GetName()
-    maps = {"gradcam": (cam, "saliency", CAM_ROLE), "gradient": (gradient, "gradient", GRADIENT_ROLE),
-            "occlusion": (occlusion, "occlusion", OCCLUSION_ROLE)}
-    saliency = {method: _saliency_node(input_node, array, label, role, scene, color_node, threshold)
-                for method, (array, label, role) in maps.items() if array is not None}
+    maps = {
+        "gradcam": (cam, "saliency", CAM_ROLE),
+        "gradient": (gradient, "gradient", GRADIENT_ROLE),
+        "occlusion": (occlusion, "occlusion", OCCLUSION_ROLE),
+    }
+    saliency = {
+        method: _saliency_node(input_node, array, label, role, scene, color_node, threshold)
+        for method, (array, label, role) in maps.items()
+        if array is not None
+    }
     overlay = next((saliency[m] for m in OVERLAY_ORDER if m in saliency), None)
-    resampled_node = output_volume(np.asarray(resampled, dtype=np.float32), f"{name} GloResNet resampled",
-                                   affine=resampled_affine, source=input_node, role=RESAMPLED_ROLE,
-                                   scene=scene)
+    resampled_node = output_volume(
+        np.asarray(resampled, dtype=np.float32),
+        f"{name} GloResNet resampled",
+        affine=resampled_affine,
+        source=input_node,
+        role=RESAMPLED_ROLE,
+        scene=scene,
+    )
     resampled_node.SetAndObserveTransformNodeID(input_node.GetTransformNodeID())
     table = table if table is not None else results_table(scene)
     row = append_result_row(table, summary, name)
     if show:
         set_slice_layers(background=input_node, foreground=overlay, foreground_opacity=opacity, scene=scene)
-    return PredictionNodes(input=input_node, cam=saliency.get("gradcam"), resampled=resampled_node, table=table,
-                           row=row, summary=dict(summary), occlusion=saliency.get("occlusion"), overlay=overlay,
-                           gradient=saliency.get("gradient"))
+    return PredictionNodes(
+        input=input_node,
+        cam=saliency.get("gradcam"),
+        resampled=resampled_node,
+        table=table,
+        row=row,
+        summary=dict(summary),
+        occlusion=saliency.get("occlusion"),
+        overlay=overlay,
+        gradient=saliency.get("gradient"),
+    )
 
 
 def add_prediction_result(input_node, result, **kwargs: Any) -> PredictionNodes:
     """Show an in-process :class:`GloResNetLib.inference.PredictionResult` (see :func:`show_prediction`)."""
-    return show_prediction(input_node, result.to_json_dict(), result.cam, result.resampled,
-                           result.resampled_affine, occlusion=result.occlusion,
-                           gradient=getattr(result, "gradient", None), **kwargs)
+    return show_prediction(
+        input_node,
+        result.to_json_dict(),
+        result.cam,
+        result.resampled,
+        result.resampled_affine,
+        occlusion=result.occlusion,
+        gradient=getattr(result, "gradient", None),
+        **kwargs,
+    )
 
 
 def add_prediction_record(input_node, record: Mapping[str, Any], **kwargs: Any) -> PredictionNodes:
@@ -226,13 +284,21 @@ def add_prediction_record(input_node, record: Mapping[str, Any], **kwargs: Any) 
     occlusion = read_volume(outputs["occlusion"])[0] if outputs.get("occlusion") else None
     gradient = read_volume(outputs["gradient"])[0] if outputs.get("gradient") else None
     resampled, resampled_affine = read_volume(outputs["resampled"])
-    return show_prediction(input_node, record, cam, resampled, resampled_affine, occlusion=occlusion,
-                           gradient=gradient, **kwargs)
+    return show_prediction(
+        input_node, record, cam, resampled, resampled_affine, occlusion=occlusion, gradient=gradient, **kwargs
+    )
 
 
-def predict_nodes(volume_nodes: Iterable, bundle, tta: bool = True, device: str | None = None,
-                  cam: bool = True, saliency: str = "gradcam", occlusion: Any = None,
-                  **kwargs: Any) -> list[PredictionNodes]:
+def predict_nodes(
+    volume_nodes: Iterable,
+    bundle,
+    tta: bool = True,
+    device: str | None = None,
+    cam: bool = True,
+    saliency: str = "gradcam",
+    occlusion: Any = None,
+    **kwargs: Any,
+) -> list[PredictionNodes]:
     """Predict volume nodes in this Python process (console, batch, self-test); blocks while it runs.
     ``saliency``: gradcam, gradient, occlusion, both (Grad-CAM and occlusion), all, or a comma list (the map
     shown: :data:`OVERLAY_ORDER`); ``occlusion``: an :class:`GloResNetLib.occlusion.OcclusionConfig` (see
@@ -249,14 +315,23 @@ def predict_nodes(volume_nodes: Iterable, bundle, tta: bool = True, device: str 
     results = []
     for node in volume_nodes:
         array, affine = volume_to_array(node)
-        result = predict(bundle, array, affine, tta=tta, cam=cam, device=device, saliency=saliency,
-                         occlusion=occlusion)
+        result = predict(bundle, array, affine, tta=tta, cam=cam, device=device, saliency=saliency, occlusion=occlusion)
         results.append(add_prediction_result(node, result, **kwargs))
     return results
 
 
 __all__ = [
-    "OVERLAY_ORDER", "RESULTS_TABLE_NAME", "RESULT_COLUMNS", "PredictionNodes", "add_prediction_record",
-    "add_prediction_result", "append_result_row", "model_label", "predict_nodes", "result_texts", "results_table",
-    "show_prediction", "total_time_s",
+    "OVERLAY_ORDER",
+    "RESULTS_TABLE_NAME",
+    "RESULT_COLUMNS",
+    "PredictionNodes",
+    "add_prediction_record",
+    "add_prediction_result",
+    "append_result_row",
+    "model_label",
+    "predict_nodes",
+    "result_texts",
+    "results_table",
+    "show_prediction",
+    "total_time_s",
 ]

@@ -103,6 +103,17 @@ def mark_node(node, role: str, source=None) -> None:
 
 
 __all__ = [
-    "CAM_ROLE", "COLOR_ROLE", "GRADIENT_ROLE", "OCCLUSION_ROLE", "PLOT_ROLE", "RESAMPLED_ROLE", "RESULTS_ROLE",
-    "ROLE_ATTRIBUTE", "SOURCE_ATTRIBUTE", "StandaloneLogics", "create_logics", "find_node", "get_scene",
+    "CAM_ROLE",
+    "COLOR_ROLE",
+    "GRADIENT_ROLE",
+    "OCCLUSION_ROLE",
+    "PLOT_ROLE",
+    "RESAMPLED_ROLE",
+    "RESULTS_ROLE",
+    "ROLE_ATTRIBUTE",
+    "SOURCE_ATTRIBUTE",
+    "StandaloneLogics",
+    "create_logics",
+    "find_node",
+    "get_scene",
 ]

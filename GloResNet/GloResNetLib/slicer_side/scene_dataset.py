@@ -20,8 +20,7 @@ from .volumes import check_volume_node, input_volumes, write_volume_file
 
 LABELS_ROLE = "GloResNetTrainingLabels"
 PREFIX = "GloResNet training"
-LABEL_COLUMNS = {"Volume": "string", "Label": "string", "Subject": "string", "Session": "string",
-                 "Node ID": "string"}
+LABEL_COLUMNS = {"Volume": "string", "Label": "string", "Subject": "string", "Session": "string", "Node ID": "string"}
 
 
 @dataclass
@@ -53,13 +52,13 @@ def labels_table(scene=None, name: str = f"{PREFIX} labels"):
     scene = get_scene(scene)
     node = find_node(scene, "vtkMRMLTableNode", LABELS_ROLE)
     if node is None:
-        node = table_from_columns(name, {c: [] for c in LABEL_COLUMNS}, scene=scene, types=LABEL_COLUMNS,
-                                       role=LABELS_ROLE)
+        node = table_from_columns(
+            name, {c: [] for c in LABEL_COLUMNS}, scene=scene, types=LABEL_COLUMNS, role=LABELS_ROLE
+        )
     return node
 
 
-def fill_labels_table(table, volume_nodes: Iterable | None = None,
-                      labels: Mapping[str, Any] | None = None) -> int:
+def fill_labels_table(table, volume_nodes: Iterable | None = None, labels: Mapping[str, Any] | None = None) -> int:
     """Add a row for each volume not yet listed (label empty unless ``labels[name]`` is given; subject =
     volume name), keep the rows typed so far; returns the number of rows added."""
 
@@ -71,8 +70,16 @@ def fill_labels_table(table, volume_nodes: Iterable | None = None,
         if node.GetID() in listed:
             continue
         label = (labels or {}).get(node.GetName(), "")
-        append_table_row(table, {"Volume": node.GetName(), "Label": "" if label is None else str(label),
-                                      "Subject": node.GetName(), "Session": "", "Node ID": node.GetID()})
+        append_table_row(
+            table,
+            {
+                "Volume": node.GetName(),
+                "Label": "" if label is None else str(label),
+                "Subject": node.GetName(),
+                "Session": "",
+                "Node ID": node.GetID(),
+            },
+        )
         added += 1
     return added
 
@@ -101,8 +108,7 @@ def scene_cases(table, scene=None) -> list[SceneCase]:
     return cases
 
 
-def export_scene_dataset(cases: Sequence[SceneCase], folder: str | os.PathLike,
-                         synthetic: bool = False) -> Path:
+def export_scene_dataset(cases: Sequence[SceneCase], folder: str | os.PathLike, synthetic: bool = False) -> Path:
     """Write each case's volume with Slicer's writer (``images/NNN_NAME.nii.gz``) and ``manifest.csv``
     (path, label, subject, session) into ``folder``; returns the manifest. With ``synthetic`` a
     ``cohort.json`` marks the data as synthetic (the bundle then says so)."""
@@ -120,20 +126,29 @@ def export_scene_dataset(cases: Sequence[SceneCase], folder: str | os.PathLike,
     for index, case in enumerate(cases):
         rel = f"images/{index:03d}_{safe_name(case.node.GetName())}.nii.gz"
         write_volume_file(case.node, folder / rel)
-        rows.append({"path": rel, "label": case.label, "subject": case.subject,
-                     "session": case.session or f"v{index:03d}"})
+        rows.append(
+            {"path": rel, "label": case.label, "subject": case.subject, "session": case.session or f"v{index:03d}"}
+        )
     manifest = folder / "manifest.csv"
     with atomic_path(manifest) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=["path", "label", "subject", "session"])
         writer.writeheader()
         writer.writerows(rows)
     if synthetic:
-        (folder / "cohort.json").write_text(json.dumps({"synthetic": True, "source": "Slicer scene"}) + "\n",
-                                            encoding="utf-8")
+        (folder / "cohort.json").write_text(
+            json.dumps({"synthetic": True, "source": "Slicer scene"}) + "\n", encoding="utf-8"
+        )
     return manifest
 
 
 __all__ = [
-    "LABELS_ROLE", "LABEL_COLUMNS", "PREFIX", "SceneCase", "export_scene_dataset", "fill_labels_table",
-    "labels_table", "parse_label", "scene_cases",
+    "LABELS_ROLE",
+    "LABEL_COLUMNS",
+    "PREFIX",
+    "SceneCase",
+    "export_scene_dataset",
+    "fill_labels_table",
+    "labels_table",
+    "parse_label",
+    "scene_cases",
 ]

@@ -27,8 +27,9 @@ def synthetic_head(name: str = "GloResNetTest T2w"):
     array = np.where(radius < 1, 600.0, 20.0) + np.random.default_rng(0).normal(0, 10, shape)
     theta = np.deg2rad(10)
     affine = np.eye(4)
-    affine[:3, :3] = np.array([[np.cos(theta), -np.sin(theta), 0], [np.sin(theta), np.cos(theta), 0],
-                               [0, 0, 1]]) @ np.diag([0.9, 0.8, 1.6])
+    affine[:3, :3] = np.array(
+        [[np.cos(theta), -np.sin(theta), 0], [np.sin(theta), np.cos(theta), 0], [0, 0, 1]]
+    ) @ np.diag([0.9, 0.8, 1.6])
     affine[:3, 3] = [-18, -17, -28]
     return slicer.util.addVolumeFromArray(array.astype(np.float32).transpose(2, 1, 0).copy(), affine, name=name)
 
@@ -44,7 +45,7 @@ def labelled_head(rng: np.random.Generator, label: int, name: str):
         The scalar volume node.
     """
     grid = np.stack(np.meshgrid(*[np.arange(20.0)] * 3, indexing="ij")) - 9.5
-    array = np.where(np.sqrt((grid ** 2).sum(0)) < 8.4, 400.0, 30.0) * rng.uniform(0.8, 1.2)
+    array = np.where(np.sqrt((grid**2).sum(0)) < 8.4, 400.0, 30.0) * rng.uniform(0.8, 1.2)
     if label == 1:
         distance = np.sqrt(((grid - rng.uniform(-3.5, 3.5, size=3)[:, None, None, None]) ** 2).sum(0))
         array = array + 900.0 * np.exp(-((distance / 2.5) ** 2))
@@ -80,10 +81,13 @@ def tiny_bundle(folder: Path) -> Path:
     torch.manual_seed(0)
     widths = [8, 16, 32, 64]
     model = build_model("resnet10", widths=tuple(widths)).eval()
-    meta = default_metadata("selftest", arch_params={"widths": widths}, preprocess=PreprocessConfig(size=(32, 32, 32)),
-                            training_data={"description": "none (random weights for the self-test)",
-                                           "synthetic": True, "trained": False},
-                            provenance="GloResNetTest")
+    meta = default_metadata(
+        "selftest",
+        arch_params={"widths": widths},
+        preprocess=PreprocessConfig(size=(32, 32, 32)),
+        training_data={"description": "none (random weights for the self-test)", "synthetic": True, "trained": False},
+        provenance="GloResNetTest",
+    )
     return save_bundle(Path(folder) / "selftest", [model.state_dict()], meta)
 
 

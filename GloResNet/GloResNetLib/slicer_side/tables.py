@@ -14,8 +14,7 @@ from .scene import PLOT_ROLE, find_node, get_scene, mark_node
 
 
 def _is_number(value: Any) -> bool:
-    return value is None or (isinstance(value, (int, float, np.number, bool, np.bool_))
-                             and not isinstance(value, str))
+    return value is None or (isinstance(value, (int, float, np.number, bool, np.bool_)) and not isinstance(value, str))
 
 
 def _new_column(name: str, kind: str, n_rows: int):
@@ -37,8 +36,14 @@ def _set_value(array, row: int, value: Any) -> None:
         array.SetValue(row, math.nan)
 
 
-def table_from_columns(name: str, columns: Mapping[str, Sequence[Any]], scene=None, node=None,
-                       types: Mapping[str, str] | None = None, role: str = PLOT_ROLE):
+def table_from_columns(
+    name: str,
+    columns: Mapping[str, Sequence[Any]],
+    scene=None,
+    node=None,
+    types: Mapping[str, str] | None = None,
+    role: str = PLOT_ROLE,
+):
     """Create, or replace the contents of, a table node from ``{column: values}``; returns the node.
 
     Column types: ``types[column]`` ("double" or "string"), else "double" when every value is a number or
@@ -106,10 +111,19 @@ def table_rows(table) -> list[dict[str, Any]]:
     return [{n: cols[n][r] for n in names} for r in range(table.GetNumberOfRows())]
 
 
-def plot_chart(name: str, table, x_column: str, y_columns: Sequence[str], scene=None,
-               title: str | None = None, x_title: str | None = None, y_title: str | None = None,
-               series_names: Sequence[str] | None = None, colors: Sequence[Sequence[float]] | None = None,
-               markers: bool = True):
+def plot_chart(
+    name: str,
+    table,
+    x_column: str,
+    y_columns: Sequence[str],
+    scene=None,
+    title: str | None = None,
+    x_title: str | None = None,
+    y_title: str | None = None,
+    series_names: Sequence[str] | None = None,
+    colors: Sequence[Sequence[float]] | None = None,
+    markers: bool = True,
+):
     """Create, or update in place, a plot chart with one line series per ``y_columns`` read from ``table``.
 
     Series are found again by name, so calling it again (or appending table rows) never duplicates them.
@@ -140,8 +154,9 @@ def plot_chart(name: str, table, x_column: str, y_columns: Sequence[str], scene=
         series.SetXColumnName(x_column)
         series.SetYColumnName(column)
         series.SetPlotType(slicer.vtkMRMLPlotSeriesNode.PlotTypeScatter)
-        series.SetMarkerStyle(slicer.vtkMRMLPlotSeriesNode.MarkerStyleCircle if markers
-                              else slicer.vtkMRMLPlotSeriesNode.MarkerStyleNone)
+        series.SetMarkerStyle(
+            slicer.vtkMRMLPlotSeriesNode.MarkerStyleCircle if markers else slicer.vtkMRMLPlotSeriesNode.MarkerStyleNone
+        )
         if not chart.HasPlotSeriesNodeID(series.GetID()):
             chart.AddAndObservePlotSeriesNodeID(series.GetID())
     return chart

@@ -12,11 +12,18 @@ from .scene_dataset import labels_table
 from .training_params import SOURCE_LABELS, option_tooltips
 
 #: Name filters of the file fields (widget name -> filters of the file dialog).
-NAME_FILTERS = {"manifestPathLineEdit": ["CSV manifest (*.csv)", "All files (*)"],
-                "pretrainedPathLineEdit": ["Weights (*.pth *.pt *.safetensors)", "All files (*)"]}
+NAME_FILTERS = {
+    "manifestPathLineEdit": ["CSV manifest (*.csv)", "All files (*)"],
+    "pretrainedPathLineEdit": ["Weights (*.pth *.pt *.safetensors)", "All files (*)"],
+}
 #: Widgets shown for each dataset source ("manifest", "dhcp", "scene"); the others are hidden.
-SOURCE_WIDGETS = {"manifestLabel": "manifest", "manifestPathLineEdit": "manifest", "dhcpLabel": "dhcp",
-                  "dhcpPathLineEdit": "dhcp", "sceneDatasetWidget": "scene"}
+SOURCE_WIDGETS = {
+    "manifestLabel": "manifest",
+    "manifestPathLineEdit": "manifest",
+    "dhcpLabel": "dhcp",
+    "dhcpPathLineEdit": "dhcp",
+    "sceneDatasetWidget": "scene",
+}
 
 
 def setup_path_fields(ui: Any, on_text: Callable[[str, str], None]) -> None:
@@ -100,6 +107,10 @@ def update_run_widgets(ui: Any, parameterNode: Any, logic: Any) -> None:
 
 
 __all__ = [
-    "NAME_FILTERS", "SOURCE_WIDGETS", "setup_path_fields", "show_dataset", "show_paths_and_source",
+    "NAME_FILTERS",
+    "SOURCE_WIDGETS",
+    "setup_path_fields",
+    "show_dataset",
+    "show_paths_and_source",
     "update_run_widgets",
 ]

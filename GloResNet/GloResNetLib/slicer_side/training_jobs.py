@@ -46,8 +46,9 @@ class DatasetCheck(Job):
 
     name = "gloresnet train --check-only"
 
-    def __init__(self, params: TrainingParameters, python: str | None = None,
-                 env: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self, params: TrainingParameters, python: str | None = None, env: Mapping[str, str] | None = None
+    ) -> None:
         super().__init__(check_args(params), python, env)
         self.dataset = params.dataset_path()
         self.report: dict[str, Any] | None = None
@@ -78,9 +79,14 @@ class TrainingJob(Job):
 
     name = "gloresnet train"
 
-    def __init__(self, args: Sequence[str], monitor: TrainingMonitor | None = None,
-                 run_dir: str | Path | None = None, python: str | None = None,
-                 env: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        args: Sequence[str],
+        monitor: TrainingMonitor | None = None,
+        run_dir: str | Path | None = None,
+        python: str | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
         super().__init__(args, python, env)
         self.monitor = monitor
         self.run_dir = Path(run_dir) if run_dir else None
@@ -136,9 +142,13 @@ class TrainingJob(Job):
         return lines
 
 
-def start_training(params: TrainingParameters, monitor: TrainingMonitor | None = None,
-                   python: str | None = None, env: Mapping[str, str] | None = None,
-                   validate: bool = True) -> TrainingJob:
+def start_training(
+    params: TrainingParameters,
+    monitor: TrainingMonitor | None = None,
+    python: str | None = None,
+    env: Mapping[str, str] | None = None,
+    validate: bool = True,
+) -> TrainingJob:
     """Validate the parameters and start ``gloresnet train`` in the background (returns at once)."""
     params = params.with_run_name()
     if validate:
@@ -149,15 +159,21 @@ def start_training(params: TrainingParameters, monitor: TrainingMonitor | None =
     return TrainingJob(train_args(params), monitor, run_dir, python, env).start()
 
 
-def resume_training(run_dir: str | os.PathLike, monitor: TrainingMonitor | None = None,
-                    device: str | None = None, python: str | None = None,
-                    env: Mapping[str, str] | None = None,
-                    num_threads: int | None = None, cache_dir: str | None = None) -> TrainingJob:
+def resume_training(
+    run_dir: str | os.PathLike,
+    monitor: TrainingMonitor | None = None,
+    device: str | None = None,
+    python: str | None = None,
+    env: Mapping[str, str] | None = None,
+    num_threads: int | None = None,
+    cache_dir: str | None = None,
+) -> TrainingJob:
     """Continue a stopped (or killed) run from its checkpoints: ``gloresnet train --resume RUN_DIR``."""
     run_dir = Path(run_dir).expanduser().resolve()
     if not (run_dir / "config.json").is_file():
-        raise InputError(f"{run_dir}: not a training run folder (no config.json) - nothing to resume; "
-                         "start it again instead")
+        raise InputError(
+            f"{run_dir}: not a training run folder (no config.json) - nothing to resume; start it again instead"
+        )
     if monitor is not None and monitor.run_dir != run_dir:
         monitor.reset(run_dir)
         monitor.load_run(run_dir)
@@ -180,8 +196,10 @@ class HeldOutCase:
     @property
     def description(self) -> str:
         name = "BI" if self.label == 1 else "no BI"
-        return (f"{self.path.name} (true label {name}; held out from fold {self.fold}'s model, "
-                f"its P(BI) there {self.probability:.2f})")
+        return (
+            f"{self.path.name} (true label {name}; held out from fold {self.fold}'s model, "
+            f"its P(BI) there {self.probability:.2f})"
+        )
 
 
 def pick_heldout_case(run_dir: str | os.PathLike) -> HeldOutCase | None:
@@ -189,8 +207,7 @@ def pick_heldout_case(run_dir: str | os.PathLike) -> HeldOutCase | None:
     injury its fold's model found with the highest probability, else the highest-probability BI case, else any
     case; None if there are no predictions yet or the files are gone."""
     run_dir = Path(run_dir)
-    files = [run_dir / "oof.csv"] if (run_dir / "oof.csv").is_file() else \
-        sorted(run_dir.glob("fold_*/predictions.csv"))
+    files = [run_dir / "oof.csv"] if (run_dir / "oof.csv").is_file() else sorted(run_dir.glob("fold_*/predictions.csv"))
     rows = []
     for path in files:
         try:
@@ -201,8 +218,14 @@ def pick_heldout_case(run_dir: str | os.PathLike) -> HeldOutCase | None:
     cases = []
     for r in rows:
         try:
-            case = HeldOutCase(Path(r["path"]), int(r["label"]), int(r["fold"]), float(r["probability"]),
-                               r.get("subject", ""), r.get("session", ""))
+            case = HeldOutCase(
+                Path(r["path"]),
+                int(r["label"]),
+                int(r["fold"]),
+                float(r["probability"]),
+                r.get("subject", ""),
+                r.get("session", ""),
+            )
         except (KeyError, ValueError):
             continue
         if case.path.is_file():
@@ -214,6 +237,11 @@ def pick_heldout_case(run_dir: str | os.PathLike) -> HeldOutCase | None:
 
 
 __all__ = [
-    "DatasetCheck", "HeldOutCase", "TrainingJob", "format_report", "pick_heldout_case", "resume_training",
+    "DatasetCheck",
+    "HeldOutCase",
+    "TrainingJob",
+    "format_report",
+    "pick_heldout_case",
+    "resume_training",
     "start_training",
 ]

@@ -252,20 +252,28 @@ class TrainingLogic:
         if outcome == "stopped":
             return Outcome(monitor.status if job.resumable else "Stopped before training: Start again.")
         if outcome == "cancelled":
-            return Outcome("Cancelled. Resume continues from the last saved checkpoint." if job.resumable
-                           else "Cancelled.")
+            return Outcome(
+                "Cancelled. Resume continues from the last saved checkpoint." if job.resumable else "Cancelled."
+            )
         diagnosis = job.diagnosis()
         message = job.failure_message() or "The training failed."
-        return Outcome(diagnosis.message if diagnosis else message.splitlines()[0], error="GloResNet training failed.",
-                       detail=message, offerCpu=bool(diagnosis is not None and diagnosis.offer_cpu and job.resumable))
+        return Outcome(
+            diagnosis.message if diagnosis else message.splitlines()[0],
+            error="GloResNet training failed.",
+            detail=message,
+            offerCpu=bool(diagnosis is not None and diagnosis.offer_cpu and job.resumable),
+        )
 
     def keepLiveNodes(self, job, p) -> None:
         """Once the first curves exist: keep them in the parameter node and show them (once per run)."""
         nodes = self.monitor.nodes()
         if not p or nodes["loss_chart"] is None or job.monitor is None:
             return
-        p.metricsTable, p.lossChart, p.metricChart = (nodes["metrics_table"], nodes["loss_chart"],
-                                                      nodes["metric_chart"])
+        p.metricsTable, p.lossChart, p.metricChart = (
+            nodes["metrics_table"],
+            nodes["loss_chart"],
+            nodes["metric_chart"],
+        )
         if self._shownRun != job.run_dir:
             self._shownRun = job.run_dir
             self.showResults(p)
@@ -275,10 +283,12 @@ class TrainingLogic:
         """Loss and metric charts side by side over the metrics table (a layout of their own), each in the view
         node its layout names (views.show_training_results), not the layout manager's n-th view."""
         nodes = self.monitor.nodes()
-        views.show_training_results(slicer.app.layoutManager().layoutLogic().GetLayoutNode(),
-                                    loss_chart=nodes["loss_chart"] or p.lossChart,
-                                    metric_chart=nodes["metric_chart"] or p.metricChart,
-                                    metrics_table=nodes["metrics_table"] or p.metricsTable)
+        views.show_training_results(
+            slicer.app.layoutManager().layoutLogic().GetLayoutNode(),
+            loss_chart=nodes["loss_chart"] or p.lossChart,
+            metric_chart=nodes["metric_chart"] or p.metricChart,
+            metrics_table=nodes["metrics_table"] or p.metricsTable,
+        )
 
     @staticmethod
     def openInGloResNet(bundlePath, casePath=None):

@@ -22,20 +22,41 @@ from .scene_dataset import PREFIX
 from .tables import plot_chart, table_from_columns
 
 TRAINING_ROLE = "GloResNetTraining"
-CURVE_COLUMNS = {"Epoch": "double", "Training loss": "double", "Validation loss": "double",
-                 "Validation AUC": "double", "Validation accuracy": "double", "Learning rate": "double"}
+CURVE_COLUMNS = {
+    "Epoch": "double",
+    "Training loss": "double",
+    "Validation loss": "double",
+    "Validation AUC": "double",
+    "Validation accuracy": "double",
+    "Learning rate": "double",
+}
 
 
-METRIC_NAMES = {"accuracy": "Accuracy", "balanced_accuracy": "Balanced accuracy",
-                "sensitivity": "Sensitivity", "specificity": "Specificity", "auc": "AUC", "f1": "F1"}
+METRIC_NAMES = {
+    "accuracy": "Accuracy",
+    "balanced_accuracy": "Balanced accuracy",
+    "sensitivity": "Sensitivity",
+    "specificity": "Specificity",
+    "auc": "AUC",
+    "f1": "F1",
+}
 
 
 HISTORY_KEYS = ("train_loss", "val_loss", "val_auc", "val_accuracy", "lr")
 
 
-FOLD_COLORS = ((0.12, 0.47, 0.71), (1.0, 0.5, 0.05), (0.17, 0.63, 0.17), (0.84, 0.15, 0.16),
-               (0.58, 0.4, 0.74), (0.55, 0.34, 0.29), (0.89, 0.47, 0.76), (0.5, 0.5, 0.5),
-               (0.74, 0.74, 0.13), (0.09, 0.75, 0.81))
+FOLD_COLORS = (
+    (0.12, 0.47, 0.71),
+    (1.0, 0.5, 0.05),
+    (0.17, 0.63, 0.17),
+    (0.84, 0.15, 0.16),
+    (0.58, 0.4, 0.74),
+    (0.55, 0.34, 0.29),
+    (0.89, 0.47, 0.76),
+    (0.5, 0.5, 0.5),
+    (0.74, 0.74, 0.13),
+    (0.09, 0.75, 0.81),
+)
 
 
 def format_duration(seconds: float | None) -> str:
@@ -170,8 +191,7 @@ class TrainingMonitor:
         self.status = "done: " + self.summary_text()
         if self.bundle is not None and self.models_folder:
             try:
-                self.registered = register_run_bundle(self.bundle, self.models_folder,
-                                                      verify=self.register_verify)
+                self.registered = register_run_bundle(self.bundle, self.models_folder, verify=self.register_verify)
                 self.status += f" - model registered as {self.registered.name}"
             except (OSError, ValueError, InputError) as exc:
                 self.registration_error = f"could not register the bundle in {self.models_folder}: {exc}"
@@ -185,8 +205,9 @@ class TrainingMonitor:
         if fold is None or epoch is None:
             self.status = "stopped while preparing the data, before training began"
             return
-        self.status = f"stopped at fold {int(fold) + 1}, epoch {int(epoch) + 1}; the checkpoint is kept - " \
-                      "Resume continues"
+        self.status = (
+            f"stopped at fold {int(fold) + 1}, epoch {int(epoch) + 1}; the checkpoint is kept - Resume continues"
+        )
 
     def _on_error(self, e: Mapping[str, Any]) -> None:
         self.errors.append(str(e.get("message", "")))
@@ -215,7 +236,9 @@ class TrainingMonitor:
         k = len(self.fold_metrics) or self.folds
         return f"{k}-fold CV: " + ", ".join(
             f"{METRIC_NAMES[m]} {_fmt(s.get('mean'))} ± {_fmt(s.get('sd'))} (best {_fmt(s.get('best'))})"
-            for m in ("accuracy", "sensitivity", "specificity", "auc") if (s := self.summary.get(m)))
+            for m in ("accuracy", "sensitivity", "specificity", "auc")
+            if (s := self.summary.get(m))
+        )
 
     def _with_best_folds(self, summary: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
         for name, s in summary.items():
@@ -303,20 +326,38 @@ class TrainingMonitor:
             "Learning rate": [_number(r.get("lr")) for _, r in rows],
         }
         existing = self.curve_table(fold)
-        table = table_from_columns(self.curve_table_name(fold), columns, scene=scene, node=existing,
-                                        types=CURVE_COLUMNS)
+        table = table_from_columns(
+            self.curve_table_name(fold), columns, scene=scene, node=existing, types=CURVE_COLUMNS
+        )
         table.SetAttribute(TRAINING_ROLE, "curves")
         color = FOLD_COLORS[fold % len(FOLD_COLORS)]
         for chart_name, ys, labels, y_title in (
-                (self.loss_chart_name, ["Training loss", "Validation loss"],
-                 [f"fold {fold} training", f"fold {fold} validation"], "loss (weighted cross-entropy)"),
-                (self.metric_chart_name, ["Validation AUC", "Validation accuracy"],
-                 [f"fold {fold} AUC", f"fold {fold} accuracy"], "validation metric")):
-            chart = plot_chart(chart_name, table, "Epoch", ys, scene=scene, x_title="epoch",
-                                    y_title=y_title, series_names=labels, colors=[color, color])
+            (
+                self.loss_chart_name,
+                ["Training loss", "Validation loss"],
+                [f"fold {fold} training", f"fold {fold} validation"],
+                "loss (weighted cross-entropy)",
+            ),
+            (
+                self.metric_chart_name,
+                ["Validation AUC", "Validation accuracy"],
+                [f"fold {fold} AUC", f"fold {fold} accuracy"],
+                "validation metric",
+            ),
+        ):
+            chart = plot_chart(
+                chart_name,
+                table,
+                "Epoch",
+                ys,
+                scene=scene,
+                x_title="epoch",
+                y_title=y_title,
+                series_names=labels,
+                colors=[color, color],
+            )
             chart.SetAttribute(TRAINING_ROLE, "chart")
-            dashed = find_node(scene, "vtkMRMLPlotSeriesNode", PLOT_ROLE,
-                                    f"{chart_name}: {labels[1]}")
+            dashed = find_node(scene, "vtkMRMLPlotSeriesNode", PLOT_ROLE, f"{chart_name}: {labels[1]}")
             if dashed is not None:
                 dashed.SetLineStyle(dashed.LineStyleDash)
 
@@ -337,8 +378,9 @@ class TrainingMonitor:
             columns[METRIC_NAMES[m]] = [_number(r.get(m)) for r in rows]
         columns["Note"] = notes
         types = {"Fold": "string", "Note": "string", **{METRIC_NAMES[m]: "double" for m in SUMMARY_METRICS}}
-        table = table_from_columns(self.metrics_table_name, columns, scene=get_scene(self.scene),
-                                        node=self.metrics_table, types=types)
+        table = table_from_columns(
+            self.metrics_table_name, columns, scene=get_scene(self.scene), node=self.metrics_table, types=types
+        )
         table.SetAttribute(TRAINING_ROLE, "metrics")
 
     def _stat_note(self, stat: str) -> str:
@@ -348,8 +390,11 @@ class TrainingMonitor:
             return note + (f"; {self.warning}" if self.warning else "")
         if stat == "sd":
             return "sample standard deviation over folds"
-        best = [f"{METRIC_NAMES[m]}: fold {s['best_fold']}" for m in SUMMARY_METRICS
-                if (s := self.summary.get(m)) and s.get("best_fold") is not None]
+        best = [
+            f"{METRIC_NAMES[m]}: fold {s['best_fold']}"
+            for m in SUMMARY_METRICS
+            if (s := self.summary.get(m)) and s.get("best_fold") is not None
+        ]
         return "best fold per metric" + (f" ({', '.join(best)})" if best else "")
 
     def _clear_nodes(self) -> None:
@@ -363,14 +408,17 @@ class TrainingMonitor:
             role = table.GetAttribute(TRAINING_ROLE)
             if role in ("curves", "metrics") and (table.GetName() or "").startswith(self.prefix):
                 columns = CURVE_COLUMNS if role == "curves" else {"Fold": "string"}
-                table_from_columns(table.GetName(), {c: [] for c in columns}, scene=scene, node=table,
-                                        types=columns)
+                table_from_columns(table.GetName(), {c: [] for c in columns}, scene=scene, node=table, types=columns)
 
     def nodes(self) -> dict[str, Any]:
         """The nodes showing this run (charts, metrics table, curve tables by fold) that exist so far."""
         curves = {k: self.curve_table(k) for k in sorted(self.history)}
-        return {"loss_chart": self.loss_chart, "metric_chart": self.metric_chart,
-                "metrics_table": self.metrics_table, "curve_tables": {k: v for k, v in curves.items() if v}}
+        return {
+            "loss_chart": self.loss_chart,
+            "metric_chart": self.metric_chart,
+            "metrics_table": self.metrics_table,
+            "curve_tables": {k: v for k, v in curves.items() if v},
+        }
 
 
 def _fmt(value: Any) -> str:
@@ -379,11 +427,17 @@ def _fmt(value: Any) -> str:
 
 
 def _metric_line(metrics: Mapping[str, Any]) -> str:
-    return ", ".join(f"{METRIC_NAMES[m]} {_fmt(metrics.get(m))}" for m in ("accuracy", "sensitivity",
-                                                                           "specificity", "auc"))
+    return ", ".join(
+        f"{METRIC_NAMES[m]} {_fmt(metrics.get(m))}" for m in ("accuracy", "sensitivity", "specificity", "auc")
+    )
 
 
 __all__ = [
-    "CURVE_COLUMNS", "FOLD_COLORS", "HISTORY_KEYS", "METRIC_NAMES", "TRAINING_ROLE", "TrainingMonitor",
+    "CURVE_COLUMNS",
+    "FOLD_COLORS",
+    "HISTORY_KEYS",
+    "METRIC_NAMES",
+    "TRAINING_ROLE",
+    "TrainingMonitor",
     "format_duration",
 ]

@@ -45,12 +45,26 @@ SOURCES = ("manifest", "dhcp", "scene")
 SOURCE_LABELS = {"CSV manifest": "manifest", "dHCP folder": "dhcp", "Volumes in the scene": "scene"}
 DEVICES = ("auto", "cpu", "cuda")
 #: Parameter-node field of the GloResNetTraining module -> :class:`TrainingParameters` field.
-GUI_FIELDS = {"source": "source", "manifestPath": "manifest", "dhcpFolder": "dhcp",
-              "outputFolder": "output_folder", "runName": "run_name", "arch": "arch", "width": "widths",
-              "folds": "folds", "epochs": "epochs", "batchSize": "batch_size", "learningRate": "lr",
-              "mixupAlpha": "mixup_alpha", "classWeights": "class_weights", "inputSize": "size",
-              "pretrainedPath": "pretrained", "device": "device", "seed": "seed",
-              "syntheticData": "synthetic"}
+GUI_FIELDS = {
+    "source": "source",
+    "manifestPath": "manifest",
+    "dhcpFolder": "dhcp",
+    "outputFolder": "output_folder",
+    "runName": "run_name",
+    "arch": "arch",
+    "width": "widths",
+    "folds": "folds",
+    "epochs": "epochs",
+    "batchSize": "batch_size",
+    "learningRate": "lr",
+    "mixupAlpha": "mixup_alpha",
+    "classWeights": "class_weights",
+    "inputSize": "size",
+    "pretrainedPath": "pretrained",
+    "device": "device",
+    "seed": "seed",
+    "syntheticData": "synthetic",
+}
 #: The training settings the presets set (:meth:`TrainingParameters.apply_paper_defaults`, ``apply_cpu_demo``).
 PRESET_FIELDS = ("arch", "folds", "epochs", "batch_size", "lr", "mixup_alpha", "class_weights", "size", "device")
 
@@ -125,8 +139,15 @@ class TrainingParameters:
     def apply_cpu_demo(self) -> TrainingParameters:
         """These parameters with the CPU demo settings (dataset, output, seed and flags kept; the settings it
         does not name are the paper's)."""
-        return self.apply_paper_defaults().replace(arch="resnet10_dilated", widths=WIDTH_PRESETS["quarter"],
-                                                   epochs=30, batch_size=8, size=64, pretrained="", device="cpu")
+        return self.apply_paper_defaults().replace(
+            arch="resnet10_dilated",
+            widths=WIDTH_PRESETS["quarter"],
+            epochs=30,
+            batch_size=8,
+            size=64,
+            pretrained="",
+            device="cpu",
+        )
 
     def apply_paper_defaults(self) -> TrainingParameters:
         """These parameters with the paper's training settings (dataset, output, seed and flags kept)."""
@@ -197,13 +218,26 @@ class TrainingParameters:
         """The :class:`~GloResNetLib.training.config.TrainConfig` of these parameters (paths absolute, JSON
         progress events on): what :func:`train_args` writes and the command line reads back."""
         return TrainConfig(
-            **_data_options(self), out=str(self.run_dir), arch=self.arch,
-            arch_params={"widths": [int(w) for w in self.widths]} if self.widths else {}, folds=int(self.folds),
-            epochs=int(self.epochs), batch_size=int(self.batch_size), lr=float(self.lr),
-            mixup_alpha=float(self.mixup_alpha), class_weights=bool(self.class_weights), size=int(self.size),
-            pretrained=_absolute(self.pretrained), device=self.device or "auto", seed=int(self.seed),
-            synthetic=bool(self.synthetic), num_threads=self.num_threads or None,
-            cache_dir=_absolute(self.cache_dir), tensorboard=bool(self.tensorboard), progress_json=True)
+            **_data_options(self),
+            out=str(self.run_dir),
+            arch=self.arch,
+            arch_params={"widths": [int(w) for w in self.widths]} if self.widths else {},
+            folds=int(self.folds),
+            epochs=int(self.epochs),
+            batch_size=int(self.batch_size),
+            lr=float(self.lr),
+            mixup_alpha=float(self.mixup_alpha),
+            class_weights=bool(self.class_weights),
+            size=int(self.size),
+            pretrained=_absolute(self.pretrained),
+            device=self.device or "auto",
+            seed=int(self.seed),
+            synthetic=bool(self.synthetic),
+            num_threads=self.num_threads or None,
+            cache_dir=_absolute(self.cache_dir),
+            tensorboard=bool(self.tensorboard),
+            progress_json=True,
+        )
 
     def validate(self, check_files: bool = True) -> TrainingParameters:
         """Refuse bad values with the command line's own messages (:class:`InputError`), before any run."""
@@ -230,8 +264,9 @@ class TrainingParameters:
             check_training_paths({name: getattr(self, f) for name, f in GUI_FIELDS.items()}, self.source)
             run_dir = self.run_dir
             if run_dir.exists() and any(p.name != "train.log" for p in run_dir.iterdir()):
-                raise InputError(f"{run_dir} already exists and is not empty: choose another run name "
-                                 "(or Resume that run)")
+                raise InputError(
+                    f"{run_dir} already exists and is not empty: choose another run name (or Resume that run)"
+                )
         return self
 
 
@@ -251,20 +286,31 @@ def train_args(p: TrainingParameters) -> list[str]:
     return ["train", *p.config().to_argv(), *p.extra_args]
 
 
-def resume_args(run_dir: str | os.PathLike, device: str | None = None, num_threads: int | None = None,
-                cache_dir: str | None = None, tensorboard: bool = True) -> list[str]:
+def resume_args(
+    run_dir: str | os.PathLike,
+    device: str | None = None,
+    num_threads: int | None = None,
+    cache_dir: str | None = None,
+    tensorboard: bool = True,
+) -> list[str]:
     """Arguments continuing a stopped run (its own stored options; only how it runs may change)."""
-    cfg = TrainConfig(resume=_absolute(str(run_dir)), device=device or _default("device"),
-                      num_threads=num_threads or None, cache_dir=_absolute(cache_dir), tensorboard=tensorboard,
-                      progress_json=True)
+    cfg = TrainConfig(
+        resume=_absolute(str(run_dir)),
+        device=device or _default("device"),
+        num_threads=num_threads or None,
+        cache_dir=_absolute(cache_dir),
+        tensorboard=tensorboard,
+        progress_json=True,
+    )
     return ["train", *cfg.to_argv()]
 
 
 def check_args(p: TrainingParameters) -> list[str]:
     """Arguments of the dataset check (``--check-only``: every image read and decoded, the report as JSON;
     the preprocessing cache it fills at this input size is the one training reads)."""
-    cfg = TrainConfig(**_data_options(p), check_only=True, size=int(p.size), cache_dir=_absolute(p.cache_dir),
-                      progress_json=True)
+    cfg = TrainConfig(
+        **_data_options(p), check_only=True, size=int(p.size), cache_dir=_absolute(p.cache_dir), progress_json=True
+    )
     return ["train", *cfg.to_argv()]
 
 
@@ -278,15 +324,33 @@ def can_resume(run_dir: str | os.PathLike | None) -> bool:
 
 def read_training_requirements(requirements_file: str | os.PathLike | None = None) -> list[str]:
     """What training needs in Slicer's Python: the file's requirements plus :data:`TRAINING_REQUIREMENTS`."""
-    reqs = requirements.read_requirements(requirements_file) if requirements_file and Path(
-        requirements_file).is_file() else []
+    reqs = (
+        requirements.read_requirements(requirements_file)
+        if requirements_file and Path(requirements_file).is_file()
+        else []
+    )
     names = {re.split(r"[<>=!~;\[ ]", r, maxsplit=1)[0].lower() for r in reqs}
     extra = [r for r in TRAINING_REQUIREMENTS if re.split(r"[<>=!~]", r, maxsplit=1)[0].lower() not in names]
     return reqs + extra
 
 
 __all__ = [
-    "ARCHITECTURES", "DEVICES", "GUI_FIELDS", "OPTIONS", "PRESET_FIELDS", "SOURCES", "SOURCE_LABELS",
-    "STOPPED_EXIT_CODE", "TRAINING_REQUIREMENTS", "WIDTH_PRESETS", "TrainingParameters", "can_resume", "check_args",
-    "default_run_name", "option_tooltips", "read_training_requirements", "resume_args", "train_args",
+    "ARCHITECTURES",
+    "DEVICES",
+    "GUI_FIELDS",
+    "OPTIONS",
+    "PRESET_FIELDS",
+    "SOURCES",
+    "SOURCE_LABELS",
+    "STOPPED_EXIT_CODE",
+    "TRAINING_REQUIREMENTS",
+    "WIDTH_PRESETS",
+    "TrainingParameters",
+    "can_resume",
+    "check_args",
+    "default_run_name",
+    "option_tooltips",
+    "read_training_requirements",
+    "resume_args",
+    "train_args",
 ]

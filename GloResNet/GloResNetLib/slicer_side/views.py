@@ -22,13 +22,15 @@ TRAINING_RESULTS_LAYOUT = (
     f'<item><view class="{PLOT_VIEW}" singletontag="{LOSS_VIEW}"/></item>'
     f'<item><view class="{PLOT_VIEW}" singletontag="{METRIC_VIEW}"/></item></layout></item>'
     f'<item splitSize="300"><view class="{TABLE_VIEW}" singletontag="{TABLE_VIEW_TAG}"/></item>'
-    '</layout>')
+    "</layout>"
+)
 
 
 def layout_views(description: str) -> dict[str, str]:
     """The views of a layout XML: ``{singletontag: view node class}``."""
-    return {v.get("singletontag"): v.get("class") for v in ET.fromstring(description).iter("view")
-            if v.get("singletontag")}
+    return {
+        v.get("singletontag"): v.get("class") for v in ET.fromstring(description).iter("view") if v.get("singletontag")
+    }
 
 
 def show_layout(layout_node, layout_id: int, description: str) -> None:
@@ -52,8 +54,13 @@ def layout_view_node(scene, description: str, tag: str, view_class: str):
     return node
 
 
-def place_in_layout(layout_node, layout_id: int, description: str, plots: Mapping[str, object] | None = None,
-                    tables: Mapping[str, object] | None = None) -> dict[str, object]:
+def place_in_layout(
+    layout_node,
+    layout_id: int,
+    description: str,
+    plots: Mapping[str, object] | None = None,
+    tables: Mapping[str, object] | None = None,
+) -> dict[str, object]:
     """Show the layout, then each chart / table in the view the layout XML names.
 
     Args:
@@ -67,8 +74,10 @@ def place_in_layout(layout_node, layout_id: int, description: str, plots: Mappin
     show_layout(layout_node, layout_id, description)
     scene = layout_node.GetScene()
     placed = {}
-    for items, view_class, setter in ((plots or {}, PLOT_VIEW, "SetPlotChartNodeID"),
-                                      (tables or {}, TABLE_VIEW, "SetTableNodeID")):
+    for items, view_class, setter in (
+        (plots or {}, PLOT_VIEW, "SetPlotChartNodeID"),
+        (tables or {}, TABLE_VIEW, "SetTableNodeID"),
+    ):
         for tag, node in items.items():
             view = layout_view_node(scene, description, tag, view_class)
             if node is not None:
@@ -79,9 +88,13 @@ def place_in_layout(layout_node, layout_id: int, description: str, plots: Mappin
 
 def show_training_results(layout_node, loss_chart=None, metric_chart=None, metrics_table=None) -> dict[str, object]:
     """GloResNetTraining's results layout with its two charts and the metrics table (see :func:`place_in_layout`)."""
-    return place_in_layout(layout_node, TRAINING_RESULTS_LAYOUT_ID, TRAINING_RESULTS_LAYOUT,
-                           plots={LOSS_VIEW: loss_chart, METRIC_VIEW: metric_chart},
-                           tables={TABLE_VIEW_TAG: metrics_table})
+    return place_in_layout(
+        layout_node,
+        TRAINING_RESULTS_LAYOUT_ID,
+        TRAINING_RESULTS_LAYOUT,
+        plots={LOSS_VIEW: loss_chart, METRIC_VIEW: metric_chart},
+        tables={TABLE_VIEW_TAG: metrics_table},
+    )
 
 
 def show_table(table) -> bool:
@@ -97,7 +110,17 @@ def show_table(table) -> bool:
 
 
 __all__ = [
-    "LOSS_VIEW", "METRIC_VIEW", "PLOT_VIEW", "TABLE_VIEW", "TABLE_VIEW_TAG", "TRAINING_RESULTS_LAYOUT",
-    "TRAINING_RESULTS_LAYOUT_ID", "layout_view_node", "layout_views", "place_in_layout", "show_layout",
-    "show_table", "show_training_results",
+    "LOSS_VIEW",
+    "METRIC_VIEW",
+    "PLOT_VIEW",
+    "TABLE_VIEW",
+    "TABLE_VIEW_TAG",
+    "TRAINING_RESULTS_LAYOUT",
+    "TRAINING_RESULTS_LAYOUT_ID",
+    "layout_view_node",
+    "layout_views",
+    "place_in_layout",
+    "show_layout",
+    "show_table",
+    "show_training_results",
 ]

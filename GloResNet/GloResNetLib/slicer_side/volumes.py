@@ -38,12 +38,13 @@ def check_volume_node(node, name: str | None = None) -> None:
     if image is None or image.GetNumberOfPoints() == 0:
         raise InputError(f"{name}: volume has no image data")
     if image.GetNumberOfScalarComponents() != 1:
-        raise InputError(f"{name}: image has {image.GetNumberOfScalarComponents()} components per voxel "
-                         "(colour or vector image); a scalar T2w volume is needed")
+        raise InputError(
+            f"{name}: image has {image.GetNumberOfScalarComponents()} components per voxel "
+            "(colour or vector image); a scalar T2w volume is needed"
+        )
     dims = image.GetDimensions()
     if min(dims) < 2:
-        raise InputError(f"{name}: image of size {dims[0]}x{dims[1]}x{dims[2]} is 2D; "
-                         "a 3D T2w volume is needed")
+        raise InputError(f"{name}: image of size {dims[0]}x{dims[1]}x{dims[2]} is 2D; a 3D T2w volume is needed")
 
 
 def volume_to_array(node, dtype: Any = np.float32) -> tuple[np.ndarray, np.ndarray]:
@@ -54,8 +55,7 @@ def volume_to_array(node, dtype: Any = np.float32) -> tuple[np.ndarray, np.ndarr
     return array, ijk_to_ras(node)
 
 
-def update_volume_from_array(node, array: np.ndarray, affine: np.ndarray | None = None,
-                             reference=None) -> None:
+def update_volume_from_array(node, array: np.ndarray, affine: np.ndarray | None = None, reference=None) -> None:
     """Set a volume's voxels from an (I, J, K) array and its geometry from ``affine`` or, exactly, from the
     ``reference`` volume (same origin, spacing, directions and parent transform)."""
     array = np.asarray(array)
@@ -74,8 +74,16 @@ def update_volume_from_array(node, array: np.ndarray, affine: np.ndarray | None 
         node.SetAndObserveTransformNodeID(reference.GetTransformNodeID())
 
 
-def output_volume(array: np.ndarray, name: str, affine: np.ndarray | None = None, reference=None, source=None,
-                  role: str | None = None, scene=None, node=None):
+def output_volume(
+    array: np.ndarray,
+    name: str,
+    affine: np.ndarray | None = None,
+    reference=None,
+    source=None,
+    role: str | None = None,
+    scene=None,
+    node=None,
+):
     """Create, or update in place, the scalar volume node holding ``array``; returns it.
 
     The node is found again through ``source.GetNodeReference(role)`` (result of a given input volume) or,
@@ -154,13 +162,21 @@ def input_volumes(scene=None) -> list:
         The volume nodes, in scene order.
     """
     scene = get_scene(scene)
-    nodes = [scene.GetNthNodeByClass(i, "vtkMRMLScalarVolumeNode")
-             for i in range(scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode"))]
-    return [n for n in nodes
-            if not n.GetAttribute(ROLE_ATTRIBUTE) and not n.IsA("vtkMRMLLabelMapVolumeNode")]
+    nodes = [
+        scene.GetNthNodeByClass(i, "vtkMRMLScalarVolumeNode")
+        for i in range(scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode"))
+    ]
+    return [n for n in nodes if not n.GetAttribute(ROLE_ATTRIBUTE) and not n.IsA("vtkMRMLLabelMapVolumeNode")]
 
 
 __all__ = [
-    "check_volume_node", "ijk_to_ras", "input_volumes", "output_volume", "peak_ras", "read_volume_file",
-    "update_volume_from_array", "volume_to_array", "write_volume_file",
+    "check_volume_node",
+    "ijk_to_ras",
+    "input_volumes",
+    "output_volume",
+    "peak_ras",
+    "read_volume_file",
+    "update_volume_from_array",
+    "volume_to_array",
+    "write_volume_file",
 ]

@@ -30,8 +30,9 @@ class Artefacts:
     seeds: tuple[int, ...]
 
 
-def draw_artefacts(rng: np.random.Generator, *, quality_fail: bool = False, strength: float = 1.0,
-                   brain_extracted: bool | None = None) -> Artefacts:
+def draw_artefacts(
+    rng: np.random.Generator, *, quality_fail: bool = False, strength: float = 1.0, brain_extracted: bool | None = None
+) -> Artefacts:
     """Draw artefact settings; ``strength`` 0 turns the random ones off (noise stays), 1 is the default."""
     s = float(strength)
     art = Artefacts(

@@ -35,19 +35,34 @@ BG, CSF, CORTEX, WM, NONBRAIN, VENTRICLE, CEREBELLUM, DGM, BRAINSTEM, HIPPO = ra
 PLIC, SKULL, SCALP, MUSCLE, EYE, CB_WM = 10, 11, 12, 13, 14, 15
 #: Tissue labels of the synthetic label maps: 0-9 are DRAW-EM's 9-tissue numbering (4 is its "background"
 #: inside the head; here non-brain tissue that is not one of 11-14), 10-14 are this generator's own.
-TISSUES = {BG: "background", CSF: "csf", CORTEX: "cortical_grey_matter", WM: "white_matter",
-           NONBRAIN: "non_brain", VENTRICLE: "ventricles", CEREBELLUM: "cerebellum", DGM: "deep_grey_matter",
-           BRAINSTEM: "brainstem", HIPPO: "hippocampus_amygdala", PLIC: "internal_capsule_posterior_limb",
-           SKULL: "skull", SCALP: "scalp", MUSCLE: "muscle", EYE: "eye", CB_WM: "cerebellar_white_matter"}
+TISSUES = {
+    BG: "background",
+    CSF: "csf",
+    CORTEX: "cortical_grey_matter",
+    WM: "white_matter",
+    NONBRAIN: "non_brain",
+    VENTRICLE: "ventricles",
+    CEREBELLUM: "cerebellum",
+    DGM: "deep_grey_matter",
+    BRAINSTEM: "brainstem",
+    HIPPO: "hippocampus_amygdala",
+    PLIC: "internal_capsule_posterior_limb",
+    SKULL: "skull",
+    SCALP: "scalp",
+    MUSCLE: "muscle",
+    EYE: "eye",
+    CB_WM: "cerebellar_white_matter",
+}
 BRAIN_LABELS = (CORTEX, WM, VENTRICLE, CEREBELLUM, DGM, BRAINSTEM, HIPPO, PLIC, CB_WM)
 #: Our labels written as DRAW-EM's 9 tissues (label maps in cohort files use this numbering).
 TO_DRAWEM = {PLIC: WM, CB_WM: CEREBELLUM, SKULL: NONBRAIN, SCALP: NONBRAIN, MUSCLE: NONBRAIN, EYE: NONBRAIN}
 #: Brain volume (ml, inside the brain mask: tissue and ventricles) by post-menstrual age (weeks): the Imperial
 #: neonatal T2 atlas (Serag et al., NeuroImage 2012) as measured in REFERENCES.md.
-BRAIN_VOLUME_ML = {28: 197.0, 30: 232.0, 32: 269.0, 34: 319.0, 36: 377.0, 38: 442.0, 40: 483.0, 42: 536.0,
-                   44: 559.0}
-ANATOMY_SOURCE = ("built-in: ICBM 2009a MNI152 grey/white-matter maps (from nilearn) reshaped to neonatal "
-                  "proportions, folding and brain volume by age")
+BRAIN_VOLUME_ML = {28: 197.0, 30: 232.0, 32: 269.0, 34: 319.0, 36: 377.0, 38: 442.0, 40: 483.0, 42: 536.0, 44: 559.0}
+ANATOMY_SOURCE = (
+    "built-in: ICBM 2009a MNI152 grey/white-matter maps (from nilearn) reshaped to neonatal "
+    "proportions, folding and brain volume by age"
+)
 #: Ages (weeks) at which a folding template is built; a subject uses the nearest.
 TEMPLATE_AGES = (28.0, 30.0, 32.0, 34.0, 36.0, 38.0, 40.0, 42.0, 44.0)
 #: Template-space cortical thickness (mm): about 1.8 mm once scaled to a term brain, 1.45 mm at 28 weeks.
@@ -117,8 +132,10 @@ class Template:
         if "head_box" not in self.cache:
             idx = np.argwhere(self.outside_mm <= 0.0)
             lo, hi = idx.min(0), idx.max(0)
-            self.cache["head_box"] = (self.affine[:3, :3] @ lo + self.affine[:3, 3],
-                                      self.affine[:3, :3] @ hi + self.affine[:3, 3])
+            self.cache["head_box"] = (
+                self.affine[:3, :3] @ lo + self.affine[:3, 3],
+                self.affine[:3, :3] @ hi + self.affine[:3, 3],
+            )
         return self.cache["head_box"]
 
 
@@ -151,17 +168,26 @@ def _reference() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
     # Ventricles: dark CSF components that contain the lateral / third / fourth ventricle seed points.
     tissue_t1 = np.median(t1[brain & (wm > 0.9)])
-    box = ((np.abs(x) < 36) & (y > -52) & (y < 42) & (z > -30) & (z < 36)) \
-        | ((np.abs(x) < 10) & (y > -58) & (y < -32) & (z > -50) & (z <= -30))  # fourth ventricle
+    box = ((np.abs(x) < 36) & (y > -52) & (y < 42) & (z > -30) & (z < 36)) | (
+        (np.abs(x) < 10) & (y > -58) & (y < -32) & (z > -50) & (z <= -30)
+    )  # fourth ventricle
     dark = brain & box & (csf_p > 0.5) & (t1 < 0.5 * tissue_t1) & (depth > 9)
     inv = np.linalg.inv(affine)
     comp, _ = ndimage.label(dark)
-    seeds = [(-14, -5, 20), (14, -5, 20), (-17, 12, 12), (17, 12, 12), (-25, -40, 12), (25, -40, 12),
-             (0, -12, 2), (0, -45, -30)]
+    seeds = [
+        (-14, -5, 20),
+        (14, -5, 20),
+        (-17, 12, 12),
+        (17, 12, 12),
+        (-25, -40, 12),
+        (25, -40, 12),
+        (0, -12, 2),
+        (0, -45, -30),
+    ]
     keep = set()
     for s in seeds:
         i, j, k = np.round(inv[:3, :3] @ np.asarray(s, float) + inv[:3, 3]).astype(int)
-        window = comp[i - 3:i + 4, j - 3:j + 4, k - 3:k + 4]
+        window = comp[i - 3 : i + 4, j - 3 : j + 4, k - 3 : k + 4]
         ids = np.unique(window[window > 0])
         keep.update(int(v) for v in ids)
     vent = np.isin(comp, sorted(keep)) & (depth > 4)
@@ -190,8 +216,17 @@ def _reference() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     labels[capsule] = PLIC
 
     # Hippocampus and amygdala: grey matter of the medial temporal lobe.
-    hippo = brain & (labels == CORTEX) & (np.abs(x) > 16) & (np.abs(x) < 38) & (y > -42) & (y < 2) \
-        & (z > -30) & (z < -4) & (depth > 7)
+    hippo = (
+        brain
+        & (labels == CORTEX)
+        & (np.abs(x) > 16)
+        & (np.abs(x) < 38)
+        & (y > -42)
+        & (y < 2)
+        & (z > -30)
+        & (z < -4)
+        & (depth > 7)
+    )
     labels[hippo] = HIPPO
     envelope = ndimage.binary_closing(brain, structure=_ball(3), iterations=1)
     envelope = ndimage.binary_fill_holes(envelope)
@@ -199,8 +234,8 @@ def _reference() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def _ball(r: int) -> np.ndarray:
-    g = np.mgrid[-r:r + 1, -r:r + 1, -r:r + 1]
-    return (g ** 2).sum(0) <= r * r
+    g = np.mgrid[-r : r + 1, -r : r + 1, -r : r + 1]
+    return (g**2).sum(0) <= r * r
 
 
 def _mm_grids(shape, affine) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -218,8 +253,7 @@ def _fold(labels: np.ndarray, envelope: np.ndarray, age_weeks: float) -> np.ndar
     depth = ndimage.distance_transform_edt(envelope, sampling=STEP_MM)
     cerebral = ~np.isin(labels, (CEREBELLUM, BRAINSTEM))
     wm_like = np.isin(labels, (WM, VENTRICLE, DGM, PLIC, HIPPO)) & cerebral
-    smooth = ndimage.gaussian_filter(wm_like.astype(np.float32), sigma / STEP_MM) > 0.5 if sigma > 0.5 \
-        else wm_like
+    smooth = ndimage.gaussian_filter(wm_like.astype(np.float32), sigma / STEP_MM) > 0.5 if sigma > 0.5 else wm_like
     keep = (depth > KEEP_DEPTH_MM) | ~cerebral
     new_wm = (smooth | (wm_like & keep)) & envelope
     # The ribbon: a band of CORTEX_MM around the (smoothed) white matter, inside the brain envelope.
@@ -259,8 +293,15 @@ def coarser(fine: Template) -> Template:
     affine[:3, 3] += fine.affine[:3, :3] @ np.full(3, 0.5)
     crop = tuple(slice(0, n) for n in labels.shape)
     voxel_ml = abs(np.linalg.det(affine[:3, :3])) / 1000.0
-    return Template(labels, affine, float(np.isin(labels, BRAIN_LABELS).sum() * voxel_ml), fine.age_weeks,
-                    fine.outside_mm[::2, ::2, ::2][crop], fine.ventricle_mm[::2, ::2, ::2][crop], fine.neonatal)
+    return Template(
+        labels,
+        affine,
+        float(np.isin(labels, BRAIN_LABELS).sum() * voxel_ml),
+        fine.age_weeks,
+        fine.outside_mm[::2, ::2, ::2][crop],
+        fine.ventricle_mm[::2, ::2, ::2][crop],
+        fine.neonatal,
+    )
 
 
 def _cache_file(age: float) -> Path:
@@ -292,10 +333,18 @@ def _cached_fold(age: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.nda
         if hashlib.sha256(raw).hexdigest() == digest_path.read_text().strip():
             with np.load(io.BytesIO(raw), allow_pickle=False) as z:
                 labels, outside_q, vent_q, affine = z["labels"], z["outside"], z["ventricle"], z["affine"]
-            if labels.dtype == outside_q.dtype == vent_q.dtype == np.uint8 and affine.shape == (4, 4) \
-                    and labels.shape == outside_q.shape == vent_q.shape and int(labels.max()) <= max(TISSUES):
-                return (labels, outside_q.astype(np.float32) * _DIST_STEP, vent_q.astype(np.float32) * _DIST_STEP,
-                        affine)
+            if (
+                labels.dtype == outside_q.dtype == vent_q.dtype == np.uint8
+                and affine.shape == (4, 4)
+                and labels.shape == outside_q.shape == vent_q.shape
+                and int(labels.max()) <= max(TISSUES)
+            ):
+                return (
+                    labels,
+                    outside_q.astype(np.float32) * _DIST_STEP,
+                    vent_q.astype(np.float32) * _DIST_STEP,
+                    affine,
+                )
     except (OSError, ValueError, KeyError):
         pass
     base, affine, envelope = _reference()
@@ -312,8 +361,9 @@ def _cached_fold(age: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.nda
         os.replace(tmp, path)
         digest_path.write_text(hashlib.sha256(data).hexdigest() + "\n")
     except OSError as exc:
-        warnings.warn(f"synthetic anatomy cache not written ({exc}); templates are rebuilt in each process",
-                      stacklevel=2)
+        warnings.warn(
+            f"synthetic anatomy cache not written ({exc}); templates are rebuilt in each process", stacklevel=2
+        )
     return labels, outside_q.astype(np.float32) * _DIST_STEP, vent_q.astype(np.float32) * _DIST_STEP, affine
 
 
@@ -324,7 +374,7 @@ def _quantise(dist_mm: np.ndarray) -> np.ndarray:
 def _mode_downsample(labels: np.ndarray) -> np.ndarray:
     """2x label downsampling by the most frequent label of each 2x2x2 block (brain labels win ties)."""
     n = [s // 2 * 2 for s in labels.shape]
-    blocks = labels[:n[0], :n[1], :n[2]].reshape(n[0] // 2, 2, n[1] // 2, 2, n[2] // 2, 2)
+    blocks = labels[: n[0], : n[1], : n[2]].reshape(n[0] // 2, 2, n[1] // 2, 2, n[2] // 2, 2)
     blocks = blocks.transpose(0, 2, 4, 1, 3, 5).reshape(n[0] // 2, n[1] // 2, n[2] // 2, 8)
     counts = np.stack([(blocks == v).sum(-1) for v in range(max(TISSUES) + 1)], axis=-1)
     return counts.argmax(-1).astype(np.uint8)

@@ -30,14 +30,20 @@ from .plan import (
 )
 from .volume import Anatomy, draw_subject, render
 
-MANIFEST_COLUMNS = ("path", "label", "subject", "session", "age_weeks", "ga_weeks", "injury_types",
-                    "mask_path")
+MANIFEST_COLUMNS = ("path", "label", "subject", "session", "age_weeks", "ga_weeks", "injury_types", "mask_path")
 
 
-def synth_session(plan: SessionPlan, seed: int, difficulty: float = DEFAULT_DIFFICULTY, *,
-                  max_dim: int | None = DEFAULT_MAX_DIM, shape: Sequence[int] | None = None,
-                  voxel_size: float | Sequence[float] | None = None, anatomy: Anatomy | None = None,
-                  artefact_strength: float = 1.0):
+def synth_session(
+    plan: SessionPlan,
+    seed: int,
+    difficulty: float = DEFAULT_DIFFICULTY,
+    *,
+    max_dim: int | None = DEFAULT_MAX_DIM,
+    shape: Sequence[int] | None = None,
+    voxel_size: float | Sequence[float] | None = None,
+    anatomy: Anatomy | None = None,
+    artefact_strength: float = 1.0,
+):
     """Render one planned scan; the same ``(plan, seed, ...)`` gives the same arrays, whatever the other scans.
 
     Anatomy and lesion layout come from the subject's generators (shared by its sessions); the scan geometry
@@ -46,10 +52,22 @@ def synth_session(plan: SessionPlan, seed: int, difficulty: float = DEFAULT_DIFF
     check_common(plan.age_weeks, difficulty)
     i, k = plan.subject_index, plan.session_index
     subject = draw_subject(subject_rng(seed, i, 4))
-    return render(subject, plan.age_weeks, plan.injury_types, subject_rng(seed, i, 5), subject_rng(seed, i, 6, k),
-                  subject_rng(seed, i, 7, k), difficulty, shape=shape, voxel_size=voxel_size, max_dim=max_dim,
-                  quality_fail=plan.quality_fail, anatomy=anatomy, anatomy_index=i,
-                  artefact_strength=artefact_strength)
+    return render(
+        subject,
+        plan.age_weeks,
+        plan.injury_types,
+        subject_rng(seed, i, 5),
+        subject_rng(seed, i, 6, k),
+        subject_rng(seed, i, 7, k),
+        difficulty,
+        shape=shape,
+        voxel_size=voxel_size,
+        max_dim=max_dim,
+        quality_fail=plan.quality_fail,
+        anatomy=anatomy,
+        anatomy_index=i,
+        artefact_strength=artefact_strength,
+    )
 
 
 def _write_nifti(path: Path, array: np.ndarray, affine: np.ndarray) -> None:
@@ -90,8 +108,12 @@ def _paths(plan: SessionPlan, bids: bool) -> tuple[str, str | None, str | None, 
     mask = f"masks/{stem}_lesion_mask.nii.gz" if plan.label else None
     if bids:
         anat = f"dhcp/sub-{plan.subject}/ses-{plan.session}/anat"
-        return (f"{anat}/{stem}_desc-restore_T2w.nii.gz", mask, f"{anat}/{stem}_desc-brain_mask.nii.gz",
-                f"{anat}/{stem}_desc-drawem9_dseg.nii.gz")
+        return (
+            f"{anat}/{stem}_desc-restore_T2w.nii.gz",
+            mask,
+            f"{anat}/{stem}_desc-brain_mask.nii.gz",
+            f"{anat}/{stem}_desc-drawem9_dseg.nii.gz",
+        )
     return f"images/{stem}_T2w.nii.gz", mask, None, None
 
 
@@ -110,9 +132,16 @@ def _init_worker(anatomy: Anatomy | None) -> None:
 def _write_session(job: tuple) -> dict:
     plan, seed, difficulty, out, bids, max_dim, shape, voxel_size, anatomy, artefact_strength = job
     anatomy = anatomy if anatomy is not None else _WORKER_ANATOMY
-    img, affine, mask, info = synth_session(plan, seed, difficulty, max_dim=max_dim, shape=shape,
-                                            voxel_size=voxel_size, anatomy=anatomy,
-                                            artefact_strength=artefact_strength)
+    img, affine, mask, info = synth_session(
+        plan,
+        seed,
+        difficulty,
+        max_dim=max_dim,
+        shape=shape,
+        voxel_size=voxel_size,
+        anatomy=anatomy,
+        artefact_strength=artefact_strength,
+    )
     if not np.all(np.isfinite(img)):  # never write a non-finite volume
         raise RuntimeError(f"synthetic scan {plan.subject}/{plan.session} has non-finite values")
     image_rel, mask_rel, brain_rel, labels_rel = _paths(plan, bids)
@@ -123,10 +152,16 @@ def _write_session(job: tuple) -> dict:
         _write_nifti(out / brain_rel, info["brain_mask"], affine)
     if labels_rel:
         _write_nifti(out / labels_rel, info["labels"].astype(np.uint8), affine)
-    return {"head_circumference_cm": info["head_circumference_cm"], "shape": list(info["shape"]),
-            "voxel_size": [round(v, 3) for v in info["voxel_size"]], "orientation": info["orientation"],
-            "lesion_voxels": int(mask.sum()), "brain_volume_ml": info["brain_volume_ml"],
-            "ventricular_index_mm": info["ventricular_index_mm"], "brain_extracted": info["brain_extracted"]}
+    return {
+        "head_circumference_cm": info["head_circumference_cm"],
+        "shape": list(info["shape"]),
+        "voxel_size": [round(v, 3) for v in info["voxel_size"]],
+        "orientation": info["orientation"],
+        "lesion_voxels": int(mask.sum()),
+        "brain_volume_ml": info["brain_volume_ml"],
+        "ventricular_index_mm": info["ventricular_index_mm"],
+        "brain_extracted": info["brain_extracted"],
+    }
 
 
 @dataclass
@@ -143,20 +178,31 @@ class CohortResult:
 
     def summary(self) -> str:
         where = f"; dHCP layout in {self.bids_dir}" if self.bids_dir else ""
-        return (f"synth: wrote {self.n_volumes} volumes ({self.n_volumes - self.n_injured} no BI, "
-                f"{self.n_injured} BI; {self.n_subjects} subjects) in {self.seconds:.1f} s; "
-                f"manifest {self.manifest}{where} ({DISCLAIMER})")
+        return (
+            f"synth: wrote {self.n_volumes} volumes ({self.n_volumes - self.n_injured} no BI, "
+            f"{self.n_injured} BI; {self.n_subjects} subjects) in {self.seconds:.1f} s; "
+            f"manifest {self.manifest}{where} ({DISCLAIMER})"
+        )
 
 
-def generate_cohort(out_dir: str | os.PathLike, n: int = 60, seed: int = 0,
-                    difficulty: float = DEFAULT_DIFFICULTY, bids: bool = False, *,
-                    max_dim: int | None = DEFAULT_MAX_DIM, shape: Sequence[int] | None = None,
-                    voxel_size: float | Sequence[float] | None = None,
-                    bi_fraction: float = DEFAULT_BI_FRACTION,
-                    second_session_fraction: float = DEFAULT_SECOND_SESSION_FRACTION,
-                    n_quality_fail: int | None = None, workers: int = 1,
-                    progress: Callable[[int, int], None] | None = None, anatomy: Anatomy | None = None,
-                    artefact_strength: float = 1.0) -> CohortResult:
+def generate_cohort(
+    out_dir: str | os.PathLike,
+    n: int = 60,
+    seed: int = 0,
+    difficulty: float = DEFAULT_DIFFICULTY,
+    bids: bool = False,
+    *,
+    max_dim: int | None = DEFAULT_MAX_DIM,
+    shape: Sequence[int] | None = None,
+    voxel_size: float | Sequence[float] | None = None,
+    bi_fraction: float = DEFAULT_BI_FRACTION,
+    second_session_fraction: float = DEFAULT_SECOND_SESSION_FRACTION,
+    n_quality_fail: int | None = None,
+    workers: int = 1,
+    progress: Callable[[int, int], None] | None = None,
+    anatomy: Anatomy | None = None,
+    artefact_strength: float = 1.0,
+) -> CohortResult:
     """Write a synthetic cohort of ``n`` scans to ``out_dir`` with ``manifest.csv`` and ``cohort.json``.
 
     Images go to ``images/`` (or, with ``bids``, to the dHCP layout under ``dhcp/`` with ``participants.tsv``,
@@ -178,11 +224,14 @@ def generate_cohort(out_dir: str | os.PathLike, n: int = 60, seed: int = 0,
     if n_quality_fail is None:
         n_quality_fail = (1 if n < 20 else 2) if bids else 0
     start = time.perf_counter()
-    plans = plan_cohort(n, seed, bi_fraction=bi_fraction, second_session_fraction=second_session_fraction,
-                        n_quality_fail=n_quality_fail)
+    plans = plan_cohort(
+        n, seed, bi_fraction=bi_fraction, second_session_fraction=second_session_fraction, n_quality_fail=n_quality_fail
+    )
     out.mkdir(parents=True, exist_ok=True)
-    jobs = [(p, seed, float(difficulty), out, bool(bids), max_dim, shape, voxel_size, anatomy,
-             float(artefact_strength)) for p in plans]
+    jobs = [
+        (p, seed, float(difficulty), out, bool(bids), max_dim, shape, voxel_size, anatomy, float(artefact_strength))
+        for p in plans
+    ]
     if anatomy is None:  # build the templates once (disk cache), before the workers start
         for age in sorted({min(A.TEMPLATE_AGES, key=lambda a, p=p: abs(a - p.age_weeks)) for p in plans}):
             A.template(age, 1)
@@ -198,8 +247,9 @@ def generate_cohort(out_dir: str | os.PathLike, n: int = 60, seed: int = 0,
         # Workers start clean and read the templates from the disk cache built above.
         method = "forkserver" if "forkserver" in _mp_methods() else "spawn"
         jobs = [j[:8] + (None,) + j[9:] for j in jobs]  # the anatomy goes to each worker once
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method),
-                                 initializer=_init_worker, initargs=(anatomy,)) as pool:
+        with ProcessPoolExecutor(
+            workers, mp_context=multiprocessing.get_context(method), initializer=_init_worker, initargs=(anatomy,)
+        ) as pool:
             for k, res in enumerate(pool.map(_write_session, jobs, chunksize=4)):
                 results.append(res)
                 if progress:
@@ -215,9 +265,18 @@ def generate_cohort(out_dir: str | os.PathLike, n: int = 60, seed: int = 0,
         if p.quality_fail:
             continue
         image_rel, mask_rel, _, _ = _paths(p, bids)
-        rows.append({"path": image_rel, "label": p.label, "subject": p.subject, "session": p.session,
-                     "age_weeks": f"{p.age_weeks:.2f}", "ga_weeks": f"{p.ga_weeks:.2f}",
-                     "injury_types": "+".join(p.injury_types), "mask_path": mask_rel or ""})
+        rows.append(
+            {
+                "path": image_rel,
+                "label": p.label,
+                "subject": p.subject,
+                "session": p.session,
+                "age_weeks": f"{p.age_weeks:.2f}",
+                "ga_weeks": f"{p.ga_weeks:.2f}",
+                "injury_types": "+".join(p.injury_types),
+                "mask_path": mask_rel or "",
+            }
+        )
     buf = _io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=MANIFEST_COLUMNS, lineterminator="\n")
     writer.writeheader()
@@ -229,18 +288,32 @@ def generate_cohort(out_dir: str | os.PathLike, n: int = 60, seed: int = 0,
     seconds = time.perf_counter() - start
     n_injured = sum(int(r["label"]) for r in rows)
     meta = {
-        "description": "GloResNet synthetic neonatal T2w cohort", "synthetic": True, "note": DISCLAIMER,
-        "generator": "GloResNetLib.synth", "generator_version": GENERATOR_VERSION, "seed": seed, "n": n,
-        "difficulty": float(difficulty), "bids": bool(bids), "max_dim": max_dim,
+        "description": "GloResNet synthetic neonatal T2w cohort",
+        "synthetic": True,
+        "note": DISCLAIMER,
+        "generator": "GloResNetLib.synth",
+        "generator_version": GENERATOR_VERSION,
+        "seed": seed,
+        "n": n,
+        "difficulty": float(difficulty),
+        "bids": bool(bids),
+        "max_dim": max_dim,
         "shape": list(shape) if shape is not None else None,
         "voxel_size": voxel_size if voxel_size is None or np.isscalar(voxel_size) else list(voxel_size),
-        "bi_fraction": bi_fraction, "second_session_fraction": second_session_fraction,
-        "label_rule": LABEL_RULE, "injury_types": INJURY_DESCRIPTIONS, "tissue_labels": A.TISSUES,
+        "bi_fraction": bi_fraction,
+        "second_session_fraction": second_session_fraction,
+        "label_rule": LABEL_RULE,
+        "injury_types": INJURY_DESCRIPTIONS,
+        "tissue_labels": A.TISSUES,
         "tissue_label_note": "label maps use DRAW-EM's 9-tissue numbering (labels 0-9)",
         "anatomy": anatomy.describe() if anatomy is not None else A.ANATOMY_SOURCE,
         "artefact_strength": float(artefact_strength),
-        "counts": {"volumes": len(rows), "no_bi": len(rows) - n_injured, "bi": n_injured,
-                   "subjects": len({r["subject"] for r in rows})},
+        "counts": {
+            "volumes": len(rows),
+            "no_bi": len(rows) - n_injured,
+            "bi": n_injured,
+            "subjects": len({r["subject"] for r in rows}),
+        },
         "quality_fail_sessions": [f"sub-{p.subject}/ses-{p.session}" for p, _ in scans if p.quality_fail],
         "scans": [{"subject": p.subject, "session": p.session, **r} for p, r in scans],
         "seconds": round(seconds, 2),
@@ -261,17 +334,41 @@ def _write_bids_tables(root: Path, scans: list[tuple[SessionPlan, dict]]) -> Pat
     subjects: dict[str, list[tuple[SessionPlan, dict]]] = {}
     for p, r in scans:
         subjects.setdefault(p.subject, []).append((p, r))
-    _write_tsv(root / "participants.tsv", ("participant_id", "sex", "birth_age", "birth_weight", "singleton"),
-               [(s, v[0][0].sex, f"{v[0][0].ga_weeks:.2f}", f"{v[0][0].birth_weight:.3f}",
-                 "Singleton" if v[0][0].singleton else "Multiple") for s, v in subjects.items()])
+    _write_tsv(
+        root / "participants.tsv",
+        ("participant_id", "sex", "birth_age", "birth_weight", "singleton"),
+        [
+            (
+                s,
+                v[0][0].sex,
+                f"{v[0][0].ga_weeks:.2f}",
+                f"{v[0][0].birth_weight:.3f}",
+                "Singleton" if v[0][0].singleton else "Multiple",
+            )
+            for s, v in subjects.items()
+        ],
+    )
     for s, v in subjects.items():
-        _write_tsv(root / f"sub-{s}" / f"sub-{s}_sessions.tsv",
-                   ("session_id", "scan_age", "scan_head_circumference", "radiology_score", "scan_number",
-                    "sedation"),
-                   [(p.session, f"{p.age_weeks:.2f}", f"{r['head_circumference_cm']:.1f}", p.radiology_score,
-                     p.session_index + 1, p.sedation) for p, r in v])
-    description = {"Name": f"GloResNet synthetic dHCP-like cohort ({DISCLAIMER})", "BIDSVersion": "1.8.0",
-                   "DatasetType": "derivative",
-                   "GeneratedBy": [{"Name": "GloResNetLib.synth", "Version": GENERATOR_VERSION}]}
+        _write_tsv(
+            root / f"sub-{s}" / f"sub-{s}_sessions.tsv",
+            ("session_id", "scan_age", "scan_head_circumference", "radiology_score", "scan_number", "sedation"),
+            [
+                (
+                    p.session,
+                    f"{p.age_weeks:.2f}",
+                    f"{r['head_circumference_cm']:.1f}",
+                    p.radiology_score,
+                    p.session_index + 1,
+                    p.sedation,
+                )
+                for p, r in v
+            ],
+        )
+    description = {
+        "Name": f"GloResNet synthetic dHCP-like cohort ({DISCLAIMER})",
+        "BIDSVersion": "1.8.0",
+        "DatasetType": "derivative",
+        "GeneratedBy": [{"Name": "GloResNetLib.synth", "Version": GENERATOR_VERSION}],
+    }
     write_text_atomic(root / "dataset_description.json", json.dumps(description, indent=1) + "\n")
     return root

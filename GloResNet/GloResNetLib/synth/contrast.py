@@ -15,10 +15,22 @@ from . import anatomy as A
 
 #: Relative T2 intensity (white matter = 1) at 28 and 40 weeks; linear in age between, extrapolated to 44.
 _PATTERN = {
-    A.BG: (0.0, 0.0), A.CSF: (1.38, 1.3), A.VENTRICLE: (1.4, 1.32), A.CORTEX: (0.64, 0.72), A.WM: (1.0, 1.0),
-    A.DGM: (0.7, 0.71), A.HIPPO: (0.72, 0.76), A.PLIC: (0.95, 0.62), A.BRAINSTEM: (0.88, 0.62),
-    A.CEREBELLUM: (0.74, 0.74), A.CB_WM: (0.9, 0.62), A.NONBRAIN: (0.45, 0.45), A.SKULL: (0.07, 0.07),
-    A.SCALP: (0.75, 0.75), A.MUSCLE: (0.42, 0.42), A.EYE: (1.35, 1.35),
+    A.BG: (0.0, 0.0),
+    A.CSF: (1.38, 1.3),
+    A.VENTRICLE: (1.4, 1.32),
+    A.CORTEX: (0.64, 0.72),
+    A.WM: (1.0, 1.0),
+    A.DGM: (0.7, 0.71),
+    A.HIPPO: (0.72, 0.76),
+    A.PLIC: (0.95, 0.62),
+    A.BRAINSTEM: (0.88, 0.62),
+    A.CEREBELLUM: (0.74, 0.74),
+    A.CB_WM: (0.9, 0.62),
+    A.NONBRAIN: (0.45, 0.45),
+    A.SKULL: (0.07, 0.07),
+    A.SCALP: (0.75, 0.75),
+    A.MUSCLE: (0.42, 0.42),
+    A.EYE: (1.35, 1.35),
 }
 N_LABELS = max(A.TISSUES) + 1
 

@@ -28,8 +28,9 @@ def _planes(img: np.ndarray, mask: np.ndarray | None) -> tuple[list[np.ndarray],
     return planes, (orthogonal_planes(mask.astype(np.float32), point) if point is not None else None)
 
 
-def montage_examples(seed: int = 0, voxel_mm: float = 1.2, max_dim: int = 112, twins: bool = True
-                     ) -> list[tuple[str, list[np.ndarray], list[np.ndarray] | None]]:
+def montage_examples(
+    seed: int = 0, voxel_mm: float = 1.2, max_dim: int = 112, twins: bool = True
+) -> list[tuple[str, list[np.ndarray], list[np.ndarray] | None]]:
     """Rendered examples on an axis-aligned RAS grid, three planes each, for :func:`report.montage_png`.
 
     Args:
@@ -41,12 +42,13 @@ def montage_examples(seed: int = 0, voxel_mm: float = 1.2, max_dim: int = 112, t
         ``(title, planes, mask planes or None)`` per example; the planes go through the lesion when there is one.
     """
     out = []
-    kw = {"orientation": "RAS", "rotation_deg": 0.0, "voxel_size": voxel_mm, "max_dim": max_dim,
-          "difficulty": 0.3}
+    kw = {"orientation": "RAS", "rotation_deg": 0.0, "voxel_size": voxel_mm, "max_dim": max_dim, "difficulty": 0.3}
     for k, (age, extracted) in enumerate(AGES):
         img, _, _, info = synth_volume(seed * 100 + k, age, (), brain_extracted=extracted, **kw)
-        title = (f"{age:.0f} w, {'brain-extracted' if extracted else 'whole head'}, no injury "
-                 f"(brain {info['brain_volume_ml']:.0f} ml)")
+        title = (
+            f"{age:.0f} w, {'brain-extracted' if extracted else 'whole head'}, no injury "
+            f"(brain {info['brain_volume_ml']:.0f} ml)"
+        )
         out.append((title, *_planes(img, None)))
     for k, kind in enumerate(INJURY_TYPES):
         s, age = seed * 100 + 10 + k, 34.0 + 2.0 * k

@@ -20,9 +20,21 @@ from .common import input_error as _input_error
 
 DEFAULT_MAX_DIM = 144
 #: Storage orientations (nibabel axis codes) drawn for random scans, with weights.
-ORIENTATIONS = {"RAS": 0.3, "LAS": 0.1, "LPS": 0.2, "LPI": 0.05, "RPI": 0.05, "PSR": 0.06, "ASL": 0.06,
-                "PIR": 0.04, "RSP": 0.05, "LIP": 0.05, "SRA": 0.04}
+ORIENTATIONS = {
+    "RAS": 0.3,
+    "LAS": 0.1,
+    "LPS": 0.2,
+    "LPI": 0.05,
+    "RPI": 0.05,
+    "PSR": 0.06,
+    "ASL": 0.06,
+    "PIR": 0.04,
+    "RSP": 0.05,
+    "LIP": 0.05,
+    "SRA": 0.04,
+}
 _AXIS_CODES = {"R": (0, 1.0), "L": (0, -1.0), "A": (1, 1.0), "P": (1, -1.0), "S": (2, 1.0), "I": (2, -1.0)}
+
 
 def orientation_matrix(code: str) -> np.ndarray:
     """3x3 signed permutation whose column ``a`` is the world (RAS) direction of storage axis ``a``.
@@ -31,8 +43,11 @@ def orientation_matrix(code: str) -> np.ndarray:
     which that storage axis increases.
     """
     code = str(code).upper()
-    if len(code) != 3 or any(c not in _AXIS_CODES for c in code) or \
-            sorted(_AXIS_CODES[c][0] for c in code) != [0, 1, 2]:
+    if (
+        len(code) != 3
+        or any(c not in _AXIS_CODES for c in code)
+        or sorted(_AXIS_CODES[c][0] for c in code) != [0, 1, 2]
+    ):
         raise _input_error(f"orientation '{code}' is not three distinct axis codes from R/L, A/P, S/I")
     mat = np.zeros((3, 3))
     for a, c in enumerate(code):
@@ -73,10 +88,12 @@ class Grid:
         coords = []
         for r in range(3):
             m = self.m[r].astype(np.float32)
-            coords.append((m[0] * idx[0])[:, None, None] + (m[1] * idx[1])[None, :, None]
-                          + (m[2] * idx[2] + np.float32(self.o[r]))[None, None, :])
+            coords.append(
+                (m[0] * idx[0])[:, None, None]
+                + (m[1] * idx[1])[None, :, None]
+                + (m[2] * idx[2] + np.float32(self.o[r]))[None, None, :]
+            )
         return sl, tuple(coords)
-
 
 
 @dataclass
@@ -95,16 +112,26 @@ class Acquisition:
         return Grid(self.shape, m, o)
 
 
-def draw_acquisition(rng: np.random.Generator, head_box, shape=None, voxel_size=None, orientation=None,
-                 rotation_deg=None, max_dim: int | None = DEFAULT_MAX_DIM) -> Acquisition:
+def draw_acquisition(
+    rng: np.random.Generator,
+    head_box,
+    shape=None,
+    voxel_size=None,
+    orientation=None,
+    rotation_deg=None,
+    max_dim: int | None = DEFAULT_MAX_DIM,
+) -> Acquisition:
     """Draw a scan geometry (every draw happens whatever is overridden: overrides never shift the anatomy)."""
     codes = list(ORIENTATIONS)
     weights = np.array([ORIENTATIONS[c] for c in codes])
     code = codes[int(rng.choice(len(codes), p=weights / weights.sum()))]
     anisotropic = rng.random() < 0.4  # thicker slices along the third storage axis (clinical protocols)
     inplane = rng.uniform(0.5, 0.9)
-    vox = np.array([inplane, inplane, rng.uniform(max(0.8, inplane + 0.2), 3.0)]) if anisotropic else \
-        np.full(3, rng.uniform(0.5, 1.2))
+    vox = (
+        np.array([inplane, inplane, rng.uniform(max(0.8, inplane + 0.2), 3.0)])
+        if anisotropic
+        else np.full(3, rng.uniform(0.5, 1.2))
+    )
     angles = rng.uniform(-1.0, 1.0, 3) * np.array([12.0, 8.0, 10.0])  # pitch, roll, yaw (degrees)
     oblique = rotation(rng.uniform(-3.0, 3.0, 3)) if rng.random() < 0.25 else np.eye(3)
     head_centre = np.array([rng.uniform(-8, 8), rng.uniform(-25, 15), rng.uniform(-15, 25)])
@@ -150,7 +177,4 @@ def draw_acquisition(rng: np.random.Generator, head_box, shape=None, voxel_size=
     affine = np.eye(4)
     affine[:3, :3] = a3
     affine[:3, 3] = centre_world - a3 @ ((dims - 1) / 2.0)
-    return Acquisition(affine, tuple(int(d) for d in dims), tuple(float(x) for x in vox), code, head_rot,
-                        head_centre)
-
-
+    return Acquisition(affine, tuple(int(d) for d in dims), tuple(float(x) for x in vox), code, head_rot, head_centre)

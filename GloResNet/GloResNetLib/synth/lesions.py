@@ -29,19 +29,24 @@ from .common import input_error
 INJURY_TYPES = ("pwml", "ivh", "phvd", "cpvl", "cbh")
 INJURY_DESCRIPTIONS = {
     "pwml": "punctate white-matter lesions: small T2-hypointense foci in periventricular white matter and the "
-            "centrum semiovale",
+    "centrum semiovale",
     "ivh": "germinal-matrix / intraventricular haemorrhage: T2-hypointense blood at the caudothalamic groove and "
-           "clot layering in the occipital horn of a lateral ventricle",
+    "clot layering in the occipital horn of a lateral ventricle",
     "phvd": "post-haemorrhagic ventricular dilatation: ventricles enlarged by deformation of the surrounding "
-            "anatomy (mask = the dilated part; ventricular index recorded)",
+    "anatomy (mask = the dilated part; ventricular index recorded)",
     "cpvl": "cystic periventricular leukomalacia: T2-hyperintense cysts in periventricular white matter",
     "cbh": "cerebellar haemorrhage: a T2-hypointense focus in a cerebellar hemisphere",
 }
 #: Lesion size factor at difficulty 0 and 1 (multiplies the radii drawn per type, in neonatal mm).
 LESION_SIZE = (2.6, 0.8)
 #: Host tissues each lesion kind may occupy (the mask is clipped to them).
-HOSTS = {"pwml": (A.WM,), "cpvl": (A.WM,), "gmh": (A.DGM, A.VENTRICLE, A.WM), "clot": (A.VENTRICLE,),
-         "cbh": (A.CEREBELLUM, A.CB_WM)}
+HOSTS = {
+    "pwml": (A.WM,),
+    "cpvl": (A.WM,),
+    "gmh": (A.DGM, A.VENTRICLE, A.WM),
+    "clot": (A.VENTRICLE,),
+    "cbh": (A.CEREBELLUM, A.CB_WM),
+}
 
 
 def check_injuries(injuries: Sequence[str] | str | None) -> tuple[str, ...]:
@@ -107,8 +112,9 @@ def _pick(rng: np.random.Generator, t: A.Template, where: str) -> np.ndarray:
     return pts[int(rng.integers(len(pts)))].astype(np.float64)
 
 
-def place_lesions(rng: np.random.Generator, t: A.Template, injuries: tuple[str, ...], scale: float,
-                  difficulty: float) -> list[Lesion]:
+def place_lesions(
+    rng: np.random.Generator, t: A.Template, injuries: tuple[str, ...], scale: float, difficulty: float
+) -> list[Lesion]:
     """Draw the focal lesions of ``injuries`` (``phvd`` has none: it is a deformation).
 
     Args:
@@ -142,22 +148,42 @@ def place_lesions(rng: np.random.Generator, t: A.Template, injuries: tuple[str, 
         sides = 2 if rng.random() < 0.3 else 1
         for _ in range(sides):
             c = _pick(rng, t, "gmh")
-            out.append(Lesion("ivh", "gmh", c, rng.uniform(2.5, 4.5) * size * np.array([1.0, 1.3, 1.0]),
-                              rng.uniform(0.12, 0.25) + 0.3 * faint))
+            out.append(
+                Lesion(
+                    "ivh",
+                    "gmh",
+                    c,
+                    rng.uniform(2.5, 4.5) * size * np.array([1.0, 1.3, 1.0]),
+                    rng.uniform(0.12, 0.25) + 0.3 * faint,
+                )
+            )
             if rng.random() < 0.75:
                 clot = _pick(rng, t, "clot")
                 clot[2] -= 2.0  # layering: the clot sits in the lowest part of the horn
-                out.append(Lesion("ivh", "clot", clot, rng.uniform(4.5, 8.0) * size * np.ones(3),
-                                  rng.uniform(0.15, 0.3) + 0.3 * faint))
+                out.append(
+                    Lesion(
+                        "ivh",
+                        "clot",
+                        clot,
+                        rng.uniform(4.5, 8.0) * size * np.ones(3),
+                        rng.uniform(0.15, 0.3) + 0.3 * faint,
+                    )
+                )
     if "cbh" in injuries:
         c = _pick(rng, t, "cbh")
-        out.append(Lesion("cbh", "cbh", c, rng.uniform(3.0, 5.0) * size * rng.uniform(0.85, 1.15, 3),
-                          rng.uniform(0.12, 0.25) + 0.3 * faint))
+        out.append(
+            Lesion(
+                "cbh",
+                "cbh",
+                c,
+                rng.uniform(3.0, 5.0) * size * rng.uniform(0.85, 1.15, 3),
+                rng.uniform(0.12, 0.25) + 0.3 * faint,
+            )
+        )
     return out
 
 
-def paint(lesions: list[Lesion], q: np.ndarray, labels: np.ndarray, image: np.ndarray, voxel_t: float
-          ) -> np.ndarray:
+def paint(lesions: list[Lesion], q: np.ndarray, labels: np.ndarray, image: np.ndarray, voxel_t: float) -> np.ndarray:
     """Blend ``lesions`` into ``image`` (in place) and return their mask.
 
     Args:
@@ -189,4 +215,3 @@ def paint(lesions: list[Lesion], q: np.ndarray, labels: np.ndarray, image: np.nd
             inside = frac == frac.max()
         mask[idx] |= inside
     return mask
-

@@ -20,7 +20,8 @@ DEFAULT_SECOND_SESSION_FRACTION = 0.2
 #: Probability of each injury type in an injured subject (at least one is drawn; PHVD usually follows an IVH).
 INJURY_PROBABILITIES = {"pwml": 0.5, "ivh": 0.4, "phvd": 0.2, "cpvl": 0.2, "cbh": 0.15}
 LABEL_RULE = (
-    "label 1 (BI) if the synthetic subject was given at least one focal injury (" + ", ".join(INJURY_TYPES)
+    "label 1 (BI) if the synthetic subject was given at least one focal injury ("
+    + ", ".join(INJURY_TYPES)
     + "), else 0 (no BI); every session of an injured subject is injured. Diffuse excessive high signal in the "
     "white matter (about 35% of subjects of either class) does not count. In the dHCP-style layout "
     "radiology_score is 1-2 for no BI, 3-5 for BI, and 'Q' for sessions that failed quality control "
@@ -79,8 +80,7 @@ def _radiology_score(rng: np.random.Generator, injuries: tuple[str, ...]) -> str
     return "3" if u < 0.9 else "4"
 
 
-def _plan_subject(seed: int, index: int, n_sessions: int, label: int, quality_fail: bool = False
-                  ) -> list[SessionPlan]:
+def _plan_subject(seed: int, index: int, n_sessions: int, label: int, quality_fail: bool = False) -> list[SessionPlan]:
     rng = subject_rng(seed, index, 1)
     u_ga, early_u, a1, a2, a_term, sex_u, bw_z, single_u = rng.random(8)
     ga = 24.0 + 12.0 * u_ga ** (1.15 if label else 0.9)
@@ -99,19 +99,35 @@ def _plan_subject(seed: int, index: int, n_sessions: int, label: int, quality_fa
     for k, age in enumerate(ages):
         srng = subject_rng(seed, index, 3, k)
         score = "Q" if quality_fail else _radiology_score(srng, injuries)
-        plans.append(SessionPlan(subject=subject, session=str(1001 + 2 * index + k), subject_index=index,
-                                 session_index=k, label=int(label), age_weeks=round(float(age), 2),
-                                 ga_weeks=round(float(ga), 2), injury_types=injuries, radiology_score=score,
-                                 sex="female" if sex_u < 0.48 else "male",
-                                 birth_weight=round(birth_weight, 3),
-                                 singleton=bool(single_u < 0.8), sedation=int(srng.random() < 0.05),
-                                 quality_fail=quality_fail))
+        plans.append(
+            SessionPlan(
+                subject=subject,
+                session=str(1001 + 2 * index + k),
+                subject_index=index,
+                session_index=k,
+                label=int(label),
+                age_weeks=round(float(age), 2),
+                ga_weeks=round(float(ga), 2),
+                injury_types=injuries,
+                radiology_score=score,
+                sex="female" if sex_u < 0.48 else "male",
+                birth_weight=round(birth_weight, 3),
+                singleton=bool(single_u < 0.8),
+                sedation=int(srng.random() < 0.05),
+                quality_fail=quality_fail,
+            )
+        )
     return plans
 
 
-def plan_cohort(n: int = 60, seed: int = 0, *, bi_fraction: float = DEFAULT_BI_FRACTION,
-                second_session_fraction: float = DEFAULT_SECOND_SESSION_FRACTION,
-                n_quality_fail: int = 0) -> list[SessionPlan]:
+def plan_cohort(
+    n: int = 60,
+    seed: int = 0,
+    *,
+    bi_fraction: float = DEFAULT_BI_FRACTION,
+    second_session_fraction: float = DEFAULT_SECOND_SESSION_FRACTION,
+    n_quality_fail: int = 0,
+) -> list[SessionPlan]:
     """Plan ``n`` scans (plus ``n_quality_fail`` extra failed-QC scans) without rendering any image.
 
     Some subjects (``second_session_fraction``) get a preterm and a term-equivalent scan; labels are given
@@ -150,4 +166,3 @@ def check_n(n) -> int:
     if value != n or value < 2:
         raise _input_error(f"n must be an integer of at least 2 (got {n!r})")
     return value
-

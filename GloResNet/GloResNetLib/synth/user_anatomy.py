@@ -114,15 +114,32 @@ class UserAnatomy(Anatomy):
         outside = ndimage.distance_transform_edt(~envelope, sampling=spacing).astype(np.float32)
         vent = ndimage.distance_transform_edt(labels != A.VENTRICLE, sampling=spacing).astype(np.float32)
         voxel_ml = float(np.prod(spacing)) / 1000.0
-        return A.Template(labels, affine, float(np.isin(labels, A.BRAIN_LABELS).sum() * voxel_ml), float("nan"),
-                          outside, vent, neonatal=True)
+        return A.Template(
+            labels,
+            affine,
+            float(np.isin(labels, A.BRAIN_LABELS).sum() * voxel_ml),
+            float("nan"),
+            outside,
+            vent,
+            neonatal=True,
+        )
 
 
 def _to_ras_grid(labels: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Nearest-neighbour resampling of a label map onto an axis-aligned RAS grid of about 1 mm."""
     spacing = max(0.8, float(np.cbrt(abs(np.linalg.det(affine[:3, :3])))))
-    corners = np.array([[i, j, k, 1] for i in (0, labels.shape[0] - 1) for j in (0, labels.shape[1] - 1)
-                        for k in (0, labels.shape[2] - 1)], float) @ affine.T
+    corners = (
+        np.array(
+            [
+                [i, j, k, 1]
+                for i in (0, labels.shape[0] - 1)
+                for j in (0, labels.shape[1] - 1)
+                for k in (0, labels.shape[2] - 1)
+            ],
+            float,
+        )
+        @ affine.T
+    )
     lo, hi = corners[:, :3].min(0), corners[:, :3].max(0)
     shape = np.ceil((hi - lo) / spacing).astype(int) + 1
     out_aff = np.diag([spacing, spacing, spacing, 1.0])

@@ -50,8 +50,11 @@ def draw_subject(rng: np.random.Generator) -> Subject:
         shape=_unit_product(np.exp(rng.normal(0.0, 0.05, 3)) * np.array([0.96, 1.06, 0.98])),  # longer AP
         elastic=rng.normal(0.0, 2.0, (3, 4, 4, 4)).astype(np.float32),
         ventricle_k=float(rng.uniform(-3.0, -0.5)),  # MNI152 ventricles are larger than neonatal ones
-        extra_csf_mm=float(rng.uniform(0.8, 3.5)), skull_mm=float(rng.uniform(1.0, 2.0)),
-        scalp_mm=float(rng.uniform(2.0, 4.5)), contrast_seed=int(rng.integers(0, 2**31 - 1)))
+        extra_csf_mm=float(rng.uniform(0.8, 3.5)),
+        skull_mm=float(rng.uniform(1.0, 2.0)),
+        scalp_mm=float(rng.uniform(2.0, 4.5)),
+        contrast_seed=int(rng.integers(0, 2**31 - 1)),
+    )
 
 
 def _unit_product(f: np.ndarray) -> np.ndarray:
@@ -73,13 +76,14 @@ class Anatomy:
 class _Mapping:
     """Head-frame (neonatal mm, origin at the brain centre) <-> template mm for one subject at one age."""
 
-    def __init__(self, subject: Subject, age: float, k_extra: float = 0.0, anatomy: Anatomy | None = None,
-                 index: int = 0):
+    def __init__(
+        self, subject: Subject, age: float, k_extra: float = 0.0, anatomy: Anatomy | None = None, index: int = 0
+    ):
         self.anatomy = anatomy or Anatomy()
         self.index = index
         self.t1 = self.anatomy.template(age, 1, index)
         if self.t1.neonatal:  # a neonatal brain already: only the subject's small size variation
-            self.scale = subject.size ** 0.5
+            self.scale = subject.size**0.5
         else:
             self.scale = (A.brain_volume_ml(age) / self.t1.brain_volume_ml) ** (1.0 / 3.0) * subject.size
         self.factors = self.scale * subject.shape  # neonatal mm per template mm along x, y, z
@@ -103,8 +107,9 @@ class _Mapping:
         q = head / self.factors[:, None] + self.centre[:, None]
         lo, hi = self.box
         u = (q - lo[:, None]) / (hi - lo)[:, None] * 3.0  # control grid 4^3 over the brain box
-        warp = np.stack([ndimage.map_coordinates(self.subject.elastic[a], u, order=1, mode="nearest")
-                         for a in range(3)])
+        warp = np.stack(
+            [ndimage.map_coordinates(self.subject.elastic[a], u, order=1, mode="nearest") for a in range(3)]
+        )
         q = (q + warp).astype(np.float32)
         return self._ventricles(q, self.k if k is None else k)
 
@@ -123,8 +128,9 @@ class _Mapping:
         for a in range(3):
             e = np.zeros((3, 1), np.float32)
             e[a] = h
-            grad[a] = (_sample(t.ventricle_mm, t.affine, qn + e, 1, 99.0)
-                       - _sample(t.ventricle_mm, t.affine, qn - e, 1, 99.0)) / (2 * h)
+            grad[a] = (
+                _sample(t.ventricle_mm, t.affine, qn + e, 1, 99.0) - _sample(t.ventricle_mm, t.affine, qn - e, 1, 99.0)
+            ) / (2 * h)
         norm = np.maximum(np.sqrt((grad * grad).sum(0)), 1e-3)
         g = np.float32(k) * np.exp(-d[near] / lam)
         out = q.copy()
@@ -150,11 +156,12 @@ def _template_points(mapping: _Mapping, grid, shape: tuple[int, int, int], k: fl
     ijk = np.stack(np.meshgrid(*coarse, indexing="ij")).reshape(3, -1)
     head = grid.m.astype(np.float32) @ ijk + grid.o.astype(np.float32)[:, None]
     qc = mapping.to_template(head, k).reshape((3,) + tuple(len(c) for c in coarse))
-    pos = [np.arange(n, dtype=np.float32) * np.float32((len(c) - 1) / max(n - 1, 1)) for n, c in zip(shape, coarse,
-                                                                                                   strict=True)]
+    pos = [
+        np.arange(n, dtype=np.float32) * np.float32((len(c) - 1) / max(n - 1, 1))
+        for n, c in zip(shape, coarse, strict=True)
+    ]
     fine = np.stack(np.meshgrid(*pos, indexing="ij")).reshape(3, -1)
-    return np.stack([ndimage.map_coordinates(qc[a], fine, order=1, mode="nearest", prefilter=False)
-                     for a in range(3)])
+    return np.stack([ndimage.map_coordinates(qc[a], fine, order=1, mode="nearest", prefilter=False) for a in range(3)])
 
 
 def _sample(volume: np.ndarray, affine: np.ndarray, q: np.ndarray, order: int, cval: float) -> np.ndarray:
@@ -205,21 +212,37 @@ def ventricular_index(mapping: _Mapping) -> tuple[float, float]:
     return out[0], out[1]
 
 
-def render(subject: Subject, age: float, injuries: tuple[str, ...], lesion_rng: np.random.Generator,
-           acq_rng: np.random.Generator, art_rng: np.random.Generator, difficulty: float, *,
-           shape=None, voxel_size=None, orientation=None, rotation_deg=None, max_dim=DEFAULT_MAX_DIM,
-           noise: bool = True, bias: bool = True, quality_fail: bool = False, brain_extracted: bool | None = None,
-           artefact_strength: float = 1.0, anatomy: Anatomy | None = None, anatomy_index: int = 0
-           ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
+def render(
+    subject: Subject,
+    age: float,
+    injuries: tuple[str, ...],
+    lesion_rng: np.random.Generator,
+    acq_rng: np.random.Generator,
+    art_rng: np.random.Generator,
+    difficulty: float,
+    *,
+    shape=None,
+    voxel_size=None,
+    orientation=None,
+    rotation_deg=None,
+    max_dim=DEFAULT_MAX_DIM,
+    noise: bool = True,
+    bias: bool = True,
+    quality_fail: bool = False,
+    brain_extracted: bool | None = None,
+    artefact_strength: float = 1.0,
+    anatomy: Anatomy | None = None,
+    anatomy_index: int = 0,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
     """Render one scan; see :func:`synth_volume` for the arguments and returns."""
     has_diffuse, diffuse_u = lesion_rng.random() < DIFFUSE_FRACTION, lesion_rng.uniform(0.5, 1.0)
     k_phvd = lesion_rng.uniform(7.0, 12.0) * (1.15 - 0.6 * difficulty) if "phvd" in injuries else 0.0
     mapping = _Mapping(subject, age, k_phvd, anatomy, anatomy_index)
     les = lesions.place_lesions(lesion_rng, mapping.t1, injuries, mapping.scale, difficulty)
-    acq = draw_acquisition(acq_rng, mapping.head_box(subject), shape, voxel_size, orientation, rotation_deg,
-                           max_dim)
-    art = acq_mod.draw_artefacts(art_rng, quality_fail=quality_fail, strength=artefact_strength,
-                                 brain_extracted=brain_extracted)
+    acq = draw_acquisition(acq_rng, mapping.head_box(subject), shape, voxel_size, orientation, rotation_deg, max_dim)
+    art = acq_mod.draw_artefacts(
+        art_rng, quality_fail=quality_fail, strength=artefact_strength, brain_extracted=brain_extracted
+    )
     grid = acq.grid()
     q = _template_points(mapping, grid, acq.shape)
     voxel_t = float(np.mean(acq.voxel_size)) / mapping.scale
@@ -263,17 +286,27 @@ def render(subject: Subject, age: float, injuries: tuple[str, ...], lesion_rng: 
         drawem[labels == ours] = theirs
     vi = ventricular_index(mapping)
     info = {
-        "age_weeks": float(age), "template_age_weeks": mapping.t1.age_weeks,
-        "injuries": list(injuries), "difficulty": float(difficulty), "voxel_size": acq.voxel_size,
-        "shape": acq.shape, "orientation": acq.orientation,
+        "age_weeks": float(age),
+        "template_age_weeks": mapping.t1.age_weeks,
+        "injuries": list(injuries),
+        "difficulty": float(difficulty),
+        "voxel_size": acq.voxel_size,
+        "shape": acq.shape,
+        "orientation": acq.orientation,
         "brain_volume_ml": round(mapping.t1.brain_volume_ml * float(np.prod(mapping.factors)), 1),
         "head_circumference_cm": round(_head_circumference(mapping, subject), 1),
-        "ventricle_dilation": round(float(mapping.k), 2), "ventricular_index_mm": [round(v, 1) for v in vi],
-        "diffuse_injury": round(diffuse, 3), "n_lesions": len(les) + int("phvd" in injuries),
-        "lesions": [{"kind": x.kind, "part": x.part, "radius_mm": round(float(x.radii.mean() * mapping.scale), 2)}
-                    for x in les],
-        "brain_extracted": bool(art.brain_extracted), "labels": drawem, "labels_full": labels,
-        "brain_mask": brain.astype(np.uint8), "label_names": {k: A.TISSUES[k] for k in range(10)},
+        "ventricle_dilation": round(float(mapping.k), 2),
+        "ventricular_index_mm": [round(v, 1) for v in vi],
+        "diffuse_injury": round(diffuse, 3),
+        "n_lesions": len(les) + int("phvd" in injuries),
+        "lesions": [
+            {"kind": x.kind, "part": x.part, "radius_mm": round(float(x.radii.mean() * mapping.scale), 2)} for x in les
+        ],
+        "brain_extracted": bool(art.brain_extracted),
+        "labels": drawem,
+        "labels_full": labels,
+        "brain_mask": brain.astype(np.uint8),
+        "label_names": {k: A.TISSUES[k] for k in range(10)},
         "quality_fail": bool(quality_fail),
     }
     return img, acq.affine, mask.reshape(shape3).astype(np.uint8), info
@@ -286,13 +319,23 @@ def _head_circumference(mapping: _Mapping, subject: Subject) -> float:
     return float(np.pi * (3 * (a + b) - np.sqrt((3 * a + b) * (a + 3 * b))) / 10.0)
 
 
-def synth_volume(rng_or_seed: int | np.random.Generator = 0, age_weeks: float = 40.0,
-                 injuries: Sequence[str] | str | None = (), shape: Sequence[int] | None = None,
-                 voxel_size: float | Sequence[float] | None = None, orientation: str | None = None, *,
-                 difficulty: float = DEFAULT_DIFFICULTY, rotation_deg: float | Sequence[float] | None = None,
-                 max_dim: int | None = DEFAULT_MAX_DIM, noise: bool = True, bias: bool = True,
-                 quality_fail: bool = False, brain_extracted: bool | None = None,
-                 artefact_strength: float = 1.0) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
+def synth_volume(
+    rng_or_seed: int | np.random.Generator = 0,
+    age_weeks: float = 40.0,
+    injuries: Sequence[str] | str | None = (),
+    shape: Sequence[int] | None = None,
+    voxel_size: float | Sequence[float] | None = None,
+    orientation: str | None = None,
+    *,
+    difficulty: float = DEFAULT_DIFFICULTY,
+    rotation_deg: float | Sequence[float] | None = None,
+    max_dim: int | None = DEFAULT_MAX_DIM,
+    noise: bool = True,
+    bias: bool = True,
+    quality_fail: bool = False,
+    brain_extracted: bool | None = None,
+    artefact_strength: float = 1.0,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
     """One synthetic neonatal T2w volume.
 
     Args:
@@ -318,7 +361,22 @@ def synth_volume(rng_or_seed: int | np.random.Generator = 0, age_weeks: float = 
     rng = as_rng(rng_or_seed)
     seeds = rng.integers(0, 2**63 - 1, size=4)
     subject_rng, lesion_rng, acq_rng, art_rng = (np.random.default_rng(int(s)) for s in seeds)
-    return render(draw_subject(subject_rng), age_weeks, injuries, lesion_rng, acq_rng, art_rng, difficulty,
-                  shape=shape, voxel_size=voxel_size, orientation=orientation, rotation_deg=rotation_deg,
-                  max_dim=max_dim, noise=noise, bias=bias, quality_fail=quality_fail,
-                  brain_extracted=brain_extracted, artefact_strength=artefact_strength)
+    return render(
+        draw_subject(subject_rng),
+        age_weeks,
+        injuries,
+        lesion_rng,
+        acq_rng,
+        art_rng,
+        difficulty,
+        shape=shape,
+        voxel_size=voxel_size,
+        orientation=orientation,
+        rotation_deg=rotation_deg,
+        max_dim=max_dim,
+        noise=noise,
+        bias=bias,
+        quality_fail=quality_fail,
+        brain_extracted=brain_extracted,
+        artefact_strength=artefact_strength,
+    )

@@ -220,7 +220,9 @@ def pretrain_age(
     if not config.out:
         raise InputError("--out DIR is required")
     return run_job(
-        config, progress, stop,
+        config,
+        progress,
+        stop,
         prepare=lambda c: _prepare_out(c, loss, final),
         body=lambda c, run_dir, dist, reporter, stopper: _pretrain(c, loss, final, run_dir, dist, reporter, stopper),
         stopped_error=lambda run_dir, exc: AgeTrainingStopped(run_dir, exc.fold, exc.epoch),
@@ -269,8 +271,7 @@ def _pretrain(
         ]
         if (run_dir / "dataset.json").is_file():
             old = [
-                (s["path"], s.get("sha256"), s.get("age_weeks"))
-                for s in read_json(run_dir / "dataset.json")["samples"]
+                (s["path"], s.get("sha256"), s.get("age_weeks")) for s in read_json(run_dir / "dataset.json")["samples"]
             ]
             new = [(s["path"], s.get("sha256"), s.get("age_weeks")) for s in doc["samples"]]
             if old != new:

@@ -34,8 +34,12 @@ def age_training_data(dataset_doc: dict[str, Any], ages: np.ndarray) -> dict[str
     instead of the label counts, which brain-age training does not use."""
     td = training_data(dataset_doc)
     td.pop("classes", None)
-    td["age_weeks"] = {"min": float(ages.min()), "max": float(ages.max()), "mean": float(ages.mean()),
-                       "sd": float(ages.std())}
+    td["age_weeks"] = {
+        "min": float(ages.min()),
+        "max": float(ages.max()),
+        "mean": float(ages.mean()),
+        "sd": float(ages.std()),
+    }
     td["description"] = (
         f"{'SYNTHETIC data (demonstration only): ' if td['synthetic'] else ''}{td['n']} volumes of "
         f"{td['n_subjects']} subjects, age at scan {ages.min():.1f}-{ages.max():.1f} weeks, from "

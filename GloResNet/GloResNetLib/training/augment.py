@@ -103,9 +103,7 @@ def random_affine(x: torch.Tensor, thetas: np.ndarray | None) -> torch.Tensor:
         return x
     theta = torch.as_tensor(thetas, dtype=torch.float32, device=x.device)
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-    return F.grid_sample(x.float(), grid, mode="bilinear", padding_mode="border", align_corners=False).to(
-        x.dtype
-    )
+    return F.grid_sample(x.float(), grid, mode="bilinear", padding_mode="border", align_corners=False).to(x.dtype)
 
 
 def augment(x: torch.Tensor, flips: np.ndarray, thetas: np.ndarray | None) -> torch.Tensor:

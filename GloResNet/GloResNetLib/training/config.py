@@ -55,57 +55,88 @@ class TrainConfig:
     # data
     manifest: str | None = option(
         help="CSV with path,label[,subject,session,age_weeks,site]; label 0 = no BI, 1 = BI (pretrain-age: "
-        "needs age_weeks)", metavar="CSV", data=True, exclusive="source")
+        "needs age_weeks)",
+        metavar="CSV",
+        data=True,
+        exclusive="source",
+    )
     dhcp: str | None = option(
         help="dHCP BIDS folder (participants.tsv, sub-*/sub-*_sessions.tsv, sub-*/ses-*/anat/)",
-        metavar="ROOT", data=True, exclusive="source")
+        metavar="ROOT",
+        data=True,
+        exclusive="source",
+    )
     out: str | None = option(help="run folder to create", metavar="RUN_DIR")
     skip_bad: bool = option(False, "leave out rows with problems instead of refusing to train", data=True)
     synthetic: bool = option(
-        False, "mark the training data as synthetic in the bundle (automatic when the data folder has a "
-        "cohort.json from `gloresnet synth`)")
+        False,
+        "mark the training data as synthetic in the bundle (automatic when the data folder has a "
+        "cohort.json from `gloresnet synth`)",
+    )
     max_volumes: int | None = option(
-        help="use a seeded, class-balanced subset of about N volumes (whole subjects)", metavar="N", data=True)
+        help="use a seeded, class-balanced subset of about N volumes (whole subjects)", metavar="N", data=True
+    )
     dhcp_label_rule: str = option(
-        "ge3", "radiology score -> label: ge3 = 1-2 no BI, 3-5 BI (GloResNet authors); 3or5 = 3 or 5 BI, 4 "
-        "(non-brain finding) excluded. 'Q' sessions are always excluded", choices=LABEL_RULES, data=True)
+        "ge3",
+        "radiology score -> label: ge3 = 1-2 no BI, 3-5 BI (GloResNet authors); 3or5 = 3 or 5 BI, 4 "
+        "(non-brain finding) excluded. 'Q' sessions are always excluded",
+        choices=LABEL_RULES,
+        data=True,
+    )
     dhcp_preterm_only: bool = option(
-        True, "keep term-born infants too (default: preterm only, birth_age < --dhcp-max-birth-age)",
-        flag="--dhcp-all-ages", data=True)
+        True,
+        "keep term-born infants too (default: preterm only, birth_age < --dhcp-max-birth-age)",
+        flag="--dhcp-all-ages",
+        data=True,
+    )
     dhcp_max_birth_age: float = option(
-        37.0, "preterm filter: gestational age at birth below this", metavar="WEEKS", data=True)
+        37.0, "preterm filter: gestational age at birth below this", metavar="WEEKS", data=True
+    )
     dhcp_sessions: str = option(
-        "all", "which sessions of each infant to use (folds are grouped by infant)", choices=SESSION_CHOICES,
-        data=True)
+        "all", "which sessions of each infant to use (folds are grouped by infant)", choices=SESSION_CHOICES, data=True
+    )
     # preprocessing (re-applied at prediction from the bundle)
     size: int = option(128, "network input size per axis", range=Range(8, 512))
     normalization: str = option(
-        "zscore", "z-score over the whole volume (paper) or the Otsu foreground", choices=NORMALIZATIONS)
+        "zscore", "z-score over the whole volume (paper) or the Otsu foreground", choices=NORMALIZATIONS
+    )
     antialias: bool = option(False, "Gaussian anti-aliasing before shrinking")
     reorient: bool = option(True, "reorient to the canonical (RAS) axes before resizing", cli=False)
     # model
     arch: str = option(
-        "resnet10", "architecture (also resnet10_dilated, resnet18, mrf_dsnet, acs_resnet18, slice_resnet18)")
+        "resnet10", "architecture (also resnet10_dilated, resnet18, mrf_dsnet, acs_resnet18, slice_resnet18)"
+    )
     arch_params: dict[str, Any] = option(
-        help="extra architecture parameters (--widths W1,W2,W3,W4 sets 'widths')", metavar="JSON",
-        default_factory=dict)
+        help="extra architecture parameters (--widths W1,W2,W3,W4 sets 'widths')", metavar="JSON", default_factory=dict
+    )
     pretrained: str | None = option(
         help="backbone weights, classifier keys dropped: MedicalNet resnet_10*.pth (resnet10/18), a torchvision "
         "2D resnet18 state dict (acs_resnet18, slice_resnet18) or pretrain-age's age_backbone.safetensors",
-        metavar="WEIGHTS", default_text="random initialisation")
+        metavar="WEIGHTS",
+        default_text="random initialisation",
+    )
     # cross-validation
     folds: int = option(5, "number of cross-validation folds", data=True, range=Range(low=2))
     seed: int = option(42, "seed of the split and the training", data=True)
     protocol: str = option(
-        "honest", "honest: checkpoint chosen on a grouped validation split inside the training fold; paper: "
-        "chosen on the test fold, as the authors' code (OPTIMISTIC figures; train only)", choices=PROTOCOLS,
-        data=True)
+        "honest",
+        "honest: checkpoint chosen on a grouped validation split inside the training fold; paper: "
+        "chosen on the test fold, as the authors' code (OPTIMISTIC figures; train only)",
+        choices=PROTOCOLS,
+        data=True,
+    )
     val_fraction: float = option(
-        0.2, "share of a training fold's subjects held out for validation", data=True,
-        range=Range(0, 0.5, low_open=True, high_open=True))
+        0.2,
+        "share of a training fold's subjects held out for validation",
+        data=True,
+        range=Range(0, 0.5, low_open=True, high_open=True),
+    )
     select_metric: str = option(
-        "auto", "checkpoint choice (auto: validation loss; accuracy under --protocol paper)",
-        choices=SELECT_METRICS, commands=frozenset({TRAIN}))
+        "auto",
+        "checkpoint choice (auto: validation loss; accuracy under --protocol paper)",
+        choices=SELECT_METRICS,
+        commands=frozenset({TRAIN}),
+    )
     # optimisation
     epochs: int = option(150, "epochs per fold (pretrain-age: and for the final model)", range=Range(low=1))
     batch_size: int = option(32, "optimizer batch size", range=Range(low=2))
@@ -113,49 +144,70 @@ class TrainConfig:
     weight_decay: float = option(0.01, "AdamW weight decay", range=Range(low=0))
     warmup_epochs: int = option(0, "linear warm-up epochs before the cosine (below --epochs)", range=Range(low=0))
     patience: int | None = option(
-        help="early stopping after this many epochs without a better validation score", metavar="EPOCHS",
-        range=Range(low=1), default_text="off")
+        help="early stopping after this many epochs without a better validation score",
+        metavar="EPOCHS",
+        range=Range(low=1),
+        default_text="off",
+    )
     grad_accum: int = option(
-        1, "split each batch into N micro-batches (less memory, same batch)", metavar="N", range=Range(low=1))
+        1, "split each batch into N micro-batches (less memory, same batch)", metavar="N", range=Range(low=1)
+    )
     class_weights: bool = option(
-        True, "unweighted cross-entropy (default: class weights N / (2 N_c) of the training fold)",
-        commands=frozenset({TRAIN}))
+        True,
+        "unweighted cross-entropy (default: class weights N / (2 N_c) of the training fold)",
+        commands=frozenset({TRAIN}),
+    )
     # augmentation
     mixup_alpha: float = option(1.0, "mixup Beta(alpha, alpha), 0 = off", range=Range(low=0))
     flip_prob: float = option(0.5, "random left-right flip probability", range=Range(0, 1))
     affine_degrees: float = option(0.0, "random rotation up to +/- degrees (0 = off)", range=Range(0, 45))
     affine_scale: float = option(
-        0.0, "random zoom up to +/- this fraction (0 = off)", range=Range(0, 0.5, high_open=True))
+        0.0, "random zoom up to +/- this fraction (0 = off)", range=Range(0, 0.5, high_open=True)
+    )
     # evaluation and bundle
     tta: bool = option(True, "evaluate without the left-right flip test-time augmentation")
     threshold: float = option(
-        0.5, "decision threshold on P(BI)", range=Range(0, 1, low_open=True, high_open=True),
-        commands=frozenset({TRAIN}))
+        0.5,
+        "decision threshold on P(BI)",
+        range=Range(0, 1, low_open=True, high_open=True),
+        commands=frozenset({TRAIN}),
+    )
     name: str | None = option(help="bundle name", default_text="the run folder's name", commands=frozenset({TRAIN}))
     # job-level
     fold: int | None = option(
-        help="train only fold K (0-based) in RUN_DIR; run the others as separate jobs", metavar="K", job=True,
-        commands=frozenset({TRAIN}))
+        help="train only fold K (0-based) in RUN_DIR; run the others as separate jobs",
+        metavar="K",
+        job=True,
+        commands=frozenset({TRAIN}),
+    )
     device: str = option("auto", "auto (CUDA if available), cpu or cuda", job=True)
     resume: str | None = option(
         help="continue a stopped or killed run (finished folds are kept), or merge a finished one; refused "
-        "(exit 2, holder named) while another job holds RUN_DIR", metavar="RUN_DIR", job=True,
-        commands=frozenset({TRAIN}))
-    progress_json: bool = option(
-        False, "one JSON progress event per line on stdout (human log on stderr)", job=True)
+        "(exit 2, holder named) while another job holds RUN_DIR",
+        metavar="RUN_DIR",
+        job=True,
+        commands=frozenset({TRAIN}),
+    )
+    progress_json: bool = option(False, "one JSON progress event per line on stdout (human log on stderr)", job=True)
     progress_bar: bool = option(False, "a progress bar on stderr", job=True, cli=False)
     log_to_stderr: bool = option(False, "the human log on stderr", job=True, cli=False)
     cache_dir: str | None = option(
-        help="preprocessing cache", metavar="DIR", job=True,
-        default_text="$GLORESNET_CACHE or ~/.cache/gloresnet/preprocessed")
+        help="preprocessing cache",
+        metavar="DIR",
+        job=True,
+        default_text="$GLORESNET_CACHE or ~/.cache/gloresnet/preprocessed",
+    )
     tensorboard: bool = option(True, "do not write TensorBoard event files", job=True)
     amp: bool = option(True, "no mixed precision on CUDA", job=True)
     check_only: bool = option(
-        False, "read and decode the dataset, print its report and exit (2 if it has problems)", job=True,
-        commands=frozenset({TRAIN}))
+        False,
+        "read and decode the dataset, print its report and exit (2 if it has problems)",
+        job=True,
+        commands=frozenset({TRAIN}),
+    )
     num_threads: int | None = option(
-        help="CPU threads for torch; stored with the run, --resume reuses it", job=True,
-        default_text="torch's choice")
+        help="CPU threads for torch; stored with the run, --resume reuses it", job=True, default_text="torch's choice"
+    )
 
     def validate(self) -> TrainConfig:
         """Check option values.
@@ -242,14 +294,21 @@ class AgeConfig(TrainConfig):
     COMMAND: ClassVar[str] = AGE
 
     mixup_alpha: float = change_option(
-        TrainConfig, "mixup_alpha", 0.0, help="mixup Beta(alpha, alpha) with linearly mixed ages, 0 = off")
+        TrainConfig, "mixup_alpha", 0.0, help="mixup Beta(alpha, alpha) with linearly mixed ages, 0 = off"
+    )
     loss: str = option(
-        "smooth_l1", "loss on the standardised age: smooth L1 (Huber, beta 1 SD) or L1", choices=LOSSES,
-        commands=frozenset({AGE}))
+        "smooth_l1",
+        "loss on the standardised age: smooth L1 (Huber, beta 1 SD) or L1",
+        choices=LOSSES,
+        commands=frozenset({AGE}),
+    )
     final: str = option(
-        "all", "exported weights: all = a final model trained on all data, last epoch; best-fold = the fold "
-        "model with the lowest inner-validation MAE (no extra training)", choices=FINAL_CHOICES,
-        commands=frozenset({AGE}))
+        "all",
+        "exported weights: all = a final model trained on all data, last epoch; best-fold = the fold "
+        "model with the lowest inner-validation MAE (no extra training)",
+        choices=FINAL_CHOICES,
+        commands=frozenset({AGE}),
+    )
 
     def train_config(self) -> TrainConfig:
         """The :class:`TrainConfig` fields of these options."""

@@ -15,8 +15,16 @@ import numpy as np
 from ..errors import DatasetError
 from ..io import VOLUME_SUFFIXES
 
-__all__ = ["CLASS_NAMES", "DatasetReport", "Problem", "Sample", "clean_cell", "has_volume_suffix",
-           "is_synthetic_folder", "parse_float"]
+__all__ = [
+    "CLASS_NAMES",
+    "DatasetReport",
+    "Problem",
+    "Sample",
+    "clean_cell",
+    "has_volume_suffix",
+    "is_synthetic_folder",
+    "parse_float",
+]
 
 CLASS_NAMES = ("no BI", "BI")
 
@@ -117,9 +125,7 @@ class DatasetReport:
         lines += [f"  note: {n}" for n in self.notes]
         if self.problems:
             kinds = Counter(p.kind for p in self.problems)
-            lines.append(
-                f"{len(self.problems)} problem(s): " + ", ".join(f"{v} {k}" for k, v in kinds.items())
-            )
+            lines.append(f"{len(self.problems)} problem(s): " + ", ".join(f"{v} {k}" for k, v in kinds.items()))
             lines += [f"  - {p}" for p in sorted(self.problems, key=lambda p: p.line)]
         return "\n".join(lines)
 
@@ -132,9 +138,7 @@ class DatasetReport:
             )
         cc = self.class_counts()
         if min(cc.values()) == 0:
-            raise DatasetError(
-                f"dataset {self.source}: needs volumes of both classes, has {cc}\n{self.format()}"
-            )
+            raise DatasetError(f"dataset {self.source}: needs volumes of both classes, has {cc}\n{self.format()}")
 
     def to_dict(self) -> dict[str, Any]:
         return {

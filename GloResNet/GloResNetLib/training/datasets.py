@@ -41,8 +41,17 @@ from .dataset_report import (
 )
 from .dhcp import read_dhcp
 
-__all__ = ["CLASS_NAMES", "MANIFEST_COLUMNS", "DatasetReport", "Problem", "Sample", "load_dataset", "read_dhcp",
-           "read_manifest", "select_subset"]
+__all__ = [
+    "CLASS_NAMES",
+    "MANIFEST_COLUMNS",
+    "DatasetReport",
+    "Problem",
+    "Sample",
+    "load_dataset",
+    "read_dhcp",
+    "read_manifest",
+    "select_subset",
+]
 
 MANIFEST_COLUMNS = ("path", "label", "subject", "session", "age_weeks", "site")
 

@@ -18,8 +18,7 @@ def _read_tsv(path: Path) -> list[dict[str, str]]:
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:
             return [
-                {(k or "").strip(): clean_cell(v) for k, v in row.items()}
-                for row in csv.DictReader(f, delimiter="\t")
+                {(k or "").strip(): clean_cell(v) for k, v in row.items()} for row in csv.DictReader(f, delimiter="\t")
             ]
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise DatasetError(f"{path}: not a readable TSV file ({exc})") from None
@@ -73,9 +72,7 @@ def read_dhcp(
     if not root.is_dir():
         raise DatasetError(f"{root}: dHCP folder not found")
     dirs = _bids_dirs(root)
-    participants_file = next(
-        (d / "participants.tsv" for d in dirs if (d / "participants.tsv").is_file()), None
-    )
+    participants_file = next((d / "participants.tsv" for d in dirs if (d / "participants.tsv").is_file()), None)
     if participants_file is None:
         raise DatasetError(f"{root}: no participants.tsv (expected the dHCP BIDS layout, see --help)")
     report = DatasetReport(source=root, kind="dhcp", label_rule=label_rule)
@@ -100,9 +97,7 @@ def read_dhcp(
             continue
         sub = _sub(pid)
         if sub in seen:
-            report.problems.append(
-                Problem("duplicate row", f"{participants_file.name}", f"{sub} listed twice")
-            )
+            report.problems.append(Problem("duplicate row", f"{participants_file.name}", f"{sub} listed twice"))
             continue
         seen.add(sub)
         birth_age = parse_float(prow.get("birth_age", ""))

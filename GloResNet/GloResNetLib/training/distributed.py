@@ -63,9 +63,7 @@ class Dist:
 
     @property
     def comm_device(self) -> torch.device:
-        return (
-            self.device if tdist.is_initialized() and tdist.get_backend() == "nccl" else torch.device("cpu")
-        )
+        return self.device if tdist.is_initialized() and tdist.get_backend() == "nccl" else torch.device("cpu")
 
 
 def setup_distributed(device: str = "auto") -> Dist:
@@ -117,9 +115,7 @@ class DistBatchNorm3d(nn.BatchNorm3d):
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not (
-            self.training and tdist.is_available() and tdist.is_initialized() and tdist.get_world_size() > 1
-        ):
+        if not (self.training and tdist.is_available() and tdist.is_initialized() and tdist.get_world_size() > 1):
             return super().forward(x)
         dims = (0, 2, 3, 4)
         count = torch.tensor([x.numel() / x.shape[1]], dtype=torch.float64, device=x.device)

@@ -153,9 +153,7 @@ def make_folds(
     return splits
 
 
-def folds_document(
-    report, splits: list[Split], seed: int, protocol: str, val_fraction: float
-) -> dict[str, Any]:
+def folds_document(report, splits: list[Split], seed: int, protocol: str, val_fraction: float) -> dict[str, Any]:
     """JSON document describing the split (written as ``folds.json``)."""
     labels = report.labels
     groups = np.asarray(report.subjects)

@@ -19,8 +19,7 @@ from .lock import RunLock, is_lock_file, stale_note
 from .progress import BarSafeHandler, Reporter
 from .stopping import StopSignal, TrainingStopped
 
-__all__ = ["hold_run_folder", "log_error_to_files", "log_warning", "remove_if_empty", "run_job",
-           "tensorboard_factory"]
+__all__ = ["hold_run_folder", "log_error_to_files", "log_warning", "remove_if_empty", "run_job", "tensorboard_factory"]
 
 log = logging.getLogger("GloResNetLib.training")
 
@@ -89,9 +88,7 @@ def log_warning(message, category, filename, lineno, file=None, line=None) -> No
     log.warning("%s: %s (%s:%s)", category.__name__, message, Path(filename).name, lineno)
 
 
-def _setup_logging(
-    run_dir: Path | None, dist: Dist, reporter: Reporter, to_stderr: bool
-) -> list[logging.Handler]:
+def _setup_logging(run_dir: Path | None, dist: Dist, reporter: Reporter, to_stderr: bool) -> list[logging.Handler]:
     handlers: list[logging.Handler] = []
     fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S")
     if dist.main and run_dir is not None:

@@ -119,9 +119,7 @@ def finalize_run(run_dir: str | Path) -> dict[str, Any]:
             preds = read_predictions(run_dir / f"fold_{k}" / "predictions.csv")
             rows += preds
             m = binary_metrics([r["label"] for r in preds], [r["probability"] for r in preds], cfg.threshold)
-            per_fold.append(
-                {"fold": k, **m, "best_epoch": best_epoch(res), "epochs_run": res["epochs_run"]}
-            )
+            per_fold.append({"fold": k, **m, "best_epoch": best_epoch(res), "epochs_run": res["epochs_run"]})
         rows.sort(key=lambda r: r["index"])
         pooled = binary_metrics([r["label"] for r in rows], [r["probability"] for r in rows], cfg.threshold)
         optimistic = cfg.protocol == "paper"
@@ -136,9 +134,7 @@ def finalize_run(run_dir: str | Path) -> dict[str, Any]:
             "per_fold": per_fold,
             "summary": summarize(per_fold),
             "pooled": pooled,
-            "dataset": {
-                k: dataset_doc.get(k) for k in ("source", "kind", "n", "n_subjects", "classes", "synthetic")
-            },
+            "dataset": {k: dataset_doc.get(k) for k in ("source", "kind", "n", "n_subjects", "classes", "synthetic")},
             "bundle": "bundle",
             "library_version": __version__,
         }

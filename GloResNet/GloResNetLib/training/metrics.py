@@ -122,8 +122,7 @@ def format_table(metrics_doc: dict[str, Any]) -> str:
         s = summary[name]
         ms = f"{_fmt(s['mean'])} ± {_fmt(s['sd'])}" if s["mean"] is not None else "n/a"
         lines.append(
-            f"{name:<18} {ms:>15} {_fmt(s['best']):>7}  "
-            + " ".join(f"{_fmt(m.get(name)):>6}" for m in per_fold)
+            f"{name:<18} {ms:>15} {_fmt(s['best']):>7}  " + " ".join(f"{_fmt(m.get(name)):>6}" for m in per_fold)
         )
     pooled = metrics_doc.get("pooled")
     if pooled:

@@ -56,9 +56,14 @@ def add_config_options(p: argparse.ArgumentParser, command: str) -> None:
     for spec in list_options(config_class(command), command):
         add_option(p, spec, groups, spec.name in REQUIRED.get(command, ()))
         if spec.name == "arch_params":
-            p.add_argument("--widths", type=widths, default=argparse.SUPPRESS, metavar="W1,W2,W3,W4",
-                           help="stage widths (default: the architecture's; MedicalNet weights need the "
-                           "ResNet default 64,128,256,512)")
+            p.add_argument(
+                "--widths",
+                type=widths,
+                default=argparse.SUPPRESS,
+                metavar="W1,W2,W3,W4",
+                help="stage widths (default: the architecture's; MedicalNet weights need the "
+                "ResNet default 64,128,256,512)",
+            )
 
 
 def parse_config(argv: list[str], command: str = TRAIN) -> TrainConfig:

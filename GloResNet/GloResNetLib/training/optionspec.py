@@ -193,8 +193,24 @@ def list_options(cls: type, command: str | None = None) -> list[OptionSpec]:
             kind = args[0]
         default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
         flag = m["flag"] or ("--no-" if kind is bool and default is True else "--") + f.name.replace("_", "-")
-        out.append(OptionSpec(f.name, flag, kind, optional, default, m["range"], m["choices"], m["help"],
-                              m["default_text"], m["commands"], m["job"], m["data"], m["exclusive"], m["metavar"]))
+        out.append(
+            OptionSpec(
+                f.name,
+                flag,
+                kind,
+                optional,
+                default,
+                m["range"],
+                m["choices"],
+                m["help"],
+                m["default_text"],
+                m["commands"],
+                m["job"],
+                m["data"],
+                m["exclusive"],
+                m["metavar"],
+            )
+        )
     return out
 
 

@@ -144,9 +144,7 @@ def check_dataset(cfg: TrainConfig) -> DatasetReport:
 
 def _dataset_document(report: DatasetReport, keys: list[str], hashes: dict[str, str]) -> dict[str, Any]:
     doc = report.to_dict()
-    doc["samples"] = [
-        dict(s.to_dict(), sha256=hashes.get(str(s.path)), key=k) for s, k in zip(report.samples, keys)
-    ]
+    doc["samples"] = [dict(s.to_dict(), sha256=hashes.get(str(s.path)), key=k) for s, k in zip(report.samples, keys)]
     return doc
 
 
@@ -298,9 +296,7 @@ def _train(cfg: TrainConfig, run_dir: Path, dist: Dist, reporter: Reporter, stop
             stored = splits_from_document(read_json(run_dir / "folds.json"))
             if any(
                 not (
-                    np.array_equal(a.train, b.train)
-                    and np.array_equal(a.val, b.val)
-                    and np.array_equal(a.test, b.test)
+                    np.array_equal(a.train, b.train) and np.array_equal(a.val, b.val) and np.array_equal(a.test, b.test)
                 )
                 for a, b in zip(stored, splits)
             ):
@@ -329,18 +325,14 @@ def _train(cfg: TrainConfig, run_dir: Path, dist: Dist, reporter: Reporter, stop
     for pos, k in enumerate(todo):
         if k not in pending:
             continue
-        trainer = FoldTrainer(
-            cfg, splits[k], store, labels, dist, run_dir, reporter, stop, pos, report.samples, tb
-        )
+        trainer = FoldTrainer(cfg, splits[k], store, labels, dist, run_dir, reporter, stop, pos, report.samples, tb)
         trainer.run()
         del trainer
     if dist.main:
         missing = [k for k in range(cfg.folds) if not fold_done(run_dir, k)]
         if missing:
             results = [
-                read_json(run_dir / f"fold_{k}" / "result.json")["test"]
-                for k in range(cfg.folds)
-                if k not in missing
+                read_json(run_dir / f"fold_{k}" / "result.json")["test"] for k in range(cfg.folds) if k not in missing
             ]
             log.info(
                 "folds %s are not finished yet; the merge (metrics, bundle) runs when they are "
@@ -372,4 +364,3 @@ def _train(cfg: TrainConfig, run_dir: Path, dist: Dist, reporter: Reporter, stop
             log.info("\n%s", format_table(mdoc))
             log.info("bundle: %s", run_dir / "bundle")
     dist.barrier()
-

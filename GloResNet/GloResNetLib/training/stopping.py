@@ -19,8 +19,7 @@ class TrainingStopped(Exception):
 
     def __init__(self, run_dir: Path, fold: int, epoch: int) -> None:
         super().__init__(
-            f"training stopped at fold {fold}, epoch {epoch}; resume with "
-            f"`gloresnet train --resume {run_dir}`"
+            f"training stopped at fold {fold}, epoch {epoch}; resume with `gloresnet train --resume {run_dir}`"
         )
         self.run_dir, self.fold, self.epoch = run_dir, fold, epoch
 
@@ -49,9 +48,7 @@ class StopSignal:
             signal.signal(signal.SIGINT, signal.default_int_handler)
             raise KeyboardInterrupt
         self.flag = True
-        log.warning(
-            "stop requested (%s): saving a checkpoint at the end of this step", signal.Signals(signum).name
-        )
+        log.warning("stop requested (%s): saving a checkpoint at the end of this step", signal.Signals(signum).name)
 
     def __exit__(self, *exc) -> None:
         for sig, old in self._old.items():

@@ -92,9 +92,7 @@ class FoldTrainer:
         self.device = dist.device
         self.dtype = amp_dtype(self.device, cfg.amp)
         self.cw = class_weights(labels[split.train]) if cfg.class_weights else None
-        self.cw_t = (
-            torch.tensor(self.cw, dtype=torch.float32, device=self.device) if self.cw is not None else None
-        )
+        self.cw_t = torch.tensor(self.cw, dtype=torch.float32, device=self.device) if self.cw is not None else None
         self.n_batches, self.batch_note = batch_count(len(split.train), cfg.batch_size, cfg.grad_accum)
         if len(split.train) < 2 * dist.world * cfg.grad_accum:
             raise InputError(
@@ -128,14 +126,10 @@ class FoldTrainer:
         else:
             self.net = self.model
         try:  # the fused kernel is several times faster on CPU and GPU
-            self.opt = torch.optim.AdamW(
-                self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True
-            )
+            self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
         except (TypeError, RuntimeError):  # older torch or an unsupported device
             self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-        self.sched = torch.optim.lr_scheduler.LambdaLR(
-            self.opt, lambda e: lr_factor(e, cfg.epochs, cfg.warmup_epochs)
-        )
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda e: lr_factor(e, cfg.epochs, cfg.warmup_epochs))
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
         self.epoch, self.step0 = 0, 0
         self.partial = [0.0, 0.0, 0.0, 0.0]  # loss sum, count, data seconds, step seconds of a cut epoch
@@ -266,11 +260,20 @@ class FoldTrainer:
         self.step0, self.partial = 0, [0.0, 0.0, 0.0, 0.0]
         return loss_sum / max(count, 1), data_s, step_s, False
 
-    def _predict(self, indices: np.ndarray, per_sample: Callable[[torch.Tensor], torch.Tensor] | None = None
-                 ) -> np.ndarray:
+    def _predict(
+        self, indices: np.ndarray, per_sample: Callable[[torch.Tensor], torch.Tensor] | None = None
+    ) -> np.ndarray:
         """:func:`predict_outputs` of samples with this run's TTA, evaluation batch size and precision."""
-        return predict_outputs(self.model, self.store, indices, self.device, self.cfg.tta,
-                               max(1, self.cfg.batch_size // self.cfg.grad_accum), self.dtype, per_sample)
+        return predict_outputs(
+            self.model,
+            self.store,
+            indices,
+            self.device,
+            self.cfg.tta,
+            max(1, self.cfg.batch_size // self.cfg.grad_accum),
+            self.dtype,
+            per_sample,
+        )
 
     def _evaluate(self, indices: np.ndarray, full: bool = False) -> tuple[np.ndarray, dict[str, Any], float]:
         probs = self._predict(indices)
@@ -325,9 +328,7 @@ class FoldTrainer:
                     improved = float(is_improvement(score, self.best_score))
                     if improved:
                         self.best_score, self.best_epoch = score, e
-                        save_checkpoint(
-                            self.fold_dir / "best.pt", {"model": self.model.state_dict(), "epoch": e}
-                        )
+                        save_checkpoint(self.fold_dir / "best.pt", {"model": self.model.state_dict(), "epoch": e})
                     if cfg.patience is not None and e - self.best_epoch >= cfg.patience:
                         early = 1.0
                     record = {
@@ -424,9 +425,7 @@ class FoldTrainer:
             " *" if self.best_epoch == e else "",
             " early stop" if self.stopped_early else "",
         )
-        self.reporter.postfix(
-            f"fold {self.fold} ep {e + 1} loss {r['train_loss']:.3f} val {r['val_loss']:.3f}"
-        )
+        self.reporter.postfix(f"fold {self.fold} ep {e + 1} loss {r['train_loss']:.3f} val {r['val_loss']:.3f}")
         if tb is not None:
             for key in ("train_loss", "val_loss", "val_auc", "val_accuracy", "lr"):
                 if r[key] is not None:
@@ -450,8 +449,16 @@ class FoldTrainer:
         for i, p in zip(test, probs):
             s = self.samples[int(i)]
             rows.append(
-                [int(i), str(s.path), s.subject, s.session, int(self.labels[i]), self.fold, repr(float(p)),
-                 int(p >= self.cfg.threshold)]
+                [
+                    int(i),
+                    str(s.path),
+                    s.subject,
+                    s.session,
+                    int(self.labels[i]),
+                    self.fold,
+                    repr(float(p)),
+                    int(p >= self.cfg.threshold),
+                ]
             )
         result = {
             "fold": self.fold,
