@@ -131,9 +131,7 @@ class GloResNetWidget(common.ModuleWidgetHelpers, ScriptedLoadableModuleWidget, 
         uiWidget.setMRMLScene(slicer.mrmlScene)
         self.logic = GloResNetLogic()
 
-        self._timer = qt.QTimer()
-        self._timer.setInterval(200)
-        self._timer.connect("timeout()", self.onTimer)
+        self.setupTimer(200)
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
@@ -295,10 +293,7 @@ class GloResNetWidget(common.ModuleWidgetHelpers, ScriptedLoadableModuleWidget, 
     def onJobFinished(self, job) -> None:
         p = self._parameterNode
         if job.results and p:
-            nodes = job.results[-1]
-            p.camVolume, p.resampledVolume, p.resultsTable = nodes.overlay, nodes.resampled, nodes.table
-            p.occlusionVolume, p.gradientVolume = nodes.occlusion, nodes.gradient
-            predict_gui.show_result_texts(self.ui, nodes.texts())
+            predict_gui.show_results(self.ui, p, job.results[-1])
             self.logic.updateDisplay(p)
         diagnosis = job.diagnosis()
         if diagnosis is None:
@@ -368,9 +363,7 @@ class GloResNetTest(ScriptedLoadableModuleTest):
         widget = slicer.modules.gloresnet.widgetRepresentation().self()
         widget.initializeParameterNode()  # setUp's Clear() dropped it and the module may not be entered
 
-        if not requirements.has_module("torch") or requirements.missing_requirements(
-            requirements.read_requirements(REQUIREMENTS_FILE)
-        ):
+        if selftest.dependencies_missing(requirements.read_requirements(REQUIREMENTS_FILE)):
             self.delayDisplay("PyTorch or the requirements are not installed in this Slicer: test skipped")
             return
         self.delayDisplay("Making a synthetic T2w volume and a tiny bundle")

@@ -21,7 +21,6 @@ from GloResNetLib.slicer_side import (
     common,
     dependencies,
     paths,
-    requirements,
     scene_dataset,
     selftest,
     training_gui,
@@ -137,9 +136,7 @@ class GloResNetTrainingWidget(common.ModuleWidgetHelpers, ScriptedLoadableModule
         uiWidget.setMRMLScene(slicer.mrmlScene)
         self.logic = GloResNetTrainingLogic()
 
-        self._timer = qt.QTimer()
-        self._timer.setInterval(250)
-        self._timer.connect("timeout()", self.onTimer)
+        self.setupTimer(250)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         slicer.app.connect("aboutToQuit()", self.onAboutToQuit)
@@ -363,9 +360,7 @@ class GloResNetTrainingTest(ScriptedLoadableModuleTest):
 
     def test_TrainingFlow(self) -> None:
         logic = GloResNetTrainingLogic()
-        if not requirements.has_module("torch") or requirements.missing_requirements(
-            tp.read_training_requirements(REQUIREMENTS_FILE)
-        ):
+        if selftest.dependencies_missing(tp.read_training_requirements(REQUIREMENTS_FILE)):
             self.delayDisplay("PyTorch or the requirements are not installed in this Slicer: test skipped")
             return
         work = Path(tempfile.mkdtemp(prefix="GloResNetTrainingTest-"))
@@ -375,22 +370,7 @@ class GloResNetTrainingTest(ScriptedLoadableModuleTest):
             widget = slicer.modules.gloresnettraining.widgetRepresentation().self()
             widget.initializeParameterNode()  # setUp's Clear() dropped it and the module may not be entered
             p = widget._parameterNode
-            logic.setParameters(
-                p,
-                tp.TrainingParameters(
-                    source="scene",
-                    output_folder=str(work),
-                    run_name="selftest",
-                    size=16,
-                    widths=tp.WIDTH_PRESETS["eighth"],
-                    folds=2,
-                    epochs=20,
-                    batch_size=4,
-                    seed=0,
-                    device="cpu",
-                    synthetic=True,
-                ),
-            )
+            logic.setParameters(p, selftest.tiny_training_parameters(work))
             widget.updateGUI()  # makes the labels table of the scene source
             scene_dataset.fill_labels_table(p.labelsTable, volumes, labels)
 

@@ -19,7 +19,7 @@ import re
 from pathlib import Path
 
 import pytest
-from test_slicer_module_files import MODULES, REPO, module_file, module_tree
+from test_slicer_module_ui import MODULES, REPO, module_file, module_tree
 
 LIB = REPO / "GloResNet" / "GloResNetLib"
 

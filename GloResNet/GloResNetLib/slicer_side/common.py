@@ -115,6 +115,14 @@ class ModuleWidgetHelpers:
         if self.parent.isEntered:
             self.initializeParameterNode()
 
+    def setupTimer(self, interval_ms: int) -> None:
+        """``self._timer``: a QTimer that calls the widget's ``onTimer`` every ``interval_ms`` once started."""
+        import qt
+
+        self._timer = qt.QTimer()
+        self._timer.setInterval(interval_ms)
+        self._timer.connect("timeout()", self.onTimer)
+
     def setStatus(self, text: str) -> None:
         """Show ``text`` in the status line."""
         self.ui.statusLabel.text = text

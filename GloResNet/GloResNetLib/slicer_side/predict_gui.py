@@ -87,3 +87,12 @@ __all__ = [
     "show_model_info",
     "show_result_texts",
 ]
+
+
+def show_results(ui, parameterNode, nodes) -> None:
+    """The result nodes of one input (``nodes``: overlay, resampled, table, occlusion, gradient) into the
+    parameter node, their texts into the panel."""
+    p = parameterNode
+    p.camVolume, p.resampledVolume, p.resultsTable = nodes.overlay, nodes.resampled, nodes.table
+    p.occlusionVolume, p.gradientVolume = nodes.occlusion, nodes.gradient
+    show_result_texts(ui, nodes.texts())

@@ -13,6 +13,8 @@ import numpy as np
 import slicer
 
 from .bundles import MODELS_FOLDER_SETTING
+from .requirements import has_module, missing_requirements
+from .training_params import WIDTH_PRESETS, TrainingParameters
 
 
 def synthetic_head(name: str = "GloResNetTest T2w"):
@@ -62,6 +64,28 @@ def labelled_heads(count: int, seed: int = 0) -> tuple[list, dict[str, int]]:
     rng = np.random.default_rng(seed)
     volumes = [labelled_head(rng, k % 2, f"selftest {k:02d}") for k in range(count)]
     return volumes, {v.GetName(): k % 2 for k, v in enumerate(volumes)}
+
+
+def dependencies_missing(requirement_lines: list[str]) -> bool:
+    """PyTorch or one of ``requirement_lines`` is not installed in this Slicer (the self-test is then skipped)."""
+    return not has_module("torch") or bool(missing_requirements(requirement_lines))
+
+
+def tiny_training_parameters(output_folder: Path) -> TrainingParameters:
+    """The training self-test's run: the scene dataset, 2 folds of a 16^3 eighth-width network, CPU, seed 0."""
+    return TrainingParameters(
+        source="scene",
+        output_folder=str(output_folder),
+        run_name="selftest",
+        size=16,
+        widths=WIDTH_PRESETS["eighth"],
+        folds=2,
+        epochs=20,
+        batch_size=4,
+        seed=0,
+        device="cpu",
+        synthetic=True,
+    )
 
 
 def tiny_bundle(folder: Path) -> Path:
