@@ -15,8 +15,7 @@ import torch
 from conftest import example_affine, make_small_model, save_nifti, subprocess_env
 from GloResNetLib.gradient_saliency import gradient_saliency
 from GloResNetLib.inference import predict, saliency_set
-from GloResNetLib.preprocessing import PreprocessConfig
-from test_occlusion import LESION_CENTRE, _bundle, _head_image, _stored, lesion_model, lesion_volume
+from test_occlusion import LESION_CENTRE, _head_image, lesion_volume, oblique_lesion_case
 
 
 def test_map_is_the_magnitude_of_the_mean_logit_gradient():
@@ -36,11 +35,7 @@ def test_map_is_the_magnitude_of_the_mean_logit_gradient():
 
 @pytest.mark.parametrize("codes", ["RAS", "LPS", "PIL"])
 def test_gradient_map_points_at_the_lesion_on_the_input_grid(codes):
-    config = PreprocessConfig(size=(32, 32, 32))
-    vol, lesion = lesion_volume()
-    bundle = _bundle([lesion_model(vol, lesion, config)], config)
-    affine = example_affine()  # oblique (7 degrees) and anisotropic (0.9, 0.8, 1.3 mm)
-    array, stored_affine = _stored(vol, affine, codes)
+    bundle, array, stored_affine, affine = oblique_lesion_case(codes)
     result = predict(bundle, array, stored_affine, tta=False, saliency="gradient")
     assert result.cam is None and result.occlusion is None and result.gradient.shape == array.shape
     assert np.isfinite(result.gradient).all() and "gradient" in result.timings

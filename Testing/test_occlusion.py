@@ -155,13 +155,20 @@ def _stored(vol: np.ndarray, affine: np.ndarray, codes: str) -> tuple[np.ndarray
     return nio.apply_orientation(vol, ornt), affine @ nio.inv_ornt_aff(ornt, vol.shape)
 
 
-@pytest.mark.parametrize("codes", ["RAS", "LPS", "PIL"])
-def test_occlusion_map_on_the_input_grid_of_oblique_anisotropic_inputs(codes):
+def oblique_lesion_case(codes: str) -> tuple[Bundle, np.ndarray, np.ndarray, np.ndarray]:
+    """A bundle whose model detects the bright lesion, the lesion volume stored with axis ``codes`` on an oblique
+    (7 degrees), anisotropic (0.9, 0.8, 1.3 mm) grid: (bundle, stored array, its affine, the world affine)."""
     config = PreprocessConfig(size=(32, 32, 32))
     vol, lesion = lesion_volume()
     bundle = _bundle([lesion_model(vol, lesion, config)], config)
-    affine = example_affine()  # oblique (7 degrees) and anisotropic (0.9, 0.8, 1.3 mm)
+    affine = example_affine()
     array, stored_affine = _stored(vol, affine, codes)
+    return bundle, array, stored_affine, affine
+
+
+@pytest.mark.parametrize("codes", ["RAS", "LPS", "PIL"])
+def test_occlusion_map_on_the_input_grid_of_oblique_anisotropic_inputs(codes):
+    bundle, array, stored_affine, affine = oblique_lesion_case(codes)
     result = predict(
         bundle,
         array,
