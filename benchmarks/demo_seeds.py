@@ -28,8 +28,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "GloResNet"))
 
-#: Saliency method -> suffix of its map in the demo's predictions folder.
-MAP_SUFFIXES = {"Grad-CAM": "_cam.nii.gz", "gradient": "_gradient.nii.gz", "occlusion": "_occlusion.nii.gz"}
+from GloResNetLib.demo import SALIENCY_MAPS  # noqa: E402
+
+#: Saliency method -> suffix of its map in the demo's predictions folder (occlusion, should the demo write it).
+MAP_SUFFIXES = {**{m: suffix for m, (_, suffix) in SALIENCY_MAPS.items()}, "occlusion": "_occlusion.nii.gz"}
 
 
 def cpu_name() -> str:
@@ -68,7 +70,8 @@ def recompute_pointing(run: Path) -> dict[str, dict[str, float]]:
     from GloResNetLib.saliency import score_saliency
 
     heldout = run / "heldout"
-    rows = list(csv.DictReader(open(heldout / "manifest.csv", newline="")))
+    with open(heldout / "manifest.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
     out: dict[str, dict[str, float]] = {}
     for method, suffix in MAP_SUFFIXES.items():
         hits = n = 0

@@ -143,26 +143,29 @@ def _read_rows(manifest: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
-def _predict_heldout(bundle_path: Path, manifest: Path, out: Path, device: str) -> list[dict[str, Any]]:
+#: Saliency method shown in the report -> the PredictionResult attribute holding its map (``X`` on the input
+#: grid, ``X_network`` on the network grid) and the suffix of its file in DIR/predictions.
+SALIENCY_MAPS = {"Grad-CAM": ("cam", "_cam.nii.gz"), "gradient": ("gradient", "_gradient.nii.gz")}
+
+
+def _predict_heldout(bundle, manifest: Path, out: Path) -> list[dict[str, Any]]:
     """Predict every held-out scan with TTA, Grad-CAM and gradient saliency; score both maps against the injured
     cases' lesion masks."""
-    from .bundle import load_bundle
     from .inference import predict_file
     from .io import read_volume, volume_stem, write_volume
     from .preprocessing import to_network_grid
     from .saliency import score_saliency
 
-    bundle = load_bundle(bundle_path, device=device)
     rows = []
     for row in _read_rows(manifest):
         image = manifest.parent / row["path"]
         result = predict_file(bundle, image, saliency="gradcam,gradient")
         stem = volume_stem(image)
-        write_volume(out / f"{stem}_cam.nii.gz", result.cam, result.input_affine)
-        write_volume(out / f"{stem}_gradient.nii.gz", result.gradient, result.input_affine)
-        # saliency method -> map on the input grid (scored) and on the network grid (drawn); the report shows
-        # every method listed here side by side
-        maps = {"Grad-CAM": (result.cam, result.cam_network), "gradient": (result.gradient, result.gradient_network)}
+        # saliency method -> map on the input grid (written, scored) and on the network grid (drawn); the report
+        # shows every method listed here side by side
+        maps = {m: (getattr(result, a), getattr(result, f"{a}_network")) for m, (a, _) in SALIENCY_MAPS.items()}
+        for method, (grid, _) in maps.items():
+            write_volume(out / f"{stem}{SALIENCY_MAPS[method][1]}", grid, result.input_affine)
         record: dict[str, Any] = {
             "case": stem,
             "true_label": int(row["label"]),
@@ -185,19 +188,16 @@ def _column_means(rows: list[list[float]]) -> list[float]:
     return [round(float(v), 4) for v in np.mean(np.asarray(rows, dtype=np.float64), axis=0)]
 
 
-def _faithfulness(
-    bundle_path: Path, heldout: list[dict[str, Any]], device: str, max_cases: int
-) -> dict[str, dict[str, Any]]:
+def _faithfulness(bundle, heldout: list[dict[str, Any]], device: str, max_cases: int) -> dict[str, dict[str, Any]]:
     """Deletion test of each saliency method on injured held-out scans the ensemble calls BI (at most
     ``max_cases``): mean drop of P(BI) when the top 1/2/5% most salient brain voxels are hidden, beside the mean
     drop for random blobs of the same size (:mod:`.faithfulness`)."""
-    from .bundle import load_bundle
     from .faithfulness import DEFAULT_FRACTIONS, deletion_test, ensemble_probability
 
     cases = [h for h in heldout if h["true_label"] == 1 and h["result"].label == 1][:max_cases]
     if not cases:
         return {}
-    prob = ensemble_probability(load_bundle(bundle_path, device=device).models)
+    prob = ensemble_probability(bundle.models)
     out: dict[str, dict[str, Any]] = {}
     for method in cases[0]["maps"]:
         results = [
@@ -253,7 +253,7 @@ def run_demo(
     Without ``keep_data`` the synthetic volumes (cohort and held-out scans) are deleted at the end; the report,
     summary, run folder (bundle, metrics, curves), saliency maps and the held-out lesion masks stay.
     """
-    from .bundle import resolve_device
+    from .bundle import load_bundle, resolve_device
     from .demo_report import QUICK_WARNING, saliency_summary, write_demo_report
     from .saliency import pointing_game, pointing_game_interval
     from .training import train_cv
@@ -298,12 +298,13 @@ def run_demo(
 
     t0 = time.perf_counter()
     predictions = out / "predictions"
-    heldout = _predict_heldout(bundle_path, heldout_manifest, predictions, str(dev))
+    bundle = load_bundle(bundle_path, device=str(dev))  # checked once, used for prediction and deletion test
+    heldout = _predict_heldout(bundle, heldout_manifest, predictions)
     timings["held-out prediction"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    faithfulness = _faithfulness(bundle_path, heldout, str(dev), max_cases=4 if quick else 24)
+    faithfulness = _faithfulness(bundle, heldout, str(dev), max_cases=4 if quick else 24)
     timings["deletion test"] = time.perf_counter() - t0
-    bundle_name = json.loads((bundle_path / "metadata.json").read_text()).get("name", bundle_path.name)
+    bundle_name = bundle.name
     t0 = time.perf_counter()
     examples = _examples(seed, quick)
     timings["example montage"] = time.perf_counter() - t0
