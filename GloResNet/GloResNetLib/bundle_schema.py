@@ -50,6 +50,7 @@ ARCH_PARAMS: dict[str, tuple[str, Any]] = {
     "stem_pool": ("bool", None),
     "dilated": ("bool", None),
     "cam_layer": ("str", ("layer1", "layer2", "layer3", "layer4")),
+    "lesion_head": ("str", ("none", "aux", "mil")),  # models.lesion_head.LESION_HEADS (torch-free copy)
     "act": ("str", ("relu", "hardswish")),
     "slice_axis": ("int", (0, 2)),
     "pooling": ("str", ("mean", "max", "attention")),

@@ -231,6 +231,8 @@ def _prepare(model: nn.Module, device: torch.device, dtype: torch.dtype, all_sta
 
     if not isinstance(model, ResNet3D) or model.training:
         return None
+    if all_stages and model.lesion_mode == "mil":  # the output is not global pooling of the last stage
+        return None
     try:
         fast = FastResNet(model, device, dtype, all_stages=all_stages)
         _self_check(model, fast, device, dtype)

@@ -13,6 +13,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .lesion_head import LESION_HEADS, LesionHead, mil_score
+
 __all__ = ["CAM_LAYERS", "BasicBlock", "ResNet3D", "conv3x3x3", "init_weights"]
 
 #: Stages whose activations Grad-CAM can weight (``cam_layer``).
@@ -72,6 +74,11 @@ class ResNet3D(nn.Module):
         dropout: dropout before the linear head (0: none).
         stem_pool: MedicalNet's stem max-pool (False: every feature grid twice as fine).
         cam_layer: the stage ``features`` returns (Grad-CAM's layer).
+        lesion_head: a :class:`~.lesion_head.LesionHead` lesion map (trained on lesion masks with
+            ``train --lesion-weight``): ``"none"`` (False), ``"aux"`` (True: an auxiliary output; the
+            classification is unchanged) or ``"mil"`` (multiple-instance: the BI logit *is* a soft maximum of the
+            lesion map, :func:`~.lesion_head.mil_score`; needs ``cam_layer="layer1"`` and 2 classes; ``layer4``
+            and the linear head are not built).
 
     ``features`` returns the activations of ``cam_layer`` (default the last stage, ``layer4``),
     ``pool_features`` runs the stages after it and global average pooling, ``head`` maps the pooled vector to
@@ -88,10 +95,19 @@ class ResNet3D(nn.Module):
         dropout: float = 0.0,
         stem_pool: bool = True,
         cam_layer: str = "layer4",
+        lesion_head: bool | str = False,
     ) -> None:
         super().__init__()
         if cam_layer not in CAM_LAYERS:
             raise ValueError(f"cam_layer must be one of {', '.join(CAM_LAYERS)} (got {cam_layer!r})")
+        mode = (
+            {False: "none", True: "aux"}.get(lesion_head, lesion_head) if isinstance(lesion_head, bool) else lesion_head
+        )
+        if mode not in LESION_HEADS:
+            raise ValueError(f"lesion_head must be one of {', '.join(LESION_HEADS)} (got {lesion_head!r})")
+        if mode == "mil" and (cam_layer != "layer1" or num_classes != 2):
+            raise ValueError("lesion_head 'mil' needs cam_layer 'layer1' and 2 classes")
+        self.lesion_mode = mode
         self.cam_layer = cam_layer
         self.inplanes = widths[0]
         self.conv1 = nn.Conv3d(in_channels, widths[0], kernel_size=7, stride=2, padding=3, bias=False)
@@ -110,7 +126,15 @@ class ResNet3D(nn.Module):
         self.avgpool = nn.AdaptiveAvgPool3d(1)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.fc = nn.Linear(widths[3], num_classes)
-        init_weights(self)
+        init_weights(self)  # before the lesion head: a seed gives the same backbone with or without it
+        self.lesion_head = None
+        if mode != "none":
+            self.lesion_head = LesionHead(widths)
+            init_weights(self.lesion_head)
+        if mode == "mil":  # the lesion map is the classifier: no layer4, no linear head
+            del self.layer4, self.fc
+            self.layer4 = self.fc = None
+            self.mil_bias = nn.Parameter(torch.zeros(1))
 
     def _make_layer(self, planes: int, blocks: int, stride: int = 1, dilation: int = 1) -> nn.Sequential:
         downsample = None
@@ -125,7 +149,7 @@ class ResNet3D(nn.Module):
 
     def stages(self) -> tuple[tuple[nn.Module, ...], tuple[nn.Module, ...]]:
         """The residual stages up to and including ``cam_layer``, and those after it."""
-        all_stages = (self.layer1, self.layer2, self.layer3, self.layer4)
+        all_stages = tuple(s for s in (self.layer1, self.layer2, self.layer3, self.layer4) if s is not None)
         k = CAM_LAYERS.index(self.cam_layer) + 1
         return all_stages[:k], all_stages[k:]
 
@@ -137,15 +161,43 @@ class ResNet3D(nn.Module):
         return x
 
     def pool_features(self, feats: torch.Tensor) -> torch.Tensor:
-        """The stages after ``cam_layer``, then global average pooling: (B, C, x, y, z) -> (B, C_last)."""
+        """The stages after ``cam_layer``, then global average pooling: (B, C, x, y, z) -> (B, C_last); with a
+        ``"mil"`` lesion head: the lesion map of ``layer1``'s ``feats`` and its soft maximum (B, 1)."""
+        if self.lesion_mode == "mil":
+            return mil_score(self.lesion_map(feats))
         for stage in self.stages()[1]:
             feats = stage(feats)
         return torch.flatten(self.avgpool(feats), 1)
 
     def head(self, pooled: torch.Tensor) -> torch.Tensor:
-        """Logits (B, num_classes) from globally pooled features (B, widths[3])."""
+        """Logits (B, num_classes) from globally pooled features (B, widths[3]); with a ``"mil"`` lesion head
+        from the lesion score s (B, 1): (-s/2, s/2) plus a learnt offset, so that the BI logit difference is s."""
+        if self.lesion_mode == "mil":
+            s = pooled + self.mil_bias
+            return torch.cat([-s / 2, s / 2], dim=1)
         return self.fc(self.dropout(pooled))
+
+    def lesion_map(self, f1: torch.Tensor) -> torch.Tensor:
+        """Lesion logits (B, 1, x, y, z) from ``layer1``'s activations ``f1`` (B, C1, x, y, z)."""
+        f2 = self.layer2(f1)
+        return self.lesion_head(f1, f2, self.layer3(f2))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits (B, num_classes) of volumes x (B, in_channels, X, Y, Z)."""
         return self.head(self.pool_features(self.features(x)))
+
+    def forward_with_lesion_map(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits (B, num_classes) and lesion logits (B, 1, x, y, z) on ``layer1``'s grid, in one pass.
+
+        Raises:
+            ValueError: the model was built without ``lesion_head``.
+        """
+        if self.lesion_head is None:
+            raise ValueError("this model has no lesion head (build it with lesion_head='aux' or 'mil')")
+        f1 = self.layer1(self.maxpool(self.relu(self.bn1(self.conv1(x)))))
+        f2 = self.layer2(f1)
+        f3 = self.layer3(f2)
+        lesion = self.lesion_head(f1, f2, f3)
+        if self.lesion_mode == "mil":
+            return self.head(mil_score(lesion)), lesion
+        return self.head(torch.flatten(self.avgpool(self.layer4(f3)), 1)), lesion

@@ -20,6 +20,8 @@ from .volumes import check_volume_node, write_volume_file
 #: The saliency methods of ``gloresnet predict --saliency`` (:data:`GloResNetLib.inference.SALIENCY_METHODS`,
 #: repeated here because importing inference imports torch; a test checks that the two agree).
 SALIENCY_METHODS = ("gradcam", "gradient", "occlusion", "both", "all")
+#: ... and its default (:data:`GloResNetLib.inference.DEFAULT_SALIENCY`).
+DEFAULT_SALIENCY = "gradient"
 
 
 def check_saliency(saliency: str) -> str:
@@ -50,7 +52,7 @@ class PredictionJob(Job):
         work_dir: str | Path | None = None,
         python: str | None = None,
         keep_files: bool = False,
-        saliency: str = "gradcam",
+        saliency: str = DEFAULT_SALIENCY,
         occlusion_mask: int | None = None,
         **show_kwargs: Any,
     ) -> None:
@@ -182,4 +184,4 @@ class PredictionJob(Job):
             shutil.rmtree(self.work_dir, ignore_errors=True)
 
 
-__all__ = ["SALIENCY_METHODS", "PredictionJob", "check_saliency"]
+__all__ = ["DEFAULT_SALIENCY", "SALIENCY_METHODS", "PredictionJob", "check_saliency"]

@@ -243,7 +243,7 @@ def _pretrain(
             torch.__version__,
         )
     check_ages(cfg, load_dataset(cfg))  # before decoding anything
-    report, keys, cache = prepare_dataset(cfg, dist, reporter, stop)
+    report, keys, cache, _ = prepare_dataset(cfg, dist, reporter, stop)
     no_age = set(map(id, check_ages(cfg, report)))
     keys = [k for s, k in zip(report.samples, keys) if id(s) not in no_age]
     for s in [s for s in report.samples if id(s) in no_age]:

@@ -147,15 +147,19 @@ class PreprocessCache:
                 self.rebuilt += 1
                 log.warning("WARNING: cache entry %s of %s is corrupt (%s); rebuilding it", entry, path, why)
         self.misses += 1
-        array, affine = read_volume(path)
-        try:
-            pre = preprocess(array, affine, self.config)
-        except InputError as exc:
-            raise InputError(f"{path}: {exc}") from None
-        data = np.ascontiguousarray(pre.array, dtype=np.float32)
+        data = np.ascontiguousarray(self.compute(Path(path)), dtype=np.float32)
         if not np.isfinite(data).all():
             raise InputError(f"{path}: preprocessing gave non-finite values")
         return self._store(key, data)
+
+    def compute(self, path: Path) -> np.ndarray:
+        """The entry of a source file: its network input (``config.size`` float32); subclasses store other
+        arrays on the same grid (:class:`~.lesion_masks.MaskCache`)."""
+        array, affine = read_volume(path)
+        try:
+            return preprocess(array, affine, self.config).array
+        except InputError as exc:
+            raise InputError(f"{path}: {exc}") from None
 
     def _store(self, key: str, data: np.ndarray) -> np.ndarray:
         """Write an entry and its checksum (atomically); where that fails, keep ``data`` in memory."""

@@ -37,12 +37,14 @@ __all__ = [
 ]
 
 PROTOCOLS = ("honest", "paper")
-SELECT_METRICS = ("auto", "loss", "auc", "accuracy", "balanced_accuracy")
+SELECT_METRICS = ("auto", "loss", "auc", "accuracy", "balanced_accuracy", "last")
 LABEL_RULES = ("ge3", "3or5")
 SESSION_CHOICES = ("all", "first", "last")
 NORMALIZATIONS = ("zscore", "zscore_foreground")
 LOSSES = ("smooth_l1", "l1")
 FINAL_CHOICES = ("all", "best-fold")
+#: architectures that can carry a lesion head (``models.resnet.ResNet3D``; ``train --lesion-weight``)
+LESION_HEAD_ARCHS = ("resnet10", "resnet10_dilated", "resnet18")
 
 
 @dataclass
@@ -133,7 +135,8 @@ class TrainConfig:
     )
     select_metric: str = option(
         "auto",
-        "checkpoint choice (auto: validation loss; accuracy under --protocol paper)",
+        "checkpoint choice (auto: validation loss; accuracy under --protocol paper; last: the last epoch, a fixed "
+        "schedule)",
         choices=SELECT_METRICS,
         commands=frozenset({TRAIN}),
     )
@@ -155,6 +158,13 @@ class TrainConfig:
     class_weights: bool = option(
         True,
         "unweighted cross-entropy (default: class weights N / (2 N_c) of the training fold)",
+        commands=frozenset({TRAIN}),
+    )
+    lesion_weight: float = option(
+        0.0,
+        "weight of an auxiliary lesion-map loss learnt from lesion masks (manifest column mask_path: a mask on "
+        "each BI scan's grid; 0 = off); adds a lesion head to resnet architectures",
+        range=Range(0, 100),
         commands=frozenset({TRAIN}),
     )
     # augmentation
@@ -235,11 +245,24 @@ class TrainConfig:
             ),
             (self.fold is None or 0 <= self.fold < self.folds, f"--fold must lie in 0..{self.folds - 1}"),
             (self.batch_size >= 2 * self.grad_accum, "--batch-size must be at least twice --grad-accum"),
+            (
+                not self.lesion_weight or self.arch in LESION_HEAD_ARCHS,
+                f"--lesion-weight needs an architecture with a lesion head ({', '.join(LESION_HEAD_ARCHS)})",
+            ),
         ]
         for ok, message in checks:
             if not ok:
                 raise InputError(message)
         return self
+
+    @property
+    def model_params(self) -> dict[str, Any]:
+        """The parameters the network is built with: ``arch_params``, with ``lesion_head="aux"`` when a lesion-map
+        loss is trained (``lesion_weight`` > 0) and ``arch_params`` names no lesion head (``"mil"`` makes the lesion
+        map the classifier), so that bundles rebuild the same modules."""
+        if self.lesion_weight and self.arch_params.get("lesion_head") in (None, False, "none"):
+            return {**self.arch_params, "lesion_head": "aux"}
+        return dict(self.arch_params)
 
     @property
     def selection(self) -> str:

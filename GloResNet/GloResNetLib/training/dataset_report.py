@@ -41,6 +41,7 @@ class Sample:
     site: str = ""
     where: str = ""  # "row 7" / "sub-X ses-Y": where it came from, for messages
     line: int = 0  # order in the source (manifest line), for sorting messages
+    mask_path: Path | None = None  # lesion mask on the volume's grid (manifest column mask_path), if given
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -51,6 +52,7 @@ class Sample:
             "session": self.session,
             "age_weeks": self.age_weeks,
             "site": self.site,
+            **({"mask_path": str(self.mask_path)} if self.mask_path else {}),
             **self.extra,
         }
 

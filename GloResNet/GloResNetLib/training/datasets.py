@@ -1,9 +1,11 @@
 """Training datasets: a CSV manifest or the dHCP BIDS layout, and one report of every problem found.
 
 **CSV manifest**: columns ``path,label`` plus optional ``subject``, ``session``, ``age_weeks`` (post-menstrual
-age at scan) and ``site``. Relative paths resolve against the manifest's folder. Labels are 0 (no brain
-injury) or 1 (brain injury). Without a ``subject`` column every row is its own subject (noted in the report,
-since repeated scans of one infant could then fall into different folds).
+age at scan), ``site`` and ``mask_path`` (a lesion mask on the volume's own grid, nonzero = lesion; used by
+``train --lesion-weight``; empty for scans without focal lesions; ``gloresnet synth`` writes it). Relative
+paths resolve against the manifest's folder. Labels are 0 (no brain injury) or 1 (brain injury). Without a
+``subject`` column every row is its own subject (noted in the report, since repeated scans of one infant could
+then fall into different folds).
 
 **dHCP** (third release, https://biomedia.github.io/dHCP-release-notes/): ``participants.tsv``
 (``participant_id``, ``birth_age`` in weeks), ``sub-*/sub-*_sessions.tsv`` (``session_id``, ``scan_age``,
@@ -53,7 +55,7 @@ __all__ = [
     "select_subset",
 ]
 
-MANIFEST_COLUMNS = ("path", "label", "subject", "session", "age_weeks", "site")
+MANIFEST_COLUMNS = ("path", "label", "subject", "session", "age_weeks", "site", "mask_path")
 
 
 def read_manifest(path: str | os.PathLike) -> DatasetReport:
@@ -73,7 +75,7 @@ def read_manifest(path: str | os.PathLike) -> DatasetReport:
     if missing_cols:
         raise DatasetError(
             f"{path}: manifest lacks column(s) {missing_cols} (found {header or 'no header'}); "
-            "expected path,label[,subject,session,age_weeks,site]"
+            "expected path,label[,subject,session,age_weeks,site,mask_path]"
         )
     unknown = [h for h in header if h not in MANIFEST_COLUMNS]
     if unknown:
@@ -115,6 +117,13 @@ def read_manifest(path: str | os.PathLike) -> DatasetReport:
             report.add_problem(sample, "invalid label", f"label '{label_text}' is not 0 (no BI) or 1 (BI)")
         else:
             sample.label = int(label)
+        if row.get("mask_path"):
+            mask = Path(row["mask_path"]).expanduser()
+            sample.mask_path = (mask if mask.is_absolute() else base / mask).resolve()
+            if not sample.mask_path.exists():
+                report.add_problem(sample, "missing file", f"lesion mask {sample.mask_path} not found")
+            elif not has_volume_suffix(sample.mask_path):
+                report.add_problem(sample, "unreadable image", f"{sample.mask_path.name}: not a NIfTI/NRRD file name")
         if row.get("age_weeks"):
             sample.age_weeks = parse_float(row["age_weeks"])
             if sample.age_weeks is None:

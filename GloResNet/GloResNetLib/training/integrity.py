@@ -56,6 +56,6 @@ def preflight(cfg: TrainConfig, splits: list[Split], world: int = 1) -> None:
                 f"fold {sp.fold}: {len(sp.train)} training volumes cannot be split into {world} process(es) x "
                 f"{cfg.grad_accum} micro-batch(es) of at least 2"
             )
-    model = build_model(cfg.arch, 2, **cfg.arch_params)
+    model = build_model(cfg.arch, 2, **cfg.model_params)
     if cfg.pretrained:
         load_pretrained_weights(model, cfg.pretrained, arch=cfg.arch)

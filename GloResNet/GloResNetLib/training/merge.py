@@ -166,13 +166,15 @@ def finalize_run(run_dir: str | Path) -> dict[str, Any]:
             f"GloResNet {cfg.folds}-fold cross-validation ensemble ({cfg.arch}, {cfg.size}^3 input), "
             f"trained by gloresnet {__version__} on {td['description']}; {cfg.epochs} epochs, AdamW lr "
             f"{cfg.lr:g} wd {cfg.weight_decay:g}, batch {cfg.batch_size}, mixup alpha {cfg.mixup_alpha:g}, "
-            f"class weights {'on' if cfg.class_weights else 'off'}, {init}, seed {cfg.seed}. "
+            f"class weights {'on' if cfg.class_weights else 'off'}, "
+            f"{f'lesion-map loss weight {cfg.lesion_weight:g} on lesion masks, ' if cfg.lesion_weight else ''}"
+            f"{init}, seed {cfg.seed}. "
             f"{doc['note']}."
         )
         meta = default_metadata(
             cfg.name or run_dir.name,
             arch=cfg.arch,
-            arch_params=cfg.arch_params,
+            arch_params=cfg.model_params,
             preprocess=pre,
             training_data=td,
             provenance=provenance,

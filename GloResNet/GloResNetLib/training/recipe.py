@@ -37,8 +37,11 @@ def weighted_log_loss(labels: np.ndarray, prob: np.ndarray, weights: np.ndarray 
     return float(-(w * np.log(p)).sum() / w.sum())
 
 
-def selection_score(metric: str, val_loss: float, m: dict[str, Any]) -> float:
-    """Higher is better: -loss, or the metric (a missing AUC falls back to -loss)."""
+def selection_score(metric: str, val_loss: float, m: dict[str, Any], epoch: int = 0) -> float:
+    """Higher is better: -loss, or the metric (a missing AUC falls back to -loss); ``last``: the epoch number
+    (the last epoch whose validation loss is finite: a fixed schedule, no choice on noisy validation scores)."""
+    if metric == "last":
+        return float(epoch) if math.isfinite(val_loss) else math.nan
     if metric == "loss":
         return -val_loss
     value = m.get(metric)

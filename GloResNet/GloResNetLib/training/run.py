@@ -46,6 +46,8 @@ from .distributed import Dist
 from .folds import OPTIMISTIC_NOTE, folds_document, make_folds, splits_from_document, write_folds
 from .integrity import SYNTHETIC_NOTE, flag_identical_content, preflight
 from .jobframe import run_job, tensorboard_factory
+from .lesion_masks import MaskStore, prepare_masks
+from .lesion_trainer import LesionFoldTrainer
 from .merge import finalize_run
 from .metrics import event_summary, format_table, summarize
 from .progress import Reporter
@@ -69,8 +71,9 @@ def prepare_dataset(
     dist: Dist | None = None,
     reporter: Reporter | None = None,
     stop: StopSignal | None = None,
-) -> tuple[DatasetReport, list[str], PreprocessCache]:
-    """Read the dataset and fill the preprocessing cache (this finds unreadable images).
+) -> tuple[DatasetReport, list[str], PreprocessCache, MaskStore | None]:
+    """Read the dataset and fill the preprocessing cache (this finds unreadable images), and the lesion masks'
+    (``lesion_weight`` > 0).
 
     Args:
         cfg: the options naming the dataset and the preprocessing.
@@ -78,7 +81,8 @@ def prepare_dataset(
         reporter: receives ``stage`` progress events.
         stop: polled while decoding; a stop raises :class:`TrainingStopped`.
     Returns:
-        ``(report, cache keys of report.samples, cache)``; the report lists every problem found.
+        ``(report, cache keys of report.samples, cache, lesion masks or None)``; the report lists every problem
+        found.
     """
     dist = dist or Dist()
     report = load_dataset(cfg)
@@ -127,7 +131,10 @@ def prepare_dataset(
     flag_identical_content(report, cache.file_hashes)
     kept = {id(s) for s in report.samples}
     keys_list = [all_keys[i] for i, s in enumerate(samples) if i in all_keys and id(s) in kept]
-    return report, keys_list, cache
+    masks = None
+    if cfg.lesion_weight:
+        keys_list, masks = prepare_masks(report, keys_list, cache)
+    return report, keys_list, cache, masks
 
 
 def check_dataset(cfg: TrainConfig) -> DatasetReport:
@@ -138,7 +145,7 @@ def check_dataset(cfg: TrainConfig) -> DatasetReport:
     Returns:
         The dataset report (problems included).
     """
-    report, _, _ = prepare_dataset(cfg)
+    report, *_ = prepare_dataset(cfg)
     return report
 
 
@@ -250,7 +257,7 @@ def _train(cfg: TrainConfig, run_dir: Path, dist: Dist, reporter: Reporter, stop
         )
         if cfg.protocol == "paper":
             log.warning("WARNING: %s", OPTIMISTIC_NOTE)
-    report, keys, cache = prepare_dataset(cfg, dist, reporter, stop)
+    report, keys, cache, masks = prepare_dataset(cfg, dist, reporter, stop)
     report.raise_if_problems(cfg.skip_bad)
     if dist.main and report.synthetic:
         log.warning("WARNING: %s", SYNTHETIC_NOTE)
@@ -325,7 +332,8 @@ def _train(cfg: TrainConfig, run_dir: Path, dist: Dist, reporter: Reporter, stop
     for pos, k in enumerate(todo):
         if k not in pending:
             continue
-        trainer = FoldTrainer(cfg, splits[k], store, labels, dist, run_dir, reporter, stop, pos, report.samples, tb)
+        args = (cfg, splits[k], store, labels, dist, run_dir, reporter, stop, pos, report.samples, tb)
+        trainer = FoldTrainer(*args) if masks is None else LesionFoldTrainer(*args, masks=masks)
         trainer.run()
         del trainer
     if dist.main:

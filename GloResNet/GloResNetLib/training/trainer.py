@@ -105,7 +105,7 @@ class FoldTrainer:
     def _build(self) -> None:
         cfg = self.cfg
         torch.manual_seed(seed_for(cfg.seed, self.fold, 1))
-        model = build_model(cfg.arch, self.num_outputs, **cfg.arch_params)
+        model = build_model(cfg.arch, self.num_outputs, **cfg.model_params)
         self.pretrained_report = None
         if cfg.pretrained:
             report = load_pretrained_weights(model, cfg.pretrained, arch=cfg.arch)
@@ -120,11 +120,11 @@ class FoldTrainer:
 
             ids = [self.device.index] if self.device.type == "cuda" else None
             try:  # buffers are identical on every rank (synchronised BatchNorm): no per-forward broadcast
-                self.net = DDP(self.model, device_ids=ids, forward_sync_buffers=False)
+                self.net = DDP(self._network(), device_ids=ids, forward_sync_buffers=False)
             except TypeError:  # torch without forward_sync_buffers
-                self.net = DDP(self.model, device_ids=ids, broadcast_buffers=False)
+                self.net = DDP(self._network(), device_ids=ids, broadcast_buffers=False)
         else:
-            self.net = self.model
+            self.net = self._network()
         try:  # the fused kernel is several times faster on CPU and GPU
             self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
         except (TypeError, RuntimeError):  # older torch or an unsupported device
@@ -137,6 +137,10 @@ class FoldTrainer:
         self.best_score: float | None = None
         self.best_epoch = -1
         self.stopped_early = False
+
+    def _network(self) -> torch.nn.Module:
+        """The module the training steps run (DDP wraps it): the model; subclasses may return more outputs."""
+        return self.model
 
     def _state(self) -> dict[str, Any]:
         return {
@@ -324,7 +328,7 @@ class FoldTrainer:
                 record: dict[str, Any] = {}
                 if dist.main:
                     _, vm, val_loss = self._evaluate(self.split.val)
-                    score = selection_score(cfg.selection, val_loss, vm)
+                    score = selection_score(cfg.selection, val_loss, vm, e)
                     improved = float(is_improvement(score, self.best_score))
                     if improved:
                         self.best_score, self.best_epoch = score, e
