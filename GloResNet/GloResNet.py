@@ -94,7 +94,7 @@ class GloResNetParameterNode:
     modelPath: str = ""
     device: Annotated[str, Choice(["auto", "cpu", "cuda"])] = "auto"
     useTTA: bool = True
-    saliencyMethod: Annotated[str, Choice(["gradcam", "gradient", "occlusion", "both", "all"])] = "gradient"
+    saliencyMethod: Annotated[str, Choice(["gradcam", "gradient", "occlusion", "both", "all"])] = "gradcam"
     camOpacity: Annotated[float, WithinRange(0.0, 1.0)] = display.DEFAULT_CAM_OPACITY
     camThreshold: Annotated[float, WithinRange(0.0, 1.0)] = display.DEFAULT_CAM_THRESHOLD
     showResampled: bool = False

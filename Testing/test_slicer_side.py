@@ -264,31 +264,6 @@ def test_developer_reload_forgets_only_the_library():
 # ------------------------------------------------------------------------------------------------------------
 
 
-def test_every_entry_point_defaults_to_the_same_saliency_method():
-    """The command line, the Python API, the Slicer job, its command line, the results helper and the module's
-    parameter default all use inference.DEFAULT_SALIENCY (the method the demo's measurements favour)."""
-    import ast
-    import inspect
-
-    from GloResNetLib import cli
-    from GloResNetLib.inference import DEFAULT_SALIENCY, SALIENCY_METHODS, predict
-    from GloResNetLib.slicer_side import command, prediction_job, results
-
-    assert DEFAULT_SALIENCY in SALIENCY_METHODS and prediction_job.DEFAULT_SALIENCY == DEFAULT_SALIENCY
-    assert inspect.signature(predict).parameters["saliency"].default == DEFAULT_SALIENCY
-    assert inspect.signature(prediction_job.PredictionJob).parameters["saliency"].default == DEFAULT_SALIENCY
-    assert inspect.signature(command.predict_args).parameters["saliency"].default == DEFAULT_SALIENCY
-    assert inspect.signature(results.predict_nodes).parameters["saliency"].default == DEFAULT_SALIENCY
-    assert cli.build_parser().parse_args(["predict", "x.nii.gz", "--model", "m", "--out", "o"]).saliency == DEFAULT_SALIENCY
-    module = ast.parse((REPO / "GloResNet" / "GloResNet.py").read_text())
-    (default,) = [
-        n.value.value
-        for n in ast.walk(module)
-        if isinstance(n, ast.AnnAssign) and getattr(n.target, "id", "") == "saliencyMethod"
-    ]
-    assert default == DEFAULT_SALIENCY
-
-
 def test_the_job_knows_the_cores_saliency_methods_without_importing_torch():
     import subprocess
 

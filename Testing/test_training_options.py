@@ -40,6 +40,7 @@ NON_DEFAULT = TrainConfig(
     patience=5,
     grad_accum=2,
     class_weights=False,
+    lesion_weight=2.0,
     mixup_alpha=0.4,
     flip_prob=0.0,
     affine_degrees=10.0,

@@ -325,10 +325,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--saliency",
         type=_saliency_arg,
-        default="gradient",
+        default="gradcam",
         metavar="METHOD",
-        help="saliency method(s): gradient (default: smoothed input-gradient magnitude, one backward pass per "
-        "model: NAME_gradient.nii.gz), gradcam (Grad-CAM from the prediction pass: NAME_cam.nii.gz), occlusion "
+        help="saliency method(s): gradcam (default, from the prediction pass), gradient (smoothed "
+        "input-gradient magnitude, one backward pass per model: NAME_gradient.nii.gz), occlusion "
         "(hides each region and records the drop of P(BI); thousands of network passes, a minute "
         "or more per model on a 2-core CPU), both (gradcam and occlusion), all, or a comma list",
     )

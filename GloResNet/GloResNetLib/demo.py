@@ -402,12 +402,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help="run the whole pipeline on built-in synthetic data and write report.html",
         description="Synthetic cohort -> 5-fold CV training -> ensemble bundle -> held-out predictions with "
         "TTA, Grad-CAM and gradient saliency -> deletion test -> report.html. Time: the default (CPU) settings "
-        "took about 480 s on an idle 2-core CPU (Intel Xeon, AVX-512; cold caches) and up to about 620 s with "
+        "took 529-553 s on a 2-core CPU (Intel Xeon, AVX-512); expect 6-10 minutes on such machines, more with "
         "another job on the cores; --quick about 50 s. With CUDA the paper's input size and epochs "
         "are used. Disk: DIR (see --out) holds the report, demo_summary.json, the run with its bundle "
-        "and the saliency maps (346 MB for the default demo); the synthetic volumes are deleted at the end "
-        "unless --keep-data (with them 707 MB; --quick 71 MB with them, 40 MB without); the "
-        "caches in ~/.cache/gloresnet (about 260 MB for the default demo, 18 MB for --quick) "
+        "and the saliency maps (about 220 MB for the default demo); the synthetic volumes are deleted at the end "
+        "unless --keep-data (with them 537 MB; --quick 71 MB with them, 40 MB without); the "
+        "caches in ~/.cache/gloresnet (about 370 MB for the default demo, 18 MB for --quick) "
         "speed up a rerun. "
         "Remove everything with: rm -r DIR ~/.cache/gloresnet",
         epilog=BANNER,

@@ -42,7 +42,6 @@ if TYPE_CHECKING:
 __all__ = [
     "AXIS_NAMES",
     "DISCLAIMER",
-    "DEFAULT_SALIENCY",
     "SALIENCY_METHODS",
     "PredictionResult",
     "flip_batch",
@@ -62,9 +61,6 @@ __all__ = [
 #: Saliency methods of :func:`predict`: Grad-CAM, gradient (:mod:`.gradient_saliency`), occlusion sensitivity
 #: (:mod:`.occlusion`); "both" is Grad-CAM and occlusion, "all" the three. A comma list picks several.
 SALIENCY_METHODS = ("gradcam", "gradient", "occlusion", "both", "all")
-#: The default saliency method: the one whose peak lay on the lesion most often in the demo over seeds (README
-#: "The demo"); Grad-CAM is free but pointed at the lesion less than half as often.
-DEFAULT_SALIENCY = "gradient"
 _SALIENCY_SETS = {"both": ("gradcam", "occlusion"), "all": ("gradcam", "gradient", "occlusion")}
 
 
@@ -155,7 +151,7 @@ def predict(
     device: str | torch.device | None = None,
     tta_axes: list[int] | None = None,
     cam_class: int = 1,
-    saliency: str = DEFAULT_SALIENCY,
+    saliency: str = "gradcam",
     occlusion: Any = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> PredictionResult | AgePrediction:

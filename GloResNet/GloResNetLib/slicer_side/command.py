@@ -66,7 +66,7 @@ def predict_args(
     tta: bool = True,
     cam: bool = True,
     tta_axes: Sequence[int] | None = None,
-    saliency: str = "gradient",
+    saliency: str = "gradcam",
     occlusion_mask: int | None = None,
 ) -> list[str]:
     """Arguments of ``gloresnet predict`` with its JSON results and progress events
@@ -98,7 +98,7 @@ def predict_args(
         args += ["--tta-axes", ",".join(str(int(a)) for a in tta_axes)]
     if not cam:
         args.append("--no-cam")
-    else:
+    elif saliency != "gradcam":
         args += ["--saliency", saliency]
         if occlusion_mask is not None:
             args += ["--occlusion-mask", str(int(occlusion_mask))]

@@ -20,8 +20,6 @@ from .volumes import check_volume_node, write_volume_file
 #: The saliency methods of ``gloresnet predict --saliency`` (:data:`GloResNetLib.inference.SALIENCY_METHODS`,
 #: repeated here because importing inference imports torch; a test checks that the two agree).
 SALIENCY_METHODS = ("gradcam", "gradient", "occlusion", "both", "all")
-#: ... and its default (:data:`GloResNetLib.inference.DEFAULT_SALIENCY`).
-DEFAULT_SALIENCY = "gradient"
 
 
 def check_saliency(saliency: str) -> str:
@@ -52,7 +50,7 @@ class PredictionJob(Job):
         work_dir: str | Path | None = None,
         python: str | None = None,
         keep_files: bool = False,
-        saliency: str = DEFAULT_SALIENCY,
+        saliency: str = "gradcam",
         occlusion_mask: int | None = None,
         **show_kwargs: Any,
     ) -> None:
@@ -184,4 +182,4 @@ class PredictionJob(Job):
             shutil.rmtree(self.work_dir, ignore_errors=True)
 
 
-__all__ = ["DEFAULT_SALIENCY", "SALIENCY_METHODS", "PredictionJob", "check_saliency"]
+__all__ = ["SALIENCY_METHODS", "PredictionJob", "check_saliency"]

@@ -295,7 +295,7 @@ def predict_nodes(
     tta: bool = True,
     device: str | None = None,
     cam: bool = True,
-    saliency: str = "gradient",
+    saliency: str = "gradcam",
     occlusion: Any = None,
     **kwargs: Any,
 ) -> list[PredictionNodes]:
