@@ -5,10 +5,7 @@ Real NIfTI files and models."""
 
 from __future__ import annotations
 
-import csv
 import math
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +27,10 @@ from GloResNetLib.training.lesion_trainer import POS_WEIGHT, LesionFoldTrainer
 from GloResNetLib.training.progress import Reporter
 from GloResNetLib.training.run import prepare_dataset
 from GloResNetLib.training.stopping import StopSignal
-from training_fixtures import TINY_WIDTHS, make_volume, save_nifti, subprocess_env, tiny_config
+from training_fixtures import TINY_WIDTHS, make_volume, read_manifest_rows, save_nifti, tiny_config, write_manifest
 
+#: manifest columns of the lesion cohorts
+MASK_COLUMNS = ("path", "label", "subject", "mask_path")
 #: intensity above which a fixture volume's voxel belongs to the BI blob (head <= ~550, blob peak ~1300)
 BLOB_THRESHOLD = 800.0
 #: a flipped, shifted voxel-to-world matrix, so that the masks must be reoriented like their scans
@@ -56,42 +55,7 @@ def write_lesion_cohort(root: Path, n_subjects: int = 8, seed: int = 0, unmasked
             mask_rel = f"masks/sub{s:02d}_lesion.nii.gz"
             save_nifti(root / mask_rel, (vol > BLOB_THRESHOLD).astype(np.uint8), affine)
         rows.append({"path": rel, "label": label, "subject": f"sub{s:02d}", "mask_path": mask_rel})
-    return write_rows(root / "manifest.csv", rows)
-
-
-def write_rows(
-    path: Path, rows: list[dict], columns: tuple[str, ...] = ("path", "label", "subject", "mask_path")
-) -> Path:
-    """Write a manifest with ``columns``."""
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(columns), extrasaction="ignore")
-        w.writeheader()
-        w.writerows(rows)
-    return path
-
-
-def read_rows(path: Path) -> list[dict]:
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
-
-
-def cli(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
-    """``python -m GloResNetLib ARGS`` as a real process."""
-    return subprocess.run(
-        [sys.executable, "-m", "GloResNetLib", *args],
-        capture_output=True,
-        text=True,
-        env=subprocess_env(),
-        timeout=timeout,
-    )
-
-
-def one_error_line(proc: subprocess.CompletedProcess) -> str:
-    """The single stderr line of a refused command (exit 2, no traceback)."""
-    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
-    assert proc.returncode == 2, proc.stderr[-3000:]
-    assert "Traceback" not in proc.stderr and len(lines) == 1, proc.stderr[-3000:]
-    return lines[0]
+    return write_manifest(root / "manifest.csv", rows, columns=MASK_COLUMNS)
 
 
 def tiny(arch_head: str, seed: int = 0) -> torch.nn.Module:
@@ -217,7 +181,7 @@ def test_prepare_masks_resamples_like_the_scans(cohort: dict) -> None:
     report, keys, cache, masks = prepare_dataset(cfg)
     assert not report.problems and isinstance(masks, MaskStore)
     assert len(masks) == len(keys) == len(report.samples) == 8
-    rows = read_rows(cohort["manifest"])
+    rows = read_manifest_rows(cohort["manifest"])
     base = cohort["manifest"].parent
     pre = PreprocessConfig(size=(16, 16, 16))
     expected_known = [r["label"] == "0" or bool(r["mask_path"]) for r in rows]
@@ -243,7 +207,7 @@ def test_bad_masks_are_problems_of_their_scans(tmp_path: Path) -> None:
     """A mask of another shape and a mask shifted by 1 mm are "bad lesion mask" problems naming the file;
     the other scans keep their masks."""
     manifest = write_lesion_cohort(tmp_path / "cohort", n_subjects=8)
-    rows = read_rows(manifest)
+    rows = read_manifest_rows(manifest)
     base = manifest.parent
     wrong_shape, shifted = rows[1]["mask_path"], rows[3]["mask_path"]
     save_nifti(base / wrong_shape, np.zeros((20, 20, 18), np.uint8))
@@ -272,11 +236,11 @@ def test_a_mask_shared_by_two_scans_is_a_problem(tmp_path: Path) -> None:
     """A mask belongs to one scan (it is checked against and keyed by it): a second row naming the same mask
     is a "bad lesion mask" problem of that row; the first keeps it."""
     manifest = write_lesion_cohort(tmp_path / "cohort", n_subjects=8)
-    rows = read_rows(manifest)
+    rows = read_manifest_rows(manifest)
     masked = [i for i, r in enumerate(rows) if r["mask_path"]]
     first, second = masked[0], masked[1]
     rows[second]["mask_path"] = rows[first]["mask_path"]
-    write_rows(manifest, rows)
+    write_manifest(manifest, rows, columns=MASK_COLUMNS)
     report, keys, _, masks = prepare_dataset(masked_config(manifest, tmp_path, tmp_path / "cache"))
     bad = [p for p in report.problems if p.kind == "bad lesion mask"]
     assert len(bad) == 1 and "also the mask of" in bad[0].message
@@ -287,7 +251,7 @@ def test_a_mask_shared_by_two_scans_is_a_problem(tmp_path: Path) -> None:
 def test_no_mask_column_is_a_dataset_error(tmp_path: Path) -> None:
     """--lesion-weight on a manifest without masks is refused before training."""
     manifest = write_lesion_cohort(tmp_path / "cohort", n_subjects=6)
-    write_rows(manifest, read_rows(manifest), columns=("path", "label", "subject"))
+    write_manifest(manifest, read_manifest_rows(manifest), columns=("path", "label", "subject"))
     with pytest.raises(DatasetError, match="no scan has one"):
         prepare_dataset(masked_config(manifest, tmp_path, tmp_path / "cache"))
     _, _, _, masks = prepare_dataset(masked_config(manifest, tmp_path, tmp_path / "cache", w=0.0))
@@ -300,7 +264,7 @@ def test_mask_cache_key_follows_the_scan(tmp_path: Path) -> None:
     manifest = write_lesion_cohort(tmp_path / "cohort", n_subjects=6)
     cfg = masked_config(manifest, tmp_path, tmp_path / "cache")
     _, _, _, before = prepare_dataset(cfg)
-    rows = read_rows(manifest)
+    rows = read_manifest_rows(manifest)
     scan = manifest.parent / rows[1]["path"]
     img = nib.load(str(scan))
     save_nifti(scan, np.asarray(img.dataobj) + 1.0, img.affine)  # same grid, new bytes

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -218,3 +219,22 @@ def subprocess_env(threads: int = 1) -> dict[str, str]:
     env["OMP_NUM_THREADS"] = str(threads)
     env["PYTHONUNBUFFERED"] = "1"
     return env
+
+
+def cli(args: list[str], timeout: float = 240) -> subprocess.CompletedProcess:
+    """``python -m GloResNetLib ARGS`` as a real process (captured text output)."""
+    return subprocess.run(
+        [sys.executable, "-m", "GloResNetLib", *args],
+        capture_output=True,
+        text=True,
+        env=subprocess_env(),
+        timeout=timeout,
+    )
+
+
+def one_error_line(proc: subprocess.CompletedProcess) -> str:
+    """The single stderr line of a refused command (exit 2, no traceback)."""
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr and len(lines) == 1, proc.stderr[-3000:]
+    return lines[0]
