@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -25,25 +24,9 @@ from GloResNetLib.io import read_volume
 from GloResNetLib.models import build_model
 from GloResNetLib.preprocessing import PreprocessConfig, preprocess
 from safetensors.torch import load_file
-from training_fixtures import TINY_WIDTHS, subprocess_env, write_cohort
+from training_fixtures import TINY_CLI_OPTIONS, TINY_WIDTHS, write_cohort
+from training_fixtures import cli as run_cli
 
-TINY = [
-    "--size",
-    "16",
-    "--folds",
-    "3",
-    "--epochs",
-    "2",
-    "--batch-size",
-    "8",
-    "--seed",
-    "0",
-    "--widths",
-    "8,16,32,64",
-    "--no-tensorboard",
-    "--num-threads",
-    "1",
-]
 CLASSIFIER_FIELDS = {
     "probability",
     "label",
@@ -55,15 +38,9 @@ CLASSIFIER_FIELDS = {
 }
 
 
-def cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    """``python -m GloResNetLib ARGS`` in a real subprocess."""
-    return subprocess.run(
-        [sys.executable, "-m", "GloResNetLib", *args],
-        capture_output=True,
-        text=True,
-        env=subprocess_env(1),
-        timeout=timeout,
-    )
+def cli(*args: str) -> subprocess.CompletedProcess:
+    """``python -m GloResNetLib ARGS`` in a real subprocess (:func:`training_fixtures.cli`)."""
+    return run_cli(list(args), timeout=300)
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +49,14 @@ def age_run(tmp_path_factory):
     manifest = write_cohort(root / "cohort", n_subjects=12, synthetic_marker=True)
     out = root / "age"
     proc = cli(
-        "pretrain-age", "--manifest", str(manifest), "--out", str(out), "--cache-dir", str(root / "cache"), *TINY
+        "pretrain-age",
+        "--manifest",
+        str(manifest),
+        "--out",
+        str(out),
+        "--cache-dir",
+        str(root / "cache"),
+        *TINY_CLI_OPTIONS,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return {

@@ -170,6 +170,26 @@ def tiny_config(manifest: Path, out: Path, cache: Path, **kw) -> TrainConfig:
     return TrainConfig(**base)
 
 
+#: The tiny run's training options on the command line (:func:`tiny_config`'s values).
+TINY_CLI_OPTIONS = (
+    "--size",
+    "16",
+    "--folds",
+    "3",
+    "--epochs",
+    "2",
+    "--batch-size",
+    "8",
+    "--seed",
+    "0",
+    "--widths",
+    "8,16,32,64",
+    "--no-tensorboard",
+    "--num-threads",
+    "1",
+)
+
+
 def tiny_cli_args(manifest: Path, out: Path, cache: Path, *extra: str) -> list[str]:
     """``gloresnet train`` arguments equal to :func:`tiny_config`."""
     return [
@@ -180,21 +200,7 @@ def tiny_cli_args(manifest: Path, out: Path, cache: Path, *extra: str) -> list[s
         str(out),
         "--cache-dir",
         str(cache),
-        "--size",
-        "16",
-        "--folds",
-        "3",
-        "--epochs",
-        "2",
-        "--batch-size",
-        "8",
-        "--seed",
-        "0",
-        "--widths",
-        "8,16,32,64",
-        "--no-tensorboard",
-        "--num-threads",
-        "1",
+        *TINY_CLI_OPTIONS,
         *extra,
     ]
 
