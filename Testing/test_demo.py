@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 from conftest import subprocess_env
-from GloResNetLib.demo import SETTINGS, _cohort, _read_rows, _remove_data
+from GloResNetLib.demo import SETTINGS, _read_rows, _remove_data, demo_cohort
 from GloResNetLib.demo_report import QUICK_WARNING
 
 
@@ -73,8 +73,8 @@ def test_remove_data_keeps_masks_and_a_rerun_regenerates(tmp_path):
     """--keep-data absent: the volumes go, the held-out masks stay, and the next run does not reuse the
     pruned folder (it would train on missing files)."""
     s = SETTINGS["quick"]
-    held = _cohort(tmp_path / "heldout", 6, 1000, s)
-    _cohort(tmp_path / "cohort", 4, 0, s)
+    held = demo_cohort(tmp_path / "heldout", 6, 1000, s)
+    demo_cohort(tmp_path / "cohort", 4, 0, s)
     rows = _read_rows(held)
     masks = [r["mask_path"] for r in rows if r["mask_path"]]
     assert masks and all((tmp_path / "heldout" / r["path"]).exists() for r in rows)
@@ -82,7 +82,7 @@ def test_remove_data_keeps_masks_and_a_rerun_regenerates(tmp_path):
     assert not (tmp_path / "cohort").exists()
     assert all(not (tmp_path / "heldout" / r["path"]).exists() for r in rows)
     assert all((tmp_path / "heldout" / m).exists() for m in masks) and held.exists()
-    again = _cohort(tmp_path / "heldout", 6, 1000, s)
+    again = demo_cohort(tmp_path / "heldout", 6, 1000, s)
     assert all((tmp_path / "heldout" / r["path"]).exists() for r in _read_rows(again))
 
 
@@ -98,7 +98,7 @@ def test_demo_help_states_time_disk_and_keep_data():
     assert proc.returncode == 0
     for needle in (
         "--keep-data",
-        "529-553 s on a 2-core CPU",
+        "395-409 s on a 2-core CPU",
         "537 MB",
         "~/.cache/gloresnet",
         "rm -r DIR ~/.cache/gloresnet",

@@ -58,10 +58,13 @@ _LESION_MIL = {**_QUARTER_WIDTH, "lesion_head": "mil"}
 #: CPU settings: smaller input (64^3), ResNet-10 (the paper's strided layout, stem max-pool) at a quarter of the
 #: width (16-128) whose BI logit is a soft maximum of a lesion map learnt from the cohort's lesion masks
 #: (``lesion_head="mil"``, lesion-map loss weight 10; the paper: global pooling and a linear head), Grad-CAM on
-#: ``layer1``, 240 scans, 12 epochs (the first 2 a linear warm-up), each fold's last epoch kept, batch 4, learning rate
-#: 1e-3, mixup alpha 0.2 (the paper: 128^3, full width, 150 epochs, batch 32, 2e-3, alpha 1.0), anti-aliased
+#: ``layer1``, 240 scans, 16 epochs (the first 2 a linear warm-up), each fold's last epoch kept, batch 4, learning rate
+#: 1e-3, no mixup (the paper: 128^3, full width, 150 epochs, batch 32, 2e-3, mixup alpha 1.0), anti-aliased
 #: resampling, the generator's most conspicuous lesions (difficulty 0), and 80 held-out scans (about 34 injured).
-#: Why these: see the README ("The demo") and CHANGELOG.md.
+#: No mixup: a mixed pair dims each lesion to a fraction of its contrast, which the lesion map must then learn to
+#: find at every strength; without it, 12 epochs on folds 0 and 2 of the seed-0 demo cohort gave a test AUC of
+#: 0.909 / 0.804 against 0.852 / 0.661 with alpha 0.2 (AMD EPYC AVX-512, 2 cores, 2026-12-07). 16 epochs: 0.929 /
+#: 0.856; 20 gave no more (0.911 / 0.874). Why the rest: see the README ("The demo") and CHANGELOG.md.
 SETTINGS = {
     "cpu": DemoSettings(
         n=240,
@@ -70,14 +73,14 @@ SETTINGS = {
         max_dim=80,
         train={
             "size": 64,
-            "epochs": 12,
+            "epochs": 16,
             "warmup_epochs": 2,
             "select_metric": "last",
             "batch_size": 4,
             "arch_params": _LESION_MIL,
             "lr": 1e-3,
             "antialias": True,
-            "mixup_alpha": 0.2,
+            "mixup_alpha": 0.0,
             "lesion_weight": 10.0,
         },
     ),
@@ -121,7 +124,7 @@ def _prepare_out(out: Path) -> None:
     (out / MARKER).write_text(BANNER + "\n")
 
 
-def _cohort(folder: Path, n: int, seed: int, s: DemoSettings) -> Path:
+def demo_cohort(folder: Path, n: int, seed: int, s: DemoSettings) -> Path:
     """Generate (or reuse, when identical settings made it) a synthetic cohort; returns its manifest."""
     from .synth import GENERATOR_VERSION, generate_cohort
 
@@ -275,8 +278,8 @@ def run_demo(
     _prepare_out(out)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    manifest = _cohort(out / "cohort", s.n, seed, s)
-    heldout_manifest = _cohort(out / "heldout", s.n_heldout, seed + 1000, s)
+    manifest = demo_cohort(out / "cohort", s.n, seed, s)
+    heldout_manifest = demo_cohort(out / "heldout", s.n_heldout, seed + 1000, s)
     timings["synthetic data"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -402,8 +405,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help="run the whole pipeline on built-in synthetic data and write report.html",
         description="Synthetic cohort -> 5-fold CV training -> ensemble bundle -> held-out predictions with "
         "TTA, Grad-CAM and gradient saliency -> deletion test -> report.html. Time: the default (CPU) settings "
-        "took 529-553 s on a 2-core CPU (Intel Xeon, AVX-512); expect 6-10 minutes on such machines, more with "
-        "another job on the cores; --quick about 50 s. With CUDA the paper's input size and epochs "
+        "took 395-409 s on a 2-core CPU (AMD EPYC, AVX-512; warm anatomy cache, about 40 s more for the first "
+        "template build); expect 7-10 minutes on slower machines of this kind, more with another job on the cores; "
+        "--quick about 50 s. With CUDA the paper's input size and epochs "
         "are used. Disk: DIR (see --out) holds the report, demo_summary.json, the run with its bundle "
         "and the saliency maps (about 220 MB for the default demo); the synthetic volumes are deleted at the end "
         "unless --keep-data (with them 537 MB; --quick 71 MB with them, 40 MB without); the "
