@@ -13,6 +13,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from GloResNetLib.errors import BundleError, DatasetError
 from GloResNetLib.models import build_model
 from GloResNetLib.models.lesion_head import MIL_SHARPNESS, mil_score
@@ -86,6 +87,34 @@ def test_forward_with_lesion_map_matches_forward(head: str) -> None:
         diff = logits[:, 1] - logits[:, 0]
         torch.testing.assert_close(diff, (mil_score(lesion) + model.mil_bias)[:, 0], rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(model(x), logits, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("levels", [1, 2])
+def test_mil_lesion_levels_build_only_the_stages_the_map_reads(levels: int) -> None:
+    """``lesion_levels`` 1 (``layer1`` only, the demo's) or 2: a "mil" model builds no stage after those the lesion
+    head reads, its map is on layer1's grid, its BI logit is the map's soft maximum, and the map at a voxel
+    depends only on the input near it when only layer1 feeds it."""
+    torch.manual_seed(0)
+    model = build_model("resnet10", 2, widths=TINY_WIDTHS, cam_layer="layer1", lesion_head="mil", lesion_levels=levels)
+    model.eval()
+    assert model.layer3 is None and (model.layer2 is None) == (levels == 1)
+    assert not any(k.startswith(("layer3.", "lesion_head.lateral3")) for k in model.state_dict())
+    x = torch.randn(2, 1, 32, 32, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        logits, lesion = model.forward_with_lesion_map(x)
+        torch.testing.assert_close(model(x), logits, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(logits[:, 1] - logits[:, 0], mil_score(lesion)[:, 0], rtol=1e-5, atol=1e-6)
+        assert lesion.shape == (2, 1, 8, 8, 8)
+        if levels == 1:  # a change in one corner leaves the map beyond the receptive field (~29 voxels) unchanged
+            big = torch.randn(1, 1, 64, 64, 64, generator=torch.Generator().manual_seed(2))
+            changed = big.clone()
+            changed[:, :, :6, :6, :6] += 5.0
+            _, far = model.forward_with_lesion_map(big)
+            _, far2 = model.forward_with_lesion_map(changed)
+            assert torch.equal(far2[..., -3:, -3:, -3:], far[..., -3:, -3:, -3:])
+            assert not torch.equal(far2[..., :1, :1, :1], far[..., :1, :1, :1])
+    with pytest.raises(BundleError, match="lesion_levels"):
+        build_model("resnet10", 2, widths=TINY_WIDTHS, cam_layer="layer1", lesion_head="mil", lesion_levels=4)
 
 
 def test_mil_model_drops_layer4_and_fc() -> None:
@@ -365,9 +394,17 @@ def test_masks_are_augmented_with_their_scans(trainer: LesionFoldTrainer) -> Non
     expect_x = lam * aug(trainer.store.batch(bidx), pos) + (1 - lam) * aug(
         trainer.store.batch(bidx[partners]), partners
     )
-    expect_m = lam * aug(trainer.masks.batch(bidx), pos) + (1 - lam) * aug(
+
+    # with an affine the masks are resampled on a grid half as fine (max-pooled first): the loss max-pools
+    # them onto the lesion map's grid (a quarter of the input's here) anyway
+    def aug_mask(arr: np.ndarray, at: np.ndarray) -> torch.Tensor:
+        coarse = F.max_pool3d(torch.from_numpy(arr).unsqueeze(1), 2, ceil_mode=True)
+        return augment(coarse, plan.flips[at], plan.thetas[at])
+
+    expect_m = lam * aug_mask(trainer.masks.batch(bidx), pos) + (1 - lam) * aug_mask(
         trainer.masks.batch(bidx[partners]), partners
     )
+    assert m.shape[2:] == tuple(n // 2 for n in x.shape[2:])
     torch.testing.assert_close(x, expect_x, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(m, expect_m, rtol=1e-5, atol=1e-5)
     np.testing.assert_array_equal(

@@ -67,6 +67,25 @@ def test_occlusion_equals_monai_on_a_small_resnet(mask, overlap, fill, cam_layer
     np.testing.assert_allclose(ours.drop, base - ref, atol=2e-5)
 
 
+def test_occlusion_equals_monai_on_a_mil_lesion_head_model():
+    """The demo's CPU model kind: the BI logit is the soft maximum of a lesion map on layer1's grid."""
+    from GloResNetLib import fastnet
+    from GloResNetLib.models import build_model
+
+    torch.manual_seed(4)
+    model = build_model("resnet10", widths=[4, 8, 8, 8], cam_layer="layer1", lesion_head="mil")
+    model.train()
+    with torch.no_grad():
+        model(torch.randn(2, 1, 20, 20, 20))
+    model.eval()
+    image = _head_image(20)
+    assert fastnet.prepared(model, image.device) is not None  # the stem-difference path runs, not the fallback
+    ours = occlusion_sensitivity([model], image, OcclusionConfig(mask_size=6, overlap=0.5, fill=0.3, head_box=False))
+    ref = _monai_map(model, image, 6, 0.5, 0.3)
+    np.testing.assert_allclose(ours.occluded, ref, atol=2e-5)
+    assert float(np.ptp(ref)) > 1e-4  # hiding regions changes this model's output: the comparison means something
+
+
 def test_occlusion_in_the_head_box_equals_monai_with_b_box():
     model = make_small_model(1)
     image = F.pad(_head_image(20), (2, 2, 3, 1, 0, 4), value=float(_head_image(20).min()))  # air on some sides

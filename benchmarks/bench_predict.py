@@ -147,7 +147,8 @@ def make_bundle(
 
 def calibrated_model(x: torch.Tensor, seed: int = 0, arch: str = "resnet10", **params) -> torch.nn.Module:
     """A random-init model (eval mode) with BatchNorm statistics of the input x (1, 1, X, Y, Z) and classifier
-    rows set so that the brain-injury Grad-CAM is not empty and P(BI) ~ 0.73 on x (not saturated)."""
+    rows set so that the brain-injury Grad-CAM is not empty and P(BI) ~ 0.73 on x (not saturated); a ``"mil"``
+    lesion-head model (the demo's) gets the offset that makes its lesion score 1 on x instead."""
     torch.manual_seed(seed)
     model = build_model(arch, **params)
     model.train()
@@ -155,6 +156,9 @@ def calibrated_model(x: torch.Tensor, seed: int = 0, arch: str = "resnet10", **p
         model(x)
         model.eval()
         pooled = model.pool_features(model.features(x))[0]  # global average pool of the last stage
+        if getattr(model, "lesion_mode", "none") == "mil":  # BI logit difference = lesion score + mil_bias
+            model.mil_bias.fill_(1.0 - float(pooled[0]))
+            return model
         w = model.fc.weight
         w[1] = w[1].abs()
         w[0] = -0.5 * w[1]

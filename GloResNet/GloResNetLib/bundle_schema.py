@@ -51,6 +51,7 @@ ARCH_PARAMS: dict[str, tuple[str, Any]] = {
     "dilated": ("bool", None),
     "cam_layer": ("str", ("layer1", "layer2", "layer3", "layer4")),
     "lesion_head": ("str", ("none", "aux", "mil")),  # models.lesion_head.LESION_HEADS (torch-free copy)
+    "lesion_levels": ("int", (1, 3)),  # models.lesion_head.LESION_LEVELS
     "act": ("str", ("relu", "hardswish")),
     "slice_axis": ("int", (0, 2)),
     "pooling": ("str", ("mean", "max", "attention")),

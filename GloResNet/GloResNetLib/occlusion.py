@@ -137,13 +137,16 @@ class _Classifier:
     """P(class) of a batch of occluded copies of one image for one model.
 
     For a :class:`~.models.resnet.ResNet3D` the fast path: the stem output of the unoccluded image plus that of
-    the (box-supported) difference, then :mod:`.fastnet`'s folded stages, global pooling and the head. Any other
-    model: its eager forward on the copies."""
+    the (box-supported) difference, then :mod:`.fastnet`'s folded stages, global pooling and the head; with a
+    ``"mil"`` lesion head (the demo's CPU model) the folded stages run up to ``layer1`` and the model's own
+    lesion map and soft maximum do the rest. Any other model: its eager forward on the copies."""
 
     def __init__(self, model: nn.Module, image: torch.Tensor, class_idx: int) -> None:
         self.model, self.image, self.class_idx = model, image, class_idx
         dtype = fastnet.cuda_dtype() if image.device.type == "cuda" else torch.float32
-        self.fast = fastnet.prepared(model, image.device, dtype, all_stages=True)
+        # a "mil" model's output is its lesion map's soft maximum, not global pooling of the last stage
+        self.mil = getattr(model, "lesion_mode", "none") == "mil"
+        self.fast = fastnet.prepared(model, image.device, dtype, all_stages=not self.mil)
         self.base_stem = None
         if self.fast is not None:
             with torch.inference_mode():
@@ -204,7 +207,10 @@ class _Classifier:
                 # every stage ran in the fast copy: only ResNet3D's global average pooling is left (its
                 # pool_features would also run the stages after cam_layer)
                 feats = self.fast.after_stem(self._stem_outputs(boxes, fill)).float()
-                logits = self.model.head(torch.flatten(F.adaptive_avg_pool3d(feats, 1), 1))
+                if self.mil:  # feats: layer1's activations, the model's cam_layer
+                    logits = self.model.head(self.model.pool_features(feats))
+                else:
+                    logits = self.model.head(torch.flatten(F.adaptive_avg_pool3d(feats, 1), 1))
             return torch.softmax(logits.float(), dim=1)[:, self.class_idx]
 
 

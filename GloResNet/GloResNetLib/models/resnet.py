@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .lesion_head import LESION_HEADS, LesionHead, mil_score
+from .lesion_head import LESION_HEADS, LESION_LEVELS, LesionHead, mil_score
 
 __all__ = ["CAM_LAYERS", "BasicBlock", "ResNet3D", "conv3x3x3", "init_weights"]
 
@@ -79,6 +79,8 @@ class ResNet3D(nn.Module):
             classification is unchanged) or ``"mil"`` (multiple-instance: the BI logit *is* a soft maximum of the
             lesion map, :func:`~.lesion_head.mil_score`; needs ``cam_layer="layer1"`` and 2 classes; ``layer4``
             and the linear head are not built).
+        lesion_levels: stages feeding the lesion map: 3 (``layer1``-``layer3``, a feature pyramid), 2 or 1
+            (``layer1`` only: a local detector; with ``"mil"`` the stages it does not read are not built).
 
     ``features`` returns the activations of ``cam_layer`` (default the last stage, ``layer4``),
     ``pool_features`` runs the stages after it and global average pooling, ``head`` maps the pooled vector to
@@ -96,6 +98,7 @@ class ResNet3D(nn.Module):
         stem_pool: bool = True,
         cam_layer: str = "layer4",
         lesion_head: bool | str = False,
+        lesion_levels: int = 3,
     ) -> None:
         super().__init__()
         if cam_layer not in CAM_LAYERS:
@@ -107,6 +110,8 @@ class ResNet3D(nn.Module):
             raise ValueError(f"lesion_head must be one of {', '.join(LESION_HEADS)} (got {lesion_head!r})")
         if mode == "mil" and (cam_layer != "layer1" or num_classes != 2):
             raise ValueError("lesion_head 'mil' needs cam_layer 'layer1' and 2 classes")
+        if lesion_levels not in LESION_LEVELS:
+            raise ValueError(f"lesion_levels must be one of {LESION_LEVELS} (got {lesion_levels!r})")
         self.lesion_mode = mode
         self.cam_layer = cam_layer
         self.inplanes = widths[0]
@@ -129,11 +134,17 @@ class ResNet3D(nn.Module):
         init_weights(self)  # before the lesion head: a seed gives the same backbone with or without it
         self.lesion_head = None
         if mode != "none":
-            self.lesion_head = LesionHead(widths)
+            self.lesion_head = LesionHead(widths, levels=lesion_levels)
             init_weights(self.lesion_head)
-        if mode == "mil":  # the lesion map is the classifier: no layer4, no linear head
+        if mode == "mil":  # the lesion map is the classifier: no layer4, no linear head, no stage it does not read
             del self.layer4, self.fc
             self.layer4 = self.fc = None
+            if lesion_levels < 3:
+                del self.layer3
+                self.layer3 = None
+            if lesion_levels < 2:
+                del self.layer2
+                self.layer2 = None
             self.mil_bias = nn.Parameter(torch.zeros(1))
 
     def _make_layer(self, planes: int, blocks: int, stride: int = 1, dilation: int = 1) -> nn.Sequential:
@@ -178,9 +189,12 @@ class ResNet3D(nn.Module):
         return self.fc(self.dropout(pooled))
 
     def lesion_map(self, f1: torch.Tensor) -> torch.Tensor:
-        """Lesion logits (B, 1, x, y, z) from ``layer1``'s activations ``f1`` (B, C1, x, y, z)."""
-        f2 = self.layer2(f1)
-        return self.lesion_head(f1, f2, self.layer3(f2))
+        """Lesion logits (B, 1, x, y, z) from ``layer1``'s activations ``f1`` (B, C1, x, y, z) (and the stages
+        after it that the head reads)."""
+        levels = self.lesion_head.levels
+        f2 = self.layer2(f1) if levels >= 2 else None
+        f3 = self.layer3(f2) if levels >= 3 else None
+        return self.lesion_head(f1, f2, f3)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits (B, num_classes) of volumes x (B, in_channels, X, Y, Z)."""
@@ -195,9 +209,10 @@ class ResNet3D(nn.Module):
         if self.lesion_head is None:
             raise ValueError("this model has no lesion head (build it with lesion_head='aux' or 'mil')")
         f1 = self.layer1(self.maxpool(self.relu(self.bn1(self.conv1(x)))))
+        if self.lesion_mode == "mil":
+            lesion = self.lesion_map(f1)
+            return self.head(mil_score(lesion)), lesion
         f2 = self.layer2(f1)
         f3 = self.layer3(f2)
         lesion = self.lesion_head(f1, f2, f3)
-        if self.lesion_mode == "mil":
-            return self.head(mil_score(lesion)), lesion
         return self.head(torch.flatten(self.avgpool(self.layer4(f3)), 1)), lesion

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .augment import augment
+from .augment import augment, flip_lr
 from .lesion_masks import MaskStore
 from .trainer import FoldTrainer
 
@@ -52,9 +52,16 @@ class LesionFoldTrainer(FoldTrainer):
         return WithLesionMap(self.model)
 
     def _masks(self, rows: np.ndarray, positions: np.ndarray, plan) -> torch.Tensor:
-        """Masks (B, 1, X, Y, Z) of samples ``rows`` augmented as batch ``positions``."""
+        """Masks (B, 1, X, Y, Z) of samples ``rows`` augmented as batch ``positions``; with a random affine, on a
+        grid half as fine, (B, 1, X/2, Y/2, Z/2) max-pooled first (the loss max-pools them onto the lesion map's
+        grid, ``layer1``'s, at most half as fine as the input's, anyway): resampling the masks at full size cost
+        as much as resampling the scans."""
         m = torch.from_numpy(self.masks.batch(rows)).unsqueeze(1).to(self.device)
-        return augment(m, plan.flips[positions], None if plan.thetas is None else plan.thetas[positions])
+        if plan.thetas is None:
+            return flip_lr(m, plan.flips[positions])
+        if min(m.shape[2:]) >= 4:
+            m = F.max_pool3d(m, 2, ceil_mode=True)
+        return augment(m, plan.flips[positions], plan.thetas[positions])
 
     def _inputs(self, bidx: np.ndarray, pos: np.ndarray, plan) -> tuple[torch.Tensor, Any]:
         """Inputs and soft targets as the classifier's, plus the masks (mixed alike) and whose are known."""
