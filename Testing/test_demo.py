@@ -98,7 +98,7 @@ def test_demo_help_states_time_disk_and_keep_data():
     assert proc.returncode == 0
     for needle in (
         "--keep-data",
-        "340-354 s on a 2-core CPU",
+        "417-436 s on a 2-core CPU",
         "537 MB",
         "~/.cache/gloresnet",
         "rm -r DIR ~/.cache/gloresnet",
