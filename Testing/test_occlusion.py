@@ -79,7 +79,7 @@ def test_occlusion_equals_monai_on_a_mil_lesion_head_model():
         model(torch.randn(2, 1, 20, 20, 20))
     model.eval()
     image = _head_image(20)
-    assert fastnet.prepared(model, image.device) is not None  # the stem-difference path runs, not the fallback
+    assert fastnet.prepared(model, image.device) is not None  # a folded copy up to layer1 builds (the fast path)
     ours = occlusion_sensitivity([model], image, OcclusionConfig(mask_size=6, overlap=0.5, fill=0.3, head_box=False))
     ref = _monai_map(model, image, 6, 0.5, 0.3)
     np.testing.assert_allclose(ours.occluded, ref, atol=2e-5)

@@ -204,12 +204,12 @@ class _Classifier:
                     copies[(b, 0, *box)] = fill
                 logits = self.model(copies)
             else:
-                # every stage ran in the fast copy: only ResNet3D's global average pooling is left (its
-                # pool_features would also run the stages after cam_layer)
                 feats = self.fast.after_stem(self._stem_outputs(boxes, fill)).float()
-                if self.mil:  # feats: layer1's activations, the model's cam_layer
+                if self.mil:  # feats: layer1's activations (the cam_layer); the lesion map and its soft maximum
                     logits = self.model.head(self.model.pool_features(feats))
                 else:
+                    # every stage ran in the fast copy: only ResNet3D's global average pooling is left (its
+                    # pool_features would also run the stages after cam_layer)
                     logits = self.model.head(torch.flatten(F.adaptive_avg_pool3d(feats, 1), 1))
             return torch.softmax(logits.float(), dim=1)[:, self.class_idx]
 
